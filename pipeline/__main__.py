@@ -1,0 +1,50 @@
+"""``python -m pipeline CONFIG [key=value ...]``: build a webdataset shard set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from flipcommon.config import load_config
+from pipeline.config import PipelineConfig
+
+HELP = """\
+Build a webdataset shard set from image-text metadata, on Spark.
+
+Steps: read metadata (LAION-400M parquet schema, or csv/json with URL and TEXT columns) →
+rule filters (caption length …) → exact dedup on (URL, TEXT) → URL list → download with
+img2dataset, one Spark task per shard → sizes.json and manifest.json (written last).
+
+Writes into output_dir: {shard:05d}.tar (KEY.jpg, KEY.txt, KEY.json), {shard}.parquet,
+{shard}_stats.json, sizes.json, manifest.json; _work/ holds the intermediate URL list.
+A rerun keeps finished shards and redoes unfinished ones.
+
+Scale out: spark.master=spark://HOST:7077 (or yarn, k8s://…) and download.processes=N.
+
+Examples:
+  python -m pipeline configs/pipeline/demo.yaml
+  python -m pipeline configs/pipeline/laion400m.yaml output_dir=/data/shards spark.master=spark://m:7077
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="YAML config (see configs/pipeline/)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. download.timeout=5")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = load_config(PipelineConfig, args.config, args.overrides)
+
+    from pipeline.stage import run  # imported late: --help must not need Spark
+
+    manifest = run(config)
+    print(json.dumps(manifest["counts"], indent=2))
+
+
+if __name__ == "__main__":  # img2dataset spawns processes: keep the entry point guarded
+    main()

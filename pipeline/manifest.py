@@ -1,0 +1,105 @@
+"""Close a shard set: ``sizes.json`` then ``manifest.json`` (written last: it marks completion).
+
+Every count is reconciled: rows in = dropped by each rule + duplicates + download failures +
+kept. A mismatch is an error, not a footnote.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from flipcommon.storage import url_join, write_json_atomic
+
+
+class ReconciliationError(RuntimeError):
+    pass
+
+
+def read_shard_stats(output_dir: str) -> dict[str, dict[str, Any]]:
+    fs, root = fsspec.core.url_to_fs(output_dir)
+    stats = {}
+    for path in sorted(fs.glob(f"{root}/*_stats.json")):
+        with fs.open(path, "r") as handle:
+            stats[Path(path).name.removesuffix("_stats.json")] = json.load(handle)
+    return stats
+
+
+def shard_sizes(stats: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {f"{shard}.tar": int(s["successes"]) for shard, s in sorted(stats.items())}
+
+
+def download_summary(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    errors: collections.Counter[str] = collections.Counter()
+    totals: collections.Counter[str] = collections.Counter()
+    for s in stats.values():
+        for key in ("count", "successes", "failed_to_download", "failed_to_resize"):
+            totals[key] += int(s.get(key, 0))
+        for reason, n in (s.get("status_dict") or {}).items():
+            if reason != "success":
+                errors[reason] += int(n)
+    return {
+        "attempted": totals["count"],
+        "succeeded": totals["successes"],
+        "failed_to_download": totals["failed_to_download"],
+        "failed_to_resize": totals["failed_to_resize"],
+        "errors": dict(errors.most_common()),
+        "shards": len(stats),
+    }
+
+
+def reconcile(counts: dict[str, Any]) -> None:
+    filtered = sum(counts["filters"].values())
+    dl = counts["download"]
+    accounted = filtered + counts["duplicates"] + dl["failed_to_download"] + dl["failed_to_resize"]
+    accounted += dl["succeeded"]
+    if accounted != counts["rows_in"] or dl["attempted"] != counts["sent_to_download"]:
+        raise ReconciliationError(
+            f"counts do not add up: rows in {counts['rows_in']}, accounted {accounted} "
+            f"(filtered {filtered}, duplicates {counts['duplicates']}, download {dl}); "
+            f"sent to download {counts['sent_to_download']}, attempted {dl['attempted']}"
+        )
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_manifest(
+    output_dir: str,
+    counts: dict[str, Any],
+    parameters: dict[str, Any],
+    sources: list[str],
+) -> dict[str, Any]:
+    stats = read_shard_stats(output_dir)
+    counts = {**counts, "download": download_summary(stats)}
+    reconcile(counts)
+    sizes = shard_sizes(stats)
+    write_json_atomic(url_join(output_dir, "sizes.json"), sizes)
+    manifest = {
+        "format": "webdataset (img2dataset layout)",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "sources": sources,
+        "counts": {**counts, "kept": counts["download"]["succeeded"]},
+        "parameters": parameters,
+        "shards": sorted(sizes),
+    }
+    write_json_atomic(url_join(output_dir, "manifest.json"), manifest)
+    return manifest

@@ -1,0 +1,25 @@
+"""Create the SparkSession ourselves: img2dataset's default asks for a 16 GB driver."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+
+def get_spark(master: str, app_name: str, driver_memory: str) -> SparkSession:
+    # Executors must run the same interpreter (and so the same packages) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    return (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "true")
+        .config("spark.task.maxFailures", "4")
+        # one task per shard; never let a slow task block the driver's heartbeat
+        .config("spark.network.timeout", "600s")
+        .getOrCreate()
+    )

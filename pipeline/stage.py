@@ -1,0 +1,89 @@
+"""The pipeline stage: metadata → rule filters + dedup → URL list → download → manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from pyspark.sql import SparkSession
+
+from flipcommon.storage import exists, read_json, url_join
+from pipeline import filters, ingest, manifest, url_shards
+from pipeline.config import DemoConfig, PipelineConfig
+from pipeline.download import download_shards
+from pipeline.spark_session import get_spark
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def demo_metadata(config: DemoConfig) -> Iterator[list[str]]:
+    """Build (or reuse) the demo corpus, serve it on loopback, yield its metadata files."""
+    from pipeline.demo import corpus, web
+
+    cache = corpus.build_corpus(
+        corpus.CorpusSpec(config.cache_dir, limit_per_source=config.limit_per_source)
+    )
+    rates = web.FaultRates(**config.fault_rates) if config.fault_rates else web.FaultRates()
+    with (
+        web.DemoWeb(cache / "images", rates, config.hang_seconds) as demo_web,
+        tempfile.TemporaryDirectory(prefix="demo-metadata-") as tmp,
+    ):
+        path = f"{tmp}/demo.parquet"
+        rows = corpus.write_laion_metadata(corpus.load_items(cache), demo_web.base_url, path)
+        log.info("demo web serving %d images at %s", rows, demo_web.base_url)
+        yield [path]
+
+
+def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
+    """Build the shard set in ``config.output_dir``; return its manifest."""
+    manifest_url = url_join(config.output_dir, "manifest.json")
+    if exists(manifest_url):
+        log.info("%s is complete (manifest.json present); nothing to do", config.output_dir)
+        return read_json(manifest_url)
+    spark = spark or get_spark(
+        config.spark.master, config.spark.app_name, config.spark.driver_memory
+    )
+    with contextlib.ExitStack() as stack:
+        sources = list(config.input.urls)
+        if config.demo.enabled:
+            sources += stack.enter_context(demo_metadata(config.demo))
+        return build_shard_set(spark, config, sources)
+
+
+def build_shard_set(spark: SparkSession, config: PipelineConfig, sources: list[str]) -> dict:
+    fmt = "parquet" if config.demo.enabled and not config.input.urls else config.input.format
+    metadata = ingest.read_metadata(spark, sources, fmt)
+    kept, drops = filters.apply_rules(metadata, filters.build_rules(config.filters))
+    rows_in = sum(drops.values())
+    passed = drops.pop("_kept")
+    unique = kept.dropDuplicates(["URL", "TEXT"]).cache()
+    sent = unique.count()
+    log.info(
+        "rows in %d, filtered %s, duplicates %d, to download %d",
+        rows_in,
+        drops,
+        passed - sent,
+        sent,
+    )
+    url_list = url_shards.write_url_list(
+        unique, config.output_dir, sent, config.download.samples_per_shard
+    )
+    download_shards(url_list, config.output_dir, config.download)
+    counts = {
+        "rows_in": rows_in,
+        "filters": drops,
+        "duplicates": passed - sent,
+        "sent_to_download": sent,
+    }
+    parameters = {
+        "filters": asdict(config.filters),
+        "dedup": ["URL", "TEXT"],
+        "download": asdict(config.download),
+    }
+    result = manifest.write_manifest(config.output_dir, counts, parameters, sources)
+    log.info("shard set complete: %s", result["counts"])
+    return result
