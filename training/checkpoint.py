@@ -1,0 +1,143 @@
+"""Checkpoints in open_clip's hub layout, plus a separate train state for exact resume.
+
+``{run_dir}/checkpoints/step_XXXXXXXX/``:
+  - ``open_clip_config.json``  ``model_cfg`` + ``preprocess_cfg`` (+ our ``flip`` info)
+  - ``open_clip_model.safetensors``  the weights: loadable by open_clip without pickle
+  - ``train_state.pt``  optimizer, step, phase, samples seen, RNG states
+``{run_dir}/checkpoints/LATEST`` names the newest complete one; it is written last, so a
+checkpoint that a crash cut short is never picked up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from flipcommon.storage import url_join, write_bytes_atomic
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+STATE_FILE = "train_state.pt"
+LATEST_FILE = "LATEST"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken over the whole run
+    phase_index: int = 0
+    phase_step: int = 0  # steps taken inside the current phase
+    samples_seen: int = 0
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def save_checkpoint(
+    run_dir: str,
+    model: nn.Module,
+    model_cfg: dict,
+    preprocess_cfg: dict,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    info: dict[str, Any],
+) -> str:
+    """Write a checkpoint and then point LATEST at it; returns its URL."""
+    ckpt_dir = url_join(run_dir, "checkpoints", checkpoint_name(state.step))
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "flip": info}
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "train_state": state.__dict__,
+            "rng": rng_state(),
+        },
+        buffer,
+    )
+    write_bytes_atomic(url_join(ckpt_dir, WEIGHTS_FILE), save_safetensors(weights))
+    write_bytes_atomic(url_join(ckpt_dir, CONFIG_FILE), json.dumps(config, indent=2).encode())
+    write_bytes_atomic(url_join(ckpt_dir, STATE_FILE), buffer.getvalue())
+    write_bytes_atomic(
+        url_join(run_dir, "checkpoints", LATEST_FILE), checkpoint_name(state.step).encode()
+    )
+    return ckpt_dir
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """URL of the newest complete checkpoint of a run, or None."""
+    latest = url_join(run_dir, "checkpoints", LATEST_FILE)
+    fs, path = fsspec.core.url_to_fs(latest)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as handle:
+        return url_join(run_dir, "checkpoints", handle.read().strip())
+
+
+def read_config(ckpt_dir: str) -> dict[str, Any]:
+    url = url_join(ckpt_dir, CONFIG_FILE)
+    try:
+        with fsspec.open(url, "r") as handle:
+            config = json.load(handle)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{ckpt_dir} is not a checkpoint: {CONFIG_FILE} missing") from exc
+    if "model_cfg" not in config:
+        raise CheckpointError(f"{url} lacks 'model_cfg'")
+    return config
+
+
+def read_weights(ckpt_dir: str) -> dict[str, torch.Tensor]:
+    url = url_join(ckpt_dir, WEIGHTS_FILE)
+    try:
+        with fsspec.open(url, "rb") as handle:
+            return load_safetensors(handle.read())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{ckpt_dir} is not a checkpoint: {WEIGHTS_FILE} missing") from exc
+
+
+def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Load strictly: a checkpoint that does not match its config is an error, never a partial
+    load."""
+    result = model.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{where}: weights do not match the model config "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+
+
+def read_train_state(ckpt_dir: str) -> dict[str, Any]:
+    with fsspec.open(url_join(ckpt_dir, STATE_FILE), "rb") as handle:
+        # Our own file (optimizer tensors, numpy RNG state): not loadable with weights_only.
+        return torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=False)

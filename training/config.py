@@ -1,0 +1,58 @@
+"""The training stage's config (``configs/train/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of a run: FLIP pre-training (mask_ratio 0.5 or 0.75), or unmasked tuning (0)."""
+
+    name: str = "pretrain"
+    mask_ratio: float = 0.5
+    samples: int = 1_000_000  # length of the phase, in training samples
+    base_lr: float = 4e-6  # lr = base_lr * global_batch / 256
+    warmup_samples: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "flip_tiny"  # a JSON in training/model_configs/ (or any open_clip model name)
+    variant: str = "openclip"  # openclip: CLS pooling, config context | paper: avg pool, 32 tokens
+
+
+@dataclass
+class DataConfig:
+    shards: str = "runs/demo/shards"  # a shard set folder (any fsspec URL) with sizes.json
+    workers: int = 2
+    shuffle_buffer: int = 2000
+    crop_scale_min: float = 0.5  # random resized crop (0.5, 1), bicubic, as in the paper
+
+
+@dataclass
+class CpuSmokeConfig:
+    """What to run instead of the full recipe when no GPU is present (a smoke test)."""
+
+    enabled: bool = False
+    batch_size: int = 2
+    steps_per_phase: int = 1
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/demo/train"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
+    batch_size: int = 256  # global contrastive batch
+    weight_decay: float = 0.2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    grad_checkpointing: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every_steps: int = 0  # 0 = only at phase ends
+    log_every_steps: int = 10
+    resume: bool = False
+    cpu_smoke: CpuSmokeConfig = field(default_factory=CpuSmokeConfig)

@@ -1,0 +1,70 @@
+"""Build FLIP models through open_clip from JSON shape configs in ``model_configs/``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from pathlib import Path
+
+import open_clip
+from torch import nn
+
+from training.masking import PatchRemoval
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+def model_cfg(name: str, variant: str = "openclip") -> dict:
+    """The open_clip model config for ``name``, adjusted for the chosen variant."""
+    path = MODEL_CONFIG_DIR / f"{name}.json"
+    if path.exists():
+        cfg = json.loads(path.read_text())
+    else:
+        cfg = open_clip.get_model_config(name)
+        if cfg is None:
+            known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+            raise ValueError(f"unknown model {name!r}; ours: {known}, or an open_clip model name")
+    cfg = copy.deepcopy(cfg)
+    if variant == "paper":
+        # FLIP paper (Table 9 / App. A): global average pooling, 32 text tokens.
+        cfg["vision_cfg"]["pool_type"] = "avg"
+        cfg["text_cfg"]["context_length"] = 32
+    elif variant != "openclip":
+        raise ValueError(f"model variant must be 'openclip' or 'paper', got {variant!r}")
+    cfg["vision_cfg"].pop("patch_dropout", None)  # masking is ours, set per phase
+    return cfg
+
+
+def registered_name(name: str, variant: str) -> str:
+    return f"{name}-{variant}"
+
+
+_REGISTRY_DIR: Path | None = None
+
+
+def register(name: str, cfg: dict) -> None:
+    """Make ``name`` known to open_clip's registry through its public ``add_model_config``.
+
+    open_clip re-reads every registered path on each call, so the file must outlive the call:
+    it lives in one temporary folder per process.
+    """
+    global _REGISTRY_DIR
+    if _REGISTRY_DIR is None:
+        _REGISTRY_DIR = Path(tempfile.mkdtemp(prefix="flip-model-configs-"))
+    path = _REGISTRY_DIR / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+
+
+def build_model(name: str, variant: str = "openclip") -> tuple[nn.Module, dict, str]:
+    cfg = model_cfg(name, variant)
+    reg_name = registered_name(name, variant)
+    register(reg_name, cfg)
+    model = open_clip.create_model(reg_name, pretrained=None)
+    model.visual.patch_dropout = PatchRemoval()
+    return model, cfg, reg_name
+
+
+def preprocess_cfg(model: nn.Module) -> dict:
+    return dict(open_clip.get_model_preprocess_cfg(model))

@@ -1,0 +1,82 @@
+"""What a person watches during and after a run: TensorBoard scalars, a metrics log, a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from flipcommon.storage import url_join
+
+
+class MetricsLog:
+    """Scalars to TensorBoard (local runs) and to ``metrics.jsonl`` beside the checkpoints."""
+
+    def __init__(self, run_dir: str, enabled: bool = True) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.writer = None
+        self.records: list[dict[str, Any]] = []
+        if enabled and "://" not in run_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, step: int, samples_seen: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.records.append({"step": step, "samples_seen": samples_seen, **scalars})
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(f"train/{key}", value, samples_seen)
+
+    def flush(self) -> None:
+        """Append pending records (called at each checkpoint, so a crash loses none before it)."""
+        if not self.enabled or not self.records:
+            return
+        if self.writer is not None:
+            self.writer.flush()
+        with fsspec.open(url_join(self.run_dir, "metrics.jsonl"), "a") as handle:
+            for record in self.records:
+                handle.write(json.dumps(record) + "\n")
+        self.records = []
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    with fsspec.open(url_join(run_dir, "metrics.jsonl"), "r") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def plot_curves(run_dir: str) -> str:
+    """Loss and learning rate against samples seen, as ``training_curves.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    samples = [r["samples_seen"] for r in records]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    ax_loss.plot(samples, [r["loss"] for r in records])
+    ax_loss.set_ylabel("contrastive loss")
+    ax_lr.plot(samples, [r["lr"] for r in records], color="tab:orange")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("samples seen")
+    for r0, r1 in zip(records, records[1:], strict=False):
+        if r1["mask_ratio"] != r0["mask_ratio"]:
+            for ax in (ax_loss, ax_lr):
+                ax.axvline(r1["samples_seen"], color="grey", linestyle="--", linewidth=0.8)
+    ax_loss.set_title("FLIP training (dashed: phase change)")
+    fig.tight_layout()
+    out = url_join(run_dir, "training_curves.png")
+    with fsspec.open(out, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,45 @@
+"""AdamW with FLIP's weight-decay exclusions, and the warmup + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("positional_embedding", "class_embedding", "logit_scale", "logit_bias")
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """Weight decay applies to weight matrices only: not biases, norms, position embeddings,
+    or the temperature."""
+    return param.ndim >= 2 and not any(n in name for n in NO_DECAY_NAMES)
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
+
+
+def scaled_lr(base_lr: float, global_batch: int) -> float:
+    return base_lr * global_batch / 256
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
+    """Linear warmup to ``peak_lr``, then cosine decay to 0 at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return 0.5 * peak_lr * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

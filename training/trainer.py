@@ -1,0 +1,200 @@
+"""The FLIP training loop: phases of masked pre-training then unmasked tuning, checkpoints,
+progress, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict
+
+import open_clip
+import torch
+from tqdm import tqdm
+
+from training import checkpoint as ckpt
+from training.config import TrainConfig
+from training.data import make_loader, open_shard_set, train_transform
+from training.distributed import init_distributed, resolve_device
+from training.loss import clamp_logit_scale, contrastive_loss
+from training.masking import set_mask_ratio
+from training.model import build_model, preprocess_cfg
+from training.observe import MetricsLog, plot_curves
+from training.optim import build_optimizer, lr_at, set_lr
+from training.phases import plan_phases
+
+log = logging.getLogger(__name__)
+
+
+def train(config: TrainConfig) -> str:
+    """Run all phases of ``config``; return the URL of the final checkpoint."""
+    device = resolve_device(config.device)
+    dist_info = init_distributed(device.type)
+    device = resolve_device(config.device, dist_info.local_rank)
+    smoke = config.cpu_smoke.enabled and device.type == "cpu"
+    global_batch = config.cpu_smoke.batch_size if smoke else config.batch_size
+    if global_batch % dist_info.world_size:
+        raise ValueError(
+            f"batch_size {global_batch} must divide by world size {dist_info.world_size}"
+        )
+    local_batch = global_batch // dist_info.world_size
+    plans = plan_phases(
+        config.phases, global_batch, config.cpu_smoke.steps_per_phase if smoke else 0
+    )
+    if smoke:
+        log.warning(
+            "no GPU: running the CPU smoke configuration (batch %d, %d step(s) per phase) "
+            "instead of the full recipe",
+            global_batch,
+            config.cpu_smoke.steps_per_phase,
+        )
+
+    torch.manual_seed(config.seed)
+    model, model_cfg, reg_name = build_model(config.model.name, config.model.variant)
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    optimizer = build_optimizer(model, plans[0].peak_lr, config.weight_decay, tuple(config.betas))
+    state = ckpt.TrainState()
+    if config.resume:
+        state = _resume(config.run_dir, model, optimizer)
+    train_model = model
+    if dist_info.world_size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    pp_cfg = preprocess_cfg(model)
+    shard_set = open_shard_set(config.data.shards)
+    loader = make_loader(
+        shard_set,
+        train_transform(
+            pp_cfg["size"] if isinstance(pp_cfg["size"], int) else pp_cfg["size"][0],
+            config.data.crop_scale_min,
+            pp_cfg["mean"],
+            pp_cfg["std"],
+        ),
+        open_clip.get_tokenizer(reg_name),
+        batch_size=local_batch,
+        workers=config.data.workers,
+        shuffle_buffer=config.data.shuffle_buffer,
+        # a resumed run draws a fresh, reproducible shard sequence from where it stopped
+        seed=config.seed + 7919 * dist_info.rank + state.step,
+    )
+    batches = iter(loader)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if config.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    metrics = MetricsLog(config.run_dir, enabled=dist_info.is_main)
+    info = {"model_name": config.model.name, "variant": config.model.variant, "smoke": smoke}
+    total_steps = sum(p.steps for p in plans)
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        unit="step",
+        disable=not dist_info.is_main,
+        dynamic_ncols=True,
+    )
+    last_ckpt = ckpt.latest_checkpoint(config.run_dir) if config.resume else None
+    skipped_total = 0
+    model.train()
+    for phase_index in range(state.phase_index, len(plans)):
+        plan = plans[phase_index]
+        set_mask_ratio(model, plan.mask_ratio)
+        log.info(
+            "phase %s: mask ratio %.2f, %d steps, peak lr %.2e",
+            plan.name,
+            plan.mask_ratio,
+            plan.steps,
+            plan.peak_lr,
+        )
+        while state.phase_step < plan.steps:
+            lr = lr_at(state.phase_step, plan.steps, plan.warmup_steps, plan.peak_lr)
+            set_lr(optimizer, lr)
+            t0 = time.perf_counter()
+            images, tokens, skipped = next(batches)
+            data_time = time.perf_counter() - t0
+            skipped_total += skipped
+            images, tokens = images.to(device, non_blocking=True), tokens.to(device)
+            with autocast:
+                # open_clip returns exp(logit_scale); the loss takes the raw parameter
+                image_features, text_features, _ = train_model(images, tokens)
+                logit_scale = model.logit_scale
+                loss = contrastive_loss(image_features.float(), text_features.float(), logit_scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            clamp_logit_scale(model.logit_scale)
+            step_time = time.perf_counter() - t0
+            state.step += 1
+            state.phase_step += 1
+            state.samples_seen += global_batch
+            bar.update(1)
+            bar.set_postfix(
+                phase=plan.name,
+                loss=f"{loss.item():.3f}",
+                samples_s=f"{global_batch / step_time:.0f}",
+            )
+            if state.step % config.log_every_steps == 0 or state.phase_step == plan.steps:
+                metrics.log(
+                    state.step,
+                    state.samples_seen,
+                    {
+                        "loss": loss.item(),
+                        "lr": lr,
+                        "temperature": 1 / logit_scale.exp().item(),
+                        "samples_per_s": global_batch / step_time,
+                        "data_time_s": data_time,
+                        "mask_ratio": plan.mask_ratio,
+                        "skipped_samples": skipped_total,
+                    },
+                )
+            at_phase_end = state.phase_step == plan.steps
+            periodic = (
+                config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0
+            )
+            if at_phase_end:
+                state.phase_index, state.phase_step = phase_index + 1, 0
+            if (at_phase_end or periodic) and dist_info.is_main:
+                last_ckpt = ckpt.save_checkpoint(
+                    config.run_dir,
+                    model,
+                    model_cfg,
+                    pp_cfg,
+                    optimizer,
+                    state,
+                    {
+                        **info,
+                        "phase": plan.name,
+                        "samples_seen": state.samples_seen,
+                        "step": state.step,
+                        "config": asdict(config),
+                    },
+                )
+                metrics.flush()
+            if at_phase_end:
+                break
+    bar.close()
+    metrics.close()
+    if dist_info.is_main:
+        if skipped_total:
+            log.warning("skipped %d broken samples or tar records", skipped_total)
+        log.info("training curves: %s", plot_curves(config.run_dir))
+        log.info("final checkpoint: %s", last_ckpt)
+    return last_ckpt
+
+
+def _resume(run_dir: str, model, optimizer) -> ckpt.TrainState:
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        log.info("resume: no checkpoint in %s, starting fresh", run_dir)
+        return ckpt.TrainState()
+    ckpt.load_weights_into(model, ckpt.read_weights(latest), latest)
+    saved = ckpt.read_train_state(latest)
+    optimizer.load_state_dict(saved["optimizer"])
+    ckpt.restore_rng_state(saved["rng"])
+    state = ckpt.TrainState(**saved["train_state"])
+    log.info("resumed from %s at step %d (%d samples seen)", latest, state.step, state.samples_seen)
+    return state
