@@ -43,3 +43,9 @@ def read_json(url: str) -> Any:
 def exists(url: str) -> bool:
     fs, path = fsspec.core.url_to_fs(url)
     return fs.exists(path)
+
+
+def remove_if_exists(url: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path)

@@ -47,6 +47,7 @@ class SparkConfig:
     master: str = "local[*]"
     driver_memory: str = "2g"
     app_name: str = "flip-pipeline"
+    shuffle_partitions: int = 200  # Spark's default; a small corpus wants a handful
 
 
 @dataclass

@@ -7,15 +7,18 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from pipeline.config import SparkConfig
 
-def get_spark(master: str, app_name: str, driver_memory: str) -> SparkSession:
+
+def get_spark(config: SparkConfig) -> SparkSession:
     # Executors must run the same interpreter (and so the same packages) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     return (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.driver.memory", driver_memory)
+        SparkSession.builder.master(config.master)
+        .appName(config.app_name)
+        .config("spark.driver.memory", config.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "true")
         .config("spark.task.maxFailures", "4")

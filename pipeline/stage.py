@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 from pyspark.sql import SparkSession
 
-from flipcommon.storage import exists, read_json, url_join
+from flipcommon.storage import exists, read_json, remove_if_exists, url_join
 from pipeline import filters, ingest, manifest, url_shards
 from pipeline.config import DemoConfig, PipelineConfig
 from pipeline.download import download_shards
@@ -44,9 +44,7 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
     if exists(manifest_url):
         log.info("%s is complete (manifest.json present); nothing to do", config.output_dir)
         return read_json(manifest_url)
-    spark = spark or get_spark(
-        config.spark.master, config.spark.app_name, config.spark.driver_memory
-    )
+    spark = spark or get_spark(config.spark)
     with contextlib.ExitStack() as stack:
         sources = list(config.input.urls)
         if config.demo.enabled:
@@ -72,6 +70,9 @@ def build_shard_set(spark: SparkSession, config: PipelineConfig, sources: list[s
     url_list = url_shards.write_url_list(
         unique, config.output_dir, sent, config.download.samples_per_shard
     )
+    # A sizes.json left by an interrupted close would confuse img2dataset's resume scan (it
+    # reads every *.json in the folder as a shard's stats); it is rewritten below anyway.
+    remove_if_exists(url_join(config.output_dir, "sizes.json"))
     download_shards(url_list, config.output_dir, config.download)
     counts = {
         "rows_in": rows_in,

@@ -129,7 +129,10 @@ def read_weights(ckpt_dir: str) -> dict[str, torch.Tensor]:
 def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
     """Load strictly: a checkpoint that does not match its config is an error, never a partial
     load."""
-    result = model.load_state_dict(weights, strict=False)
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{where}: weights do not match the model config: {exc}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{where}: weights do not match the model config "

@@ -1,0 +1,28 @@
+"""The evaluation stage's config (``configs/eval/*.yaml``): a checkpoint and a suite of tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TaskConfig:
+    name: str = ""  # a label for the results table, e.g. "fashion_mnist/zeroshot"
+    dataset: str = ""  # fashion_mnist | animal_mnist | tuxpaint | emoji_heldout
+    task: str = "zeroshot_classification"  # zeroshot_classification | retrieval
+    split: str = "test"
+    label: str = "name"  # emoji_heldout classification: name | group
+    templates: list[str] = field(default_factory=lambda: ["{c}"])
+    limit: int = 0  # 0 = whole split; a positive number evaluates the first N samples
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""  # a checkpoint folder (any fsspec URL); empty = newest of train_run_dir
+    train_run_dir: str = "runs/demo/train"
+    output_dir: str = "runs/demo/eval"
+    demo_corpus_dir: str = ".cache/demo_corpus"  # where the held-out emoji set was rendered
+    batch_size: int = 256
+    device: str = "auto"
+    workers: int = 2
+    tasks: list[TaskConfig] = field(default_factory=list)

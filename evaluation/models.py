@@ -1,0 +1,41 @@
+"""Load a model for evaluation: our checkpoints (DESIGN contract), always with full images."""
+
+from __future__ import annotations
+
+import open_clip
+from torch import nn
+
+from training import checkpoint as ckpt
+from training.model import register
+
+
+def resolve_checkpoint(checkpoint: str, train_run_dir: str) -> str:
+    if checkpoint:
+        return checkpoint
+    latest = ckpt.latest_checkpoint(train_run_dir)
+    if latest is None:
+        raise ckpt.CheckpointError(
+            f"no checkpoint given and none in {train_run_dir}/checkpoints (run `make train`, "
+            "or set checkpoint=PATH)"
+        )
+    return latest
+
+
+def load_checkpoint(ckpt_dir: str):
+    """Return (model in eval mode, preprocess transform, tokenizer, config)."""
+    config = ckpt.read_config(ckpt_dir)
+    name = "eval-" + ckpt_dir.rstrip("/").replace("/", "_").replace(":", "_")
+    register(name, config["model_cfg"])
+    model: nn.Module = open_clip.create_model(name, pretrained=None)
+    ckpt.load_weights_into(model, ckpt.read_weights(ckpt_dir), ckpt_dir)
+    model.eval()
+    pp = config.get("preprocess_cfg") or open_clip.get_model_preprocess_cfg(model)
+    preprocess = open_clip.image_transform(
+        pp["size"],
+        is_train=False,
+        mean=pp.get("mean"),
+        std=pp.get("std"),
+        interpolation=pp.get("interpolation", "bicubic"),
+        resize_mode=pp.get("resize_mode", "shortest"),
+    )
+    return model, preprocess, open_clip.get_tokenizer(name), config

@@ -1,0 +1,93 @@
+"""Shared fixtures: real components on loopback (Spark local mode, the demo web over HTTP)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ["PYSPARK_PYTHON"] = sys.executable
+os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+
+TEST_ITEMS_PER_SOURCE = 40
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pipeline.config import SparkConfig
+    from pipeline.spark_session import get_spark
+
+    session = get_spark(SparkConfig("local[2]", "1g", "flip-tests", shuffle_partitions=4))
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_corpus_dir(tmp_path_factory) -> Path:
+    from pipeline.demo.corpus import CorpusSpec, build_corpus
+
+    cache = tmp_path_factory.mktemp("demo_corpus")
+    return build_corpus(CorpusSpec(str(cache), limit_per_source=TEST_ITEMS_PER_SOURCE, processes=1))
+
+
+def small_pipeline_config(output_dir: str, corpus_dir: Path):
+    from pipeline.config import PipelineConfig
+
+    config = PipelineConfig(output_dir=output_dir)
+    config.demo.enabled = True
+    config.demo.cache_dir = str(corpus_dir)
+    config.demo.limit_per_source = TEST_ITEMS_PER_SOURCE
+    config.demo.hang_seconds = 3.0
+    config.download.image_size = 32
+    config.download.samples_per_shard = 30
+    config.download.processes = 2
+    config.download.threads = 8
+    config.download.timeout = 1
+    config.spark.master = "local[2]"
+    return config
+
+
+@pytest.fixture(scope="session")
+def shard_set(tmp_path_factory, spark, demo_corpus_dir) -> Path:
+    """A finished shard set built by the real pipeline from the demo web on loopback."""
+    from pipeline.stage import run
+
+    out = tmp_path_factory.mktemp("shards")
+    run(small_pipeline_config(str(out), demo_corpus_dir), spark)
+    return out
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory, shard_set) -> Path:
+    """A finished two-phase training run of the micro model on the small shard set."""
+    from training.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("run")
+    train(micro_train_config(str(run_dir), str(shard_set)))
+    return run_dir
+
+
+def micro_train_config(run_dir: str, shards: str, **overrides):
+    from training.config import DataConfig, ModelConfig, PhaseConfig, TrainConfig
+
+    config = TrainConfig(
+        run_dir=run_dir,
+        model=ModelConfig(name="flip_micro"),
+        data=DataConfig(shards=shards, workers=0, shuffle_buffer=16),
+        phases=[
+            PhaseConfig("pretrain", mask_ratio=0.5, samples=32, base_lr=1e-3, warmup_samples=8),
+            PhaseConfig("unmasked_tuning", mask_ratio=0.0, samples=16, base_lr=1e-4),
+        ],
+        batch_size=8,
+        log_every_steps=1,
+        device="cpu",
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config

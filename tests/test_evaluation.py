@@ -1,0 +1,149 @@
+"""Evaluation: metrics as pure functions, datasets, and the stage on a real tiny checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from evaluation import datasets, metrics
+from evaluation.config import EvalConfig, TaskConfig
+
+
+def test_classification_metrics_by_hand():
+    logits = torch.tensor(
+        [[3.0, 1, 0, 0, 0, 0], [0, 3.0, 1, 0, 0, 0], [3.0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 3.0]]
+    )
+    labels = torch.tensor([0, 2, 5, 5])
+    out = metrics.classification_metrics(logits, labels)
+    assert out["top1"] == pytest.approx(0.5)
+    assert out["top5"] == pytest.approx(1.0)
+    # class 0: 1/1, class 2: 0/1, class 5: 1/2
+    assert out["mean_per_class_recall"] == pytest.approx((1 + 0 + 0.5) / 3)
+
+
+def test_top5_absent_below_five_classes():
+    out = metrics.classification_metrics(torch.eye(3), torch.arange(3))
+    assert "top5" not in out and out["top1"] == 1.0
+
+
+def test_class_embeddings_normalise_average_renormalise():
+    a = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    emb = metrics.class_embeddings([a])
+    torch.testing.assert_close(emb[0], F.normalize(torch.tensor([1.0, 1.0]), dim=0))
+
+
+def test_retrieval_metrics_with_several_captions_per_image():
+    images = torch.eye(3)
+    # captions 0,1 → image 0; caption 2 → image 1; caption 3 → image 2 (but looks like image 0)
+    texts = torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1.0, 0], [1.0, 0, 0.5]])
+    texts = F.normalize(texts, dim=-1)
+    out = metrics.retrieval_metrics(images, texts, torch.tensor([0, 0, 1, 2]), ks=(1, 2))
+    assert out["image_retrieval_recall@1"] == pytest.approx(3 / 4)
+    assert out["image_retrieval_recall@2"] == pytest.approx(1.0)
+    # image 0's best caption is 0 or 3 (tie-free here: caption 0) → hit; image 1 → caption 2;
+    # image 2 → caption 3 → hit.
+    assert out["text_retrieval_recall@1"] == pytest.approx(1.0)
+
+
+def test_chance_levels():
+    assert metrics.chance_level("zeroshot_classification", "top1", num_classes=10) == 0.1
+    assert metrics.chance_level("zeroshot_classification", "top5", num_classes=10) == 0.5
+    assert metrics.chance_level(
+        "retrieval", "image_retrieval_recall@10", num_images=100, num_texts=100
+    ) == pytest.approx(0.1)
+    assert metrics.chance_level(
+        "retrieval", "text_retrieval_recall@1", num_images=100, num_texts=100
+    ) == pytest.approx(0.01)
+    assert metrics.beats_chance(0.2, 0.1, 1000) and not metrics.beats_chance(0.11, 0.1, 1000)
+
+
+def test_builtin_datasets_load():
+    fashion = datasets.fashion_mnist("test", limit=50)
+    assert len(fashion.images) == 50 and fashion.images[0].size == (28, 28)
+    assert fashion.labels.max() < 10 and len(fashion.classnames) == 10
+    animals = datasets.animal_mnist(limit=200)
+    assert len(np.unique(animals.labels)) == 10
+    tux = datasets.tuxpaint(limit=20)
+    assert len(tux.images) == len(tux.captions) == 20 and all(tux.captions)
+
+
+def test_missing_dataset_names_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path / "nope")
+    with pytest.raises(datasets.DatasetMissing, match="dataset-fashion-mnist"):
+        datasets.fashion_mnist("test")
+    with pytest.raises(datasets.DatasetMissing, match="make shards"):
+        datasets.emoji_heldout_retrieval(str(tmp_path))
+
+
+def _suite(limit: int) -> list[TaskConfig]:
+    return [
+        TaskConfig(
+            "emoji/name",
+            "emoji_heldout",
+            "zeroshot_classification",
+            label="name",
+            templates=["{c}, emoji"],
+            limit=limit,
+        ),
+        TaskConfig("emoji/retrieval", "emoji_heldout", "retrieval", limit=limit),
+        TaskConfig(
+            "fashion",
+            "fashion_mnist",
+            "zeroshot_classification",
+            limit=limit,
+            templates=["{c}", "a photo of a {c}"],
+        ),
+        TaskConfig("tux", "tuxpaint", "retrieval", limit=limit),
+    ]
+
+
+def test_eval_stage_on_a_trained_checkpoint(micro_run, demo_corpus_dir, tmp_path, capsys):
+    from evaluation.stage import run
+
+    config = EvalConfig(
+        train_run_dir=str(micro_run),
+        output_dir=str(tmp_path / "eval"),
+        demo_corpus_dir=str(demo_corpus_dir),
+        tasks=_suite(30),
+        device="cpu",
+    )
+    records = run(config)
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [r["task_name"] for r in results["results"]] == [
+        "emoji/name",
+        "emoji/retrieval",
+        "fashion",
+        "tux",
+    ]
+    for record in records:
+        for metric, value in record["metrics"].items():
+            assert 0.0 <= value <= 1.0 and 0.0 < record["chance"][metric] <= 1.0
+    assert results["model"]["checkpoint"].endswith("step_00000006")
+    assert "chance %" in capsys.readouterr().out
+    assert "| fashion | top1 |" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_one_class_dataset_is_a_clear_error(micro_run, demo_corpus_dir, tmp_path):
+    from evaluation.stage import run
+
+    task = TaskConfig("one", "emoji_heldout", "zeroshot_classification", label="group", limit=1)
+    config = EvalConfig(
+        train_run_dir=str(micro_run),
+        output_dir=str(tmp_path),
+        demo_corpus_dir=str(demo_corpus_dir),
+        tasks=[task],
+        device="cpu",
+    )
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        run(config)
+
+
+def test_no_checkpoint_is_a_clear_error(tmp_path):
+    from evaluation.stage import run
+    from training.checkpoint import CheckpointError
+
+    config = EvalConfig(train_run_dir=str(tmp_path), tasks=_suite(5))
+    with pytest.raises(CheckpointError, match="make train"):
+        run(config)

@@ -1,0 +1,207 @@
+"""The FLIP trainer: masking, loss, optimiser, schedule, loader robustness, runs and resume."""
+
+import io
+import json
+import math
+import tarfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training import checkpoint as ckpt
+from training.loss import contrastive_loss
+from training.masking import PatchRemoval, kept_count, remove_patches, set_mask_ratio
+from training.model import build_model, model_cfg
+from training.optim import build_optimizer, decays, lr_at, scaled_lr
+
+
+def test_remove_patches_keeps_cls_and_a_random_subset():
+    batch, length, width = 3, 16, 4
+    tokens = torch.arange(batch * (length + 1) * width, dtype=torch.float).view(
+        batch, length + 1, width
+    )
+    out = remove_patches(tokens, 0.75)
+    assert out.shape == (batch, 1 + kept_count(length, 0.75), width) == (3, 5, 4)
+    torch.testing.assert_close(out[:, 0], tokens[:, 0])  # CLS never dropped
+    for b in range(batch):
+        rows = {tuple(r.tolist()) for r in tokens[b, 1:]}
+        kept = [tuple(r.tolist()) for r in out[b, 1:]]
+        assert set(kept) <= rows and len(set(kept)) == len(kept)  # real, distinct patches
+
+
+def test_kept_count_matches_the_paper():
+    assert kept_count(196, 0.5) == 98
+    assert kept_count(256, 0.75) == 64
+    assert kept_count(196, 0.0) == 196
+
+
+def test_patch_removal_only_in_training_mode():
+    module = PatchRemoval(0.5)
+    tokens = torch.randn(2, 17, 8)
+    module.eval()
+    assert module(tokens) is tokens
+    module.train()
+    assert module(tokens).shape == (2, 9, 8)
+
+
+def test_masked_model_sees_fewer_tokens_and_full_images_at_eval():
+    model, _, _ = build_model("flip_micro")
+    set_mask_ratio(model, 0.75)
+    seen = []
+    model.visual.transformer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    images = torch.randn(2, 3, 32, 32)
+    model.train()
+    model.encode_image(images)
+    model.eval()
+    model.encode_image(images)
+    assert seen[0][1] == 1 + 4 and seen[1][1] == 1 + 16
+
+
+def test_paper_variant_uses_average_pooling_and_32_tokens():
+    cfg = model_cfg("vit_b16", "paper")
+    assert cfg["vision_cfg"]["pool_type"] == "avg"
+    assert cfg["text_cfg"]["context_length"] == 32
+    assert model_cfg("vit_b16")["text_cfg"]["context_length"] == 77
+
+
+@pytest.mark.parametrize(
+    "name,embed,width,layers",
+    [
+        ("vit_b16", 512, 768, 12),
+        ("vit_l16", 768, 1024, 24),
+        ("vit_l14", 768, 1024, 24),
+        ("vit_h14", 1024, 1280, 32),
+    ],
+)
+def test_paper_model_shapes(name, embed, width, layers):
+    cfg = model_cfg(name)
+    assert (cfg["embed_dim"], cfg["vision_cfg"]["width"], cfg["vision_cfg"]["layers"]) == (
+        embed,
+        width,
+        layers,
+    )
+
+
+def test_contrastive_loss_matches_a_direct_computation():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(6, 8), dim=-1)
+    txt = F.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(math.log(1 / 0.07))
+    logits = img @ txt.T / 0.07
+    expected = 0.0
+    for i in range(6):
+        expected += -torch.log_softmax(logits[i], 0)[i] - torch.log_softmax(logits[:, i], 0)[i]
+    torch.testing.assert_close(
+        contrastive_loss(img, txt, scale), expected / 12, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_weight_decay_spares_biases_norms_embeddings_and_temperature():
+    model, _, _ = build_model("flip_micro")
+    names = {n: decays(n, p) for n, p in model.named_parameters()}
+    assert not names["logit_scale"]
+    assert not names["positional_embedding"]
+    assert not names["visual.positional_embedding"]
+    assert not names["visual.class_embedding"]
+    assert not any(v for n, v in names.items() if n.endswith(".bias") or "ln_" in n)
+    assert names["visual.conv1.weight"]
+    opt = build_optimizer(model, 1e-3, 0.2, (0.9, 0.95))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]
+    assert opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    assert scaled_lr(4e-6, 32768) == pytest.approx(5.12e-4)
+    lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+
+
+def test_two_phase_run_writes_checkpoints_metrics_and_plot(micro_run):
+    latest = ckpt.latest_checkpoint(str(micro_run))
+    assert latest.endswith("step_00000006")  # 32/8 masked + 16/8 unmasked steps
+    config = ckpt.read_config(latest)
+    assert config["flip"]["phase"] == "unmasked_tuning"
+    assert config["flip"]["samples_seen"] == 48
+    assert set(config["preprocess_cfg"]) >= {"size", "mean", "std"}
+    records = [json.loads(line) for line in (micro_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["mask_ratio"] for r in records] == [0.5] * 4 + [0.0] * 2
+    assert [r["samples_seen"] for r in records] == [8, 16, 24, 32, 40, 48]
+    assert (micro_run / "training_curves.png").stat().st_size > 1000
+    assert list((micro_run / "tensorboard").iterdir())
+    assert (micro_run / "checkpoints" / "step_00000004").is_dir()  # phase-end checkpoint
+
+
+def test_resume_continues_across_the_phase_boundary(tmp_path, shard_set):
+    from tests.conftest import micro_train_config
+    from training.trainer import train
+
+    run_dir = tmp_path / "run"
+    first = micro_train_config(str(run_dir), str(shard_set))
+    first.phases = first.phases[:1]  # stop after the masked phase, as if killed there
+    train(first)
+    resumed = micro_train_config(str(run_dir), str(shard_set), resume=True)
+    final = train(resumed)
+    info = ckpt.read_config(final)["flip"]
+    assert info["step"] == 6 and info["samples_seen"] == 48
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_that_does_not_match_its_config_is_rejected(micro_run, tmp_path):
+    latest = ckpt.latest_checkpoint(str(micro_run))
+    model, _, _ = build_model("flip_tiny")
+    with pytest.raises(ckpt.CheckpointError, match="do not match"):
+        ckpt.load_weights_into(model, ckpt.read_weights(latest), latest)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_loader_skips_and_counts_broken_samples(tmp_path, shard_set):
+    """Bad JPEG, missing caption, bad UTF-8, a truncated tar: skipped, counted, no crash."""
+    import open_clip
+
+    from training.data import ShardSet, make_loader, train_transform
+
+    good = sorted(shard_set.glob("*.tar"))[0]
+    with tarfile.open(good) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    keys = sorted({n.split(".")[0] for n in members})[:6]
+    broken = tmp_path / "broken.tar"
+    with tarfile.open(broken, "w") as tar:
+        for i, key in enumerate(keys):
+            if i == 1:
+                _add(tar, f"{key}.jpg", b"not a jpeg")
+                _add(tar, f"{key}.txt", members[f"{key}.txt"])
+            elif i == 2:
+                _add(tar, f"{key}.jpg", members[f"{key}.jpg"])  # no caption
+            elif i == 3:
+                _add(tar, f"{key}.jpg", members[f"{key}.jpg"])
+                _add(tar, f"{key}.txt", b"\xff\xfe bad utf-8 \xc3")
+            else:
+                _add(tar, f"{key}.jpg", members[f"{key}.jpg"])
+                _add(tar, f"{key}.txt", members[f"{key}.txt"])
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    shards = ShardSet([str(broken), str(truncated)], {"broken.tar": 6, "truncated.tar": 5})
+    loader = make_loader(
+        shards,
+        train_transform(32, 0.5, (0.5,) * 3, (0.5,) * 3),
+        open_clip.get_tokenizer("RN50"),
+        batch_size=2,
+        workers=0,
+        shuffle_buffer=1,
+        seed=0,
+    )
+    skipped, seen = 0, 0
+    for _, (images, tokens, n_skipped) in zip(range(20), loader, strict=False):
+        assert images.shape == (2, 3, 32, 32) and tokens.shape[0] == 2
+        skipped += n_skipped
+        seen += 2
+    assert seen == 40 and skipped > 0
