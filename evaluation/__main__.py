@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 from evaluation.config import EvalConfig
-from flipcommon.config import load_config
+from flipcommon.cli import run_stage, stage_parser
 
 HELP = """\
 Evaluate a checkpoint (open_clip layout: open_clip_config.json + open_clip_model.safetensors)
@@ -23,21 +20,15 @@ Examples:
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("config", help="YAML suite config (see configs/eval/)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. checkpoint=PATH")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = load_config(EvalConfig, args.config, args.overrides)
-
+def _run(config: EvalConfig, _args) -> None:
     from evaluation.stage import run
 
     run(config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser("python -m evaluation", HELP, "checkpoint=PATH")
+    run_stage(parser, EvalConfig, _run, argv)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from evaluation.config import EvalConfig
 from evaluation.models import load_checkpoint, resolve_checkpoint
 from evaluation.report import format_table, write_results
@@ -22,7 +20,6 @@ def run(config: EvalConfig) -> list[dict]:
     device = resolve_device(config.device)
     model, preprocess, tokenizer, ckpt_config = load_checkpoint(ckpt_dir)
     model.to(device)
-    torch.set_grad_enabled(False)
     records = []
     for index, task in enumerate(config.tasks, 1):
         record = run_task(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 
-from flipcommon.config import load_config
+from flipcommon.cli import run_stage, stage_parser
 from pipeline.config import PipelineConfig
 
 HELP = """\
@@ -28,22 +26,16 @@ Examples:
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("config", help="YAML config (see configs/pipeline/)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. download.timeout=5")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = load_config(PipelineConfig, args.config, args.overrides)
-
+def _run(config: PipelineConfig, _args) -> None:
     from pipeline.stage import run  # imported late: --help must not need Spark
 
     manifest = run(config)
     print(json.dumps(manifest["counts"], indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser("python -m pipeline", HELP, "download.timeout=5")
+    run_stage(parser, PipelineConfig, _run, argv)
 
 
 if __name__ == "__main__":  # img2dataset spawns processes: keep the entry point guarded

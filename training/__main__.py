@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-
-from flipcommon.config import load_config
+from flipcommon.cli import run_stage, stage_parser
 from training.config import TrainConfig
 
 HELP = """\
@@ -26,26 +23,20 @@ Examples:
 """
 
 
+def _run(config: TrainConfig, args) -> None:
+    from training.trainer import train
+
+    if args.resume:
+        config.resume = True
+    train(config)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m training",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("config", help="YAML config (see configs/train/)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_size=64")
+    parser = stage_parser("python -m training", HELP, "batch_size=64")
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's LATEST checkpoint"
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = load_config(TrainConfig, args.config, args.overrides)
-    if args.resume:
-        config.resume = True
-
-    from training.trainer import train
-
-    train(config)
+    run_stage(parser, TrainConfig, _run, argv)
 
 
 if __name__ == "__main__":  # DataLoader workers spawn processes: keep the entry point guarded
