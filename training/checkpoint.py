@@ -41,6 +41,7 @@ class TrainState:
     phase_index: int = 0
     phase_step: int = 0  # steps taken inside the current phase
     samples_seen: int = 0
+    skipped_samples: int = 0  # broken samples or tar records skipped by the loader
 
 
 def rng_state() -> dict[str, Any]:

@@ -50,6 +50,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     grad_checkpointing: bool = False
+    accum_steps: int = 1  # micro-batches per step; the contrastive batch stays batch_size
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every_steps: int = 0  # 0 = only at phase ends

@@ -16,14 +16,23 @@ from training import checkpoint as ckpt
 from training.config import TrainConfig
 from training.data import make_loader, open_shard_set, train_transform
 from training.distributed import init_distributed, resolve_device
-from training.loss import clamp_logit_scale, contrastive_loss
+from training.loss import clamp_logit_scale
 from training.masking import set_mask_ratio
 from training.model import build_model, preprocess_cfg
 from training.observe import MetricsLog, plot_curves
 from training.optim import build_optimizer, lr_at, set_lr
 from training.phases import plan_phases
+from training.step import forward_backward
 
 log = logging.getLogger(__name__)
+
+
+def nullcontext_autocast() -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def bf16_autocast(device: torch.device):
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def train(config: TrainConfig) -> str:
@@ -66,27 +75,35 @@ def train(config: TrainConfig) -> str:
 
     pp_cfg = preprocess_cfg(model)
     shard_set = open_shard_set(config.data.shards)
-    loader = make_loader(
-        shard_set,
-        train_transform(
-            pp_cfg["size"] if isinstance(pp_cfg["size"], int) else pp_cfg["size"][0],
-            config.data.crop_scale_min,
-            pp_cfg["mean"],
-            pp_cfg["std"],
-        ),
-        open_clip.get_tokenizer(reg_name),
-        batch_size=local_batch,
-        workers=config.data.workers,
-        shuffle_buffer=config.data.shuffle_buffer,
-        # a resumed run draws a fresh, reproducible shard sequence from where it stopped
-        seed=config.seed + 7919 * dist_info.rank + state.step,
+    transform = train_transform(
+        pp_cfg["size"] if isinstance(pp_cfg["size"], int) else pp_cfg["size"][0],
+        config.data.crop_scale_min,
+        pp_cfg["mean"],
+        pp_cfg["std"],
     )
-    batches = iter(loader)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if config.precision == "bf16"
-        else contextlib.nullcontext()
-    )
+    tokenizer = open_clip.get_tokenizer(reg_name)
+
+    def open_batches(segment_start: int):
+        """The batch stream of the segment that starts at step ``segment_start``.
+
+        The stream is restarted, reseeded by the step, at every checkpoint; a run resumed from a
+        checkpoint therefore sees exactly the batches the uninterrupted run saw after it.
+        """
+        loader = make_loader(
+            shard_set,
+            transform,
+            tokenizer,
+            batch_size=local_batch,
+            workers=config.data.workers,
+            shuffle_buffer=config.data.shuffle_buffer,
+            seed=config.seed + 7919 * dist_info.rank + 1_000_003 * segment_start,
+        )
+        return iter(loader)
+
+    batches = open_batches(state.step)
+
+    autocast = bf16_autocast(device) if config.precision == "bf16" else nullcontext_autocast
+
     metrics = MetricsLog(config.run_dir, enabled=dist_info.is_main)
     info = {"model_name": config.model.name, "variant": config.model.variant, "smoke": smoke}
     total_steps = sum(p.steps for p in plans)
@@ -98,7 +115,6 @@ def train(config: TrainConfig) -> str:
         dynamic_ncols=True,
     )
     last_ckpt = ckpt.latest_checkpoint(config.run_dir) if config.resume else None
-    skipped_total = 0
     model.train()
     for phase_index in range(state.phase_index, len(plans)):
         plan = plans[phase_index]
@@ -116,15 +132,12 @@ def train(config: TrainConfig) -> str:
             t0 = time.perf_counter()
             images, tokens, skipped = next(batches)
             data_time = time.perf_counter() - t0
-            skipped_total += skipped
+            state.skipped_samples += skipped
             images, tokens = images.to(device, non_blocking=True), tokens.to(device)
-            with autocast:
-                # open_clip returns exp(logit_scale); the loss takes the raw parameter
-                image_features, text_features, _ = train_model(images, tokens)
-                logit_scale = model.logit_scale
-                loss = contrastive_loss(image_features.float(), text_features.float(), logit_scale)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = forward_backward(
+                train_model, model, images, tokens, autocast, config.accum_steps
+            )
             optimizer.step()
             clamp_logit_scale(model.logit_scale)
             step_time = time.perf_counter() - t0
@@ -144,11 +157,11 @@ def train(config: TrainConfig) -> str:
                     {
                         "loss": loss.item(),
                         "lr": lr,
-                        "temperature": 1 / logit_scale.exp().item(),
+                        "temperature": 1 / model.logit_scale.exp().item(),
                         "samples_per_s": global_batch / step_time,
                         "data_time_s": data_time,
                         "mask_ratio": plan.mask_ratio,
-                        "skipped_samples": skipped_total,
+                        "skipped_samples": state.skipped_samples,
                     },
                 )
             at_phase_end = state.phase_step == plan.steps
@@ -174,13 +187,16 @@ def train(config: TrainConfig) -> str:
                     },
                 )
                 metrics.flush()
+            if (at_phase_end or periodic) and state.phase_index < len(plans):
+                del batches  # stops the old stream's workers
+                batches = open_batches(state.step)
             if at_phase_end:
                 break
     bar.close()
     metrics.close()
     if dist_info.is_main:
-        if skipped_total:
-            log.warning("skipped %d broken samples or tar records", skipped_total)
+        if state.skipped_samples:
+            log.warning("skipped %d broken samples or tar records", state.skipped_samples)
         log.info("training curves: %s", plot_curves(config.run_dir))
         log.info("final checkpoint: %s", last_ckpt)
     return last_ckpt

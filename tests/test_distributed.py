@@ -1,0 +1,113 @@
+"""Distributed contrastive loss and gradient accumulation give the gradients of one pass over
+the whole global batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from training.masking import set_mask_ratio
+from training.model import build_model
+from training.step import forward_backward
+from training.trainer import nullcontext_autocast
+
+GLOBAL_BATCH = 8
+
+
+def _inputs():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=generator)
+    tokens = torch.randint(1, 49407, (GLOBAL_BATCH, 16), generator=generator)
+    return images, tokens
+
+
+def _model():
+    torch.manual_seed(0)
+    model, _, _ = build_model("flip_micro")
+    set_mask_ratio(model, 0.0)  # masks are random per rank; equivalence is about the loss
+    model.train()
+    return model
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = _model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    images, tokens = _inputs()
+    local = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    loss = forward_backward(ddp, model, images[local], tokens[local], nullcontext_autocast)
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss)
+    if rank == 0:
+        torch.save(
+            {"loss": torch.stack(losses).mean(), "grads": _grads(model)}, f"{out_dir}/ddp.pt"
+        )
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_gloo_matches_one_process_over_the_global_batch(tmp_path):
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt")
+    model = _model()
+    images, tokens = _inputs()
+    loss = forward_backward(model, model, images, tokens, nullcontext_autocast)
+    torch.testing.assert_close(ddp["loss"], loss, rtol=1e-5, atol=1e-6)
+    reference = _grads(model)
+    assert set(ddp["grads"]) == set(reference)
+    for name, grad in reference.items():
+        torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_accumulation_keeps_the_full_contrastive_batch():
+    images, tokens = _inputs()
+    whole = _model()
+    loss = forward_backward(whole, whole, images, tokens, nullcontext_autocast)
+    accumulated = _model()
+    accum_loss = forward_backward(
+        accumulated, accumulated, images, tokens, nullcontext_autocast, accum_steps=4
+    )
+    torch.testing.assert_close(accum_loss, loss.detach(), rtol=1e-5, atol=1e-6)
+    reference = _grads(whole)
+    for name, grad in _grads(accumulated).items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_accumulation_replays_the_same_patch_removal():
+    """With masking on, the gradient pass must see the same patches as the cached pass: then
+    the loss of the last micro-step equals the loss of the cached features."""
+    model = _model()
+    set_mask_ratio(model, 0.5)
+    images, tokens = _inputs()
+    torch.manual_seed(5)
+    loss = forward_backward(model, model, images, tokens, nullcontext_autocast, accum_steps=2)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        feats = [model(i, t)[:2] for i, t in zip(images.chunk(2), tokens.chunk(2), strict=True)]
+    from training.loss import contrastive_loss
+
+    expected = contrastive_loss(
+        torch.cat([f[0] for f in feats]), torch.cat([f[1] for f in feats]), model.logit_scale
+    )
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_must_split_into_micro_batches():
+    model = _model()
+    images, tokens = _inputs()
+    with pytest.raises(ValueError, match="micro-batches"):
+        forward_backward(model, model, images[:6], tokens[:6], nullcontext_autocast, accum_steps=4)

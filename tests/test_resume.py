@@ -1,0 +1,88 @@
+"""Kill -9 a training run mid-phase, resume it: the final weights equal an uninterrupted run's."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tests.conftest import micro_train_config
+from training import checkpoint as ckpt
+from training.config import PhaseConfig
+from training.trainer import train
+
+REPO = Path(__file__).parent.parent
+PHASES = [
+    PhaseConfig("pretrain", mask_ratio=0.5, samples=8 * 24, base_lr=1e-3, warmup_samples=32),
+    PhaseConfig("unmasked_tuning", mask_ratio=0.0, samples=8 * 8, base_lr=1e-4),
+]
+TOTAL_STEPS = 32
+
+
+def _config(run_dir: Path, shards: Path, **overrides):
+    config = micro_train_config(str(run_dir), str(shards), checkpoint_every_steps=4, **overrides)
+    config.phases = PHASES
+    return config
+
+
+def _cli_args(run_dir: Path, shards: Path) -> list[str]:
+    phases = json.dumps([p.__dict__ for p in PHASES])
+    return [
+        sys.executable,
+        "-m",
+        "training",
+        str(REPO / "configs/train/flip_tiny.yaml"),
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        "model.name=flip_micro",
+        "batch_size=8",
+        "data.workers=0",
+        "data.shuffle_buffer=16",
+        "checkpoint_every_steps=4",
+        "log_every_steps=1",
+        "device=cpu",
+        f"phases={phases}",
+    ]
+
+
+def _kill_after_first_checkpoint(run_dir: Path, shards: Path) -> int:
+    latest = run_dir / "checkpoints" / "LATEST"
+    process = subprocess.Popen(
+        _cli_args(run_dir, shards), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process.returncode
+
+
+def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shard_set):
+    reference = train(_config(tmp_path / "reference", shard_set))
+
+    run_dir = tmp_path / "killed"
+    returncode = _kill_after_first_checkpoint(run_dir, shard_set)
+    killed_at = ckpt.latest_checkpoint(str(run_dir))
+    assert returncode == -signal.SIGKILL
+    assert killed_at is not None and not killed_at.endswith(f"{TOTAL_STEPS:08d}"), (
+        "the run must die mid-way for this test to mean anything"
+    )
+
+    resumed = train(_config(run_dir, shard_set, resume=True))
+    assert resumed.endswith(f"step_{TOTAL_STEPS:08d}")
+    ours, theirs = ckpt.read_weights(resumed), ckpt.read_weights(reference)
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    reference_records = [
+        json.loads(line)
+        for line in (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))
+    assert [r["samples_seen"] for r in records] == [8 * s for s in range(1, TOTAL_STEPS + 1)]
+    assert [r["lr"] for r in records] == [r["lr"] for r in reference_records]

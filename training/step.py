@@ -1,0 +1,95 @@
+"""One optimisation step's forward and backward, with optional gradient accumulation that keeps
+the full contrastive batch.
+
+Accumulation (as open_clip's accum-freq does): first embed every micro-batch without gradients
+and cache the features; then, micro-batch by micro-batch, re-embed it with gradients, splice it
+into the cached features, and back-propagate the loss over the *whole* batch. The summed
+gradients equal those of one pass over the whole batch. The RNG state of each micro-batch's
+first pass is replayed in its second, so the same patches are removed both times, and the
+temperature takes its gradient from one of the passes only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from training.loss import contrastive_loss
+
+
+def _features(train_model: nn.Module, images: torch.Tensor, tokens: torch.Tensor):
+    image_features, text_features, _ = train_model(images, tokens)
+    return image_features.float(), text_features.float()
+
+
+def _rng_state(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def forward_backward(
+    train_model: nn.Module,
+    model: nn.Module,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    accum_steps: int = 1,
+) -> torch.Tensor:
+    """Compute the loss of the batch and accumulate its gradients; returns the loss (detached).
+
+    ``train_model`` may be a DDP wrapper of ``model``; the temperature is read from ``model``
+    (open_clip's forward returns it already exponentiated).
+    """
+    if accum_steps <= 1:
+        with autocast():
+            image_features, text_features = _features(train_model, images, tokens)
+            loss = contrastive_loss(image_features, text_features, model.logit_scale)
+        loss.backward()
+        return loss.detach()
+
+    if images.shape[0] % accum_steps:
+        raise ValueError(f"batch {images.shape[0]} must divide into {accum_steps} micro-batches")
+    image_chunks, token_chunks = images.chunk(accum_steps), tokens.chunk(accum_steps)
+    device = images.device
+    rng_states, cached_images, cached_texts = [], [], []
+    with torch.no_grad():
+        for micro_images, micro_tokens in zip(image_chunks, token_chunks, strict=True):
+            rng_states.append(_rng_state(device))
+            with autocast():
+                image_features, text_features = _features(train_model, micro_images, micro_tokens)
+            cached_images.append(image_features)
+            cached_texts.append(text_features)
+    after_first_pass = _rng_state(device)
+    loss = torch.zeros((), device=device)
+    for j in range(accum_steps):
+        _set_rng_state(rng_states[j], device)
+        last = j == accum_steps - 1
+        sync = (
+            contextlib.nullcontext()
+            if last or not hasattr(train_model, "no_sync")
+            else train_model.no_sync()
+        )
+        with sync:
+            with autocast():
+                image_features, text_features = _features(
+                    train_model, image_chunks[j], token_chunks[j]
+                )
+                all_images = torch.cat(
+                    cached_images[:j] + [image_features] + cached_images[j + 1 :]
+                )
+                all_texts = torch.cat(cached_texts[:j] + [text_features] + cached_texts[j + 1 :])
+                # the temperature's gradient comes from the full batch once, not once per chunk
+                logit_scale = model.logit_scale if last else model.logit_scale.detach()
+                loss = contrastive_loss(all_images, all_texts, logit_scale)
+            loss.backward()
+    _set_rng_state(after_first_pass, device)
+    return loss.detach()
