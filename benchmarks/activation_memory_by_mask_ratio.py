@@ -1,9 +1,10 @@
 """Memory a training step keeps for the backward pass, by mask ratio, same batch.
 
-Counts the bytes of every tensor autograd saves for backward (``saved_tensors_hooks``) in one
-forward pass — the activation memory that patch removal shrinks, measured exactly and without
-timing noise — and, on a GPU, the peak allocated memory of a whole step (weights, gradients and
-optimizer state included). Ratios are against mask ratio 0 in the same process.
+Counts the bytes of every non-weight tensor autograd saves for backward
+(``saved_tensors_hooks``) in one forward pass — the activation memory that patch removal
+shrinks, measured exactly and without timing noise — and, on a GPU, the peak allocated memory
+of a whole step (weights, gradients and optimizer state included). Ratios are against mask
+ratio 0 in the same process.
 
     python benchmarks/activation_memory_by_mask_ratio.py [--model vit_b16] [--batch 8]
 """
@@ -22,10 +23,12 @@ from training.optim import build_optimizer
 
 def saved_bytes(model, images, tokens, image_only: bool) -> int:
     seen: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def pack(tensor: torch.Tensor):
         storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()  # count shared storage once
+        if storage.data_ptr() not in weights:  # weights are saved too, but are no activation
+            seen[storage.data_ptr()] = storage.nbytes()  # count shared storage once
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -12,26 +12,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import open_clip
 import torch
+from bench_common import random_batch, seconds_per_step
 
-from training.loss import contrastive_loss
 from training.masking import set_mask_ratio
 from training.model import build_model, model_cfg, register
 from training.optim import build_optimizer
-
-
-def step_time(model, optimizer, images, tokens, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        image_features, text_features, _ = model(images, tokens)
-        loss = contrastive_loss(image_features, text_features, model.logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
@@ -53,15 +41,15 @@ def main() -> None:
     theirs.load_state_dict(ours.state_dict())
     models = {"ours": ours, "open_clip": theirs}
     optimizers = {k: build_optimizer(m.train(), 1e-5, 0.2, (0.9, 0.95)) for k, m in models.items()}
-    size = cfg["vision_cfg"]["image_size"]
-    images = torch.randn(args.batch, 3, size, size)
-    tokens = torch.randint(1, 49407, (args.batch, cfg["text_cfg"]["context_length"]))
+    images, tokens = random_batch(cfg, args.batch)
     times: dict[str, list[float]] = {k: [] for k in models}
     for name, model in models.items():  # warm-up
-        step_time(model, optimizers[name], images, tokens, 1)
+        seconds_per_step(model, optimizers[name], images, tokens, 1)
     for _ in range(args.rounds):
         for name, model in models.items():
-            times[name].append(step_time(model, optimizers[name], images, tokens, args.steps))
+            times[name].append(
+                seconds_per_step(model, optimizers[name], images, tokens, args.steps)
+            )
     ours_t, theirs_t = statistics.median(times["ours"]), statistics.median(times["open_clip"])
     print(
         f"model {args.model}, batch {args.batch}, mask ratio {args.ratio}, "

@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from bench_common import random_batch, seconds_per_step
 
-from training.loss import contrastive_loss
 from training.masking import set_mask_ratio
 from training.model import build_model
 from training.optim import build_optimizer
-
-
-def time_steps(model, optimizer, images, tokens, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        image_features, text_features, _ = model(images, tokens)
-        loss = contrastive_loss(image_features, text_features, model.logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
@@ -40,25 +28,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--image-only", action="store_true", help="time the image tower alone")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model, cfg, _ = build_model(args.model)
     model.train()
     optimizer = build_optimizer(model, 1e-4, 0.2, (0.9, 0.95))
-    size = cfg["vision_cfg"]["image_size"]
-    images = torch.randn(args.batch, 3, size, size)
-    tokens = torch.randint(0, 49408, (args.batch, cfg["text_cfg"]["context_length"]))
+    images, tokens = random_batch(cfg, args.batch)
     ratios = [0.0, 0.5, 0.75]
     times: dict[float, list[float]] = {r: [] for r in ratios}
     for r in ratios:  # warm-up
         set_mask_ratio(model, r)
-        time_steps(model, optimizer, images, tokens, 1)
+        seconds_per_step(model, optimizer, images, tokens, 1)
     for _ in range(args.rounds):
         for r in ratios:
             set_mask_ratio(model, r)
-            times[r].append(time_steps(model, optimizer, images, tokens, args.steps))
+            times[r].append(seconds_per_step(model, optimizer, images, tokens, args.steps))
     base = statistics.median(times[0.0])
     print(
         f"model {args.model}, batch {args.batch}, {args.rounds} rounds × {args.steps} steps, "
