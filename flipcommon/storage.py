@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import fsspec
 
@@ -13,22 +17,45 @@ def url_join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
-def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write ``data`` so readers never see a half-written file.
+def is_local(url: str) -> bool:
+    fs, _ = fsspec.core.url_to_fs(url)
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
 
-    Local and POSIX-like file systems get write-to-temp then rename; object stores (S3, GCS)
-    already make a single PUT visible all at once, so a direct write is atomic there.
+
+@contextlib.contextmanager
+def atomic_local_path(path: str) -> Iterator[str]:
+    """A temporary path beside ``path`` that is renamed onto it only if the block succeeds."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def open_atomic(url: str) -> Iterator[IO[bytes]]:
+    """A binary handle whose content readers see whole or not at all, streamed (no copy in
+    memory).
+
+    Local files: write to a temporary name, then rename. Object stores (S3, GCS) publish an
+    upload only when it completes, so a direct streamed write is atomic there.
     """
-    fs, path = fsspec.core.url_to_fs(url)
-    if fs.protocol in ("file", "local") or "file" in fs.protocol:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        with fs.open(tmp, "wb") as handle:
-            handle.write(data)
-        fs.mv(tmp, path)
+    if is_local(url):
+        _, path = fsspec.core.url_to_fs(url)
+        with atomic_local_path(path) as tmp, open(tmp, "wb") as handle:
+            yield handle
     else:
-        with fs.open(path, "wb") as handle:
-            handle.write(data)
+        with fsspec.open(url, "wb") as handle:
+            yield handle
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    with open_atomic(url) as handle:
+        handle.write(data)
 
 
 def write_json_atomic(url: str, obj: Any) -> None:

@@ -10,7 +10,6 @@ checkpoint that a crash cut short is never picked up.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from dataclasses import dataclass
@@ -21,9 +20,16 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+from safetensors.torch import save_file as save_safetensors_file
 from torch import nn
 
-from flipcommon.storage import url_join, write_bytes_atomic
+from flipcommon.storage import (
+    atomic_local_path,
+    is_local,
+    open_atomic,
+    url_join,
+    write_bytes_atomic,
+)
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -76,24 +82,34 @@ def save_checkpoint(
 ) -> str:
     """Write a checkpoint and then point LATEST at it; returns its URL."""
     ckpt_dir = url_join(run_dir, "checkpoints", checkpoint_name(state.step))
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "flip": info}
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "train_state": state.__dict__,
-            "rng": rng_state(),
-        },
-        buffer,
-    )
-    write_bytes_atomic(url_join(ckpt_dir, WEIGHTS_FILE), save_safetensors(weights))
+    # Stream each file to storage: a copy in memory of a ViT-H/14's weights and optimizer
+    # state would double the process's footprint.
+    _write_weights(url_join(ckpt_dir, WEIGHTS_FILE), model)
     write_bytes_atomic(url_join(ckpt_dir, CONFIG_FILE), json.dumps(config, indent=2).encode())
-    write_bytes_atomic(url_join(ckpt_dir, STATE_FILE), buffer.getvalue())
+    with open_atomic(url_join(ckpt_dir, STATE_FILE)) as handle:
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "train_state": state.__dict__,
+                "rng": rng_state(),
+            },
+            handle,
+        )
     write_bytes_atomic(
         url_join(run_dir, "checkpoints", LATEST_FILE), checkpoint_name(state.step).encode()
     )
     return ckpt_dir
+
+
+def _write_weights(url: str, model: nn.Module) -> None:
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if is_local(url):
+        _, path = fsspec.core.url_to_fs(url)
+        with atomic_local_path(path) as tmp:
+            save_safetensors_file(weights, tmp)
+    else:  # safetensors writes local files only; remote stores get the serialised bytes
+        write_bytes_atomic(url, save_safetensors(weights))
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
@@ -144,4 +160,4 @@ def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], where:
 def read_train_state(ckpt_dir: str) -> dict[str, Any]:
     with fsspec.open(url_join(ckpt_dir, STATE_FILE), "rb") as handle:
         # Our own file (optimizer tensors, numpy RNG state): not loadable with weights_only.
-        return torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=False)
+        return torch.load(handle, map_location="cpu", weights_only=False)

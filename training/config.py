@@ -28,6 +28,10 @@ class DataConfig:
     workers: int = 2
     shuffle_buffer: int = 2000
     crop_scale_min: float = 0.5  # random resized crop (0.5, 1), bicubic, as in the paper
+    # How loader workers start. "spawn": a fresh interpreter (seconds per start). "fork" starts
+    # faster, but every page of weights and optimizer state the trainer then updates is copied:
+    # for a large model (ViT-H/14: ~16 GB of state) that doubles the memory. Fork only small ones.
+    worker_start: str = "spawn"
 
 
 @dataclass

@@ -157,6 +157,7 @@ def make_loader(
     workers: int,
     shuffle_buffer: int,
     seed: int,
+    worker_start: str = "spawn",
 ) -> torch.utils.data.DataLoader:
     """An endless stream of batches: shards are resampled with replacement, so an epoch is a
     number of samples (sizes.json), and every worker of every rank draws its own sequence."""
@@ -175,6 +176,7 @@ def make_loader(
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,
+        multiprocessing_context=worker_start if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,
     )
 

@@ -94,8 +94,9 @@ def train(config: TrainConfig) -> str:
             transform,
             tokenizer,
             batch_size=local_batch,
-            workers=config.data.workers,
+            workers=min(config.data.workers, 1) if smoke else config.data.workers,
             shuffle_buffer=config.data.shuffle_buffer,
+            worker_start=config.data.worker_start,
             seed=config.seed + 7919 * dist_info.rank + 1_000_003 * segment_start,
         )
         return iter(loader)
