@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 MODEL ?= flip_tiny
 PIPELINE_CONFIG ?= configs/pipeline/demo.yaml
 TRAIN_CONFIG ?= configs/train/$(MODEL).yaml
-EVAL_CONFIG ?= configs/eval/demo.yaml
+SUITE ?= demo
+EVAL_CONFIG ?= configs/eval/$(SUITE).yaml
+CHECKPOINT ?=
 ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -26,7 +28,7 @@ help:
 	@echo "make test              run the test suite (installs first)"
 	@echo "make shards            build the shard set      (PIPELINE_CONFIG=$(PIPELINE_CONFIG))"
 	@echo "make train MODEL=...   train a FLIP model        (configs/train/MODEL.yaml)"
-	@echo "make eval              evaluate the newest checkpoint (EVAL_CONFIG=$(EVAL_CONFIG))"
+	@echo "make eval              evaluate a checkpoint on a suite (SUITE=demo CHECKPOINT=newest)"
 	@echo "extra key=value overrides go in ARGS='...'"
 
 setup: system-packages $(STAMP)
@@ -50,7 +52,7 @@ train: setup
 	$(PY) -m training $(TRAIN_CONFIG) $(ARGS)
 
 eval: setup
-	$(PY) -m evaluation $(EVAL_CONFIG) $(ARGS)
+	$(PY) -m evaluation $(EVAL_CONFIG) $(if $(CHECKPOINT),checkpoint=$(CHECKPOINT)) $(ARGS)
 
 demo: setup
 	@start=$$(date +%s); \

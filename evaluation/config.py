@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 class TaskConfig:
     name: str = ""  # a label for the results table, e.g. "fashion_mnist/zeroshot"
     dataset: str = ""  # fashion_mnist | animal_mnist | tuxpaint | emoji_heldout
-    task: str = "zeroshot_classification"  # zeroshot_classification | retrieval
+    task: str = "zeroshot_classification"  # zeroshot_classification | retrieval | linear_probe
     split: str = "test"
+    train_split: str = "train"  # linear_probe: where the probe is fitted
+    train_limit: int = 0  # linear_probe: 0 = the whole training split
     label: str = "name"  # emoji_heldout classification: name | group
     templates: list[str] = field(default_factory=lambda: ["{c}"])
     limit: int = 0  # 0 = whole split; a positive number evaluates the first N samples

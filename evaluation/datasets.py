@@ -89,8 +89,14 @@ def fashion_mnist(split: str, limit: int = 0) -> ClassificationSet:
     return ClassificationSet(_grey_to_images(images), labels, list(FASHION_MNIST_CLASSES))
 
 
+ANIMAL_MNIST_TEST_SIZE = 2000
+
+
 def animal_mnist(split: str = "test", limit: int = 0) -> ClassificationSet:
-    """All 10,000 images (the package ships no split), in a fixed shuffled order."""
+    """The package ships 10,000 images and no split: in a fixed shuffled order, the last 2,000
+    are 'test', the first 8,000 'train', all of them 'all'."""
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"animal_mnist has splits 'train', 'test' and 'all', not {split!r}")
     try:
         import animal_mnist as package
     except ImportError as exc:
@@ -106,6 +112,10 @@ def animal_mnist(split: str = "test", limit: int = 0) -> ClassificationSet:
         labels = np.asarray(pickle.load(handle), dtype=np.int64)
     order = np.random.default_rng(0).permutation(len(labels))
     images, labels = images[order], labels[order]
+    if split == "train":
+        images, labels = images[:-ANIMAL_MNIST_TEST_SIZE], labels[:-ANIMAL_MNIST_TEST_SIZE]
+    elif split == "test":
+        images, labels = images[-ANIMAL_MNIST_TEST_SIZE:], labels[-ANIMAL_MNIST_TEST_SIZE:]
     if limit:
         images, labels = images[:limit], labels[:limit]
     return ClassificationSet(_grey_to_images(images), labels, list(ANIMAL_MNIST_CLASSES))

@@ -10,6 +10,7 @@ from flipcommon.storage import url_join, write_bytes_atomic, write_json_atomic
 
 HEADLINE_METRICS = {
     "zeroshot_classification": ("top1", "top5", "mean_per_class_recall"),
+    "linear_probe": ("top1", "mean_per_class_recall"),
     "retrieval": (
         "image_retrieval_recall@1",
         "image_retrieval_recall@10",

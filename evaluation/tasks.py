@@ -7,13 +7,16 @@ import torch
 from evaluation import datasets, metrics
 from evaluation.config import TaskConfig
 from evaluation.features import image_features, text_features
+from evaluation.linear_probe import linear_probe
 
 
-def load_dataset(task: TaskConfig, corpus_dir: str):
+def load_dataset(task: TaskConfig, corpus_dir: str, split: str | None = None, limit: int = -1):
+    split = task.split if split is None else split
+    limit = task.limit if limit < 0 else limit
     if task.dataset == "fashion_mnist":
-        return datasets.fashion_mnist(task.split, task.limit)
+        return datasets.fashion_mnist(split, limit)
     if task.dataset == "animal_mnist":
-        return datasets.animal_mnist(task.split, task.limit)
+        return datasets.animal_mnist(split, limit)
     if task.dataset == "tuxpaint":
         return datasets.tuxpaint(task.split, task.limit)
     if task.dataset == "emoji_heldout":
@@ -32,7 +35,33 @@ def run_task(
     """One result record: metrics, their chance levels, and the sample counts behind them."""
     data = load_dataset(task, corpus_dir)
     images = image_features(model, data.images, preprocess, device, batch_size, task.name)
-    if task.task == "zeroshot_classification":
+    details: dict = {}
+    if task.task == "linear_probe":
+        if not isinstance(data, datasets.ClassificationSet):
+            raise ValueError(f"task {task.name}: a linear probe needs a classification dataset")
+        train = load_dataset(task, corpus_dir, task.train_split, task.train_limit)
+        train_images = image_features(
+            model, train.images, preprocess, device, batch_size, f"{task.name} (train)"
+        )
+        values = linear_probe(
+            train_images.to(device),
+            torch.from_numpy(train.labels).to(device),
+            images.to(device),
+            torch.from_numpy(data.labels).to(device),
+            len(data.classnames),
+        )
+        details = {"penalty": values.pop("penalty"), "val_top1": values.pop("val_top1")}
+        chance = {
+            m: metrics.chance_level("zeroshot_classification", m, num_classes=len(data.classnames))
+            for m in values
+        }
+        counts = {
+            "train_samples": len(train.labels),
+            "samples": len(data.labels),
+            "classes": len(data.classnames),
+        }
+        n = len(data.labels)
+    elif task.task == "zeroshot_classification":
         if len(data.classnames) < 2:
             raise ValueError(f"task {task.name}: zero-shot needs at least 2 classes")
         # all prompts in one batched pass: classes × templates
@@ -70,5 +99,6 @@ def run_task(
         "chance": chance,
         "beats_chance": above,
         "counts": counts,
+        "details": details,
         "templates": task.templates if task.task == "zeroshot_classification" else None,
     }
