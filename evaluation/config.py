@@ -21,6 +21,8 @@ class TaskConfig:
 @dataclass
 class EvalConfig:
     checkpoint: str = ""  # a checkpoint folder (any fsspec URL); empty = newest of train_run_dir
+    checkpoints: list[str] = field(default_factory=list)  # several (runs or steps) to compare
+    every_checkpoint: bool = False  # all checkpoints of train_run_dir: metric vs samples seen
     train_run_dir: str = "runs/demo/train"
     output_dir: str = "runs/demo/eval"
     demo_corpus_dir: str = ".cache/demo_corpus"  # where the held-out emoji set was rendered

@@ -21,6 +21,19 @@ def resolve_checkpoint(checkpoint: str, train_run_dir: str) -> str:
     return latest
 
 
+def resolve_checkpoints(config) -> list[str]:
+    """The checkpoints an evaluation covers, oldest first: an explicit list, every checkpoint
+    of the training run, or one (``checkpoint``, else the run's newest)."""
+    if config.checkpoints:
+        return list(config.checkpoints)
+    if config.every_checkpoint:
+        found = ckpt.list_checkpoints(config.train_run_dir)
+        if not found:
+            raise ckpt.CheckpointError(f"no checkpoints in {config.train_run_dir}/checkpoints")
+        return found
+    return [resolve_checkpoint(config.checkpoint, config.train_run_dir)]
+
+
 def load_checkpoint(ckpt_dir: str):
     """Return (model in eval mode, preprocess transform, tokenizer, config)."""
     config = ckpt.read_config(ckpt_dir)

@@ -1,11 +1,11 @@
-"""The evaluation stage: one checkpoint, a suite of tasks, results and a report."""
+"""The evaluation stage: one or more checkpoints, a suite of tasks, results and reports."""
 
 from __future__ import annotations
 
 import logging
 
 from evaluation.config import EvalConfig
-from evaluation.models import load_checkpoint, resolve_checkpoint
+from evaluation.models import load_checkpoint, resolve_checkpoints
 from evaluation.report import format_table, write_results
 from evaluation.tasks import run_task
 from training.distributed import resolve_device
@@ -13,13 +13,17 @@ from training.distributed import resolve_device
 log = logging.getLogger(__name__)
 
 
-def run(config: EvalConfig) -> list[dict]:
-    if not config.tasks:
-        raise ValueError("the suite lists no tasks")
-    ckpt_dir = resolve_checkpoint(config.checkpoint, config.train_run_dir)
-    device = resolve_device(config.device)
+def evaluate_checkpoint(ckpt_dir: str, config: EvalConfig, device) -> list[dict]:
+    """Run the suite on one checkpoint; one record per task, each naming the model."""
     model, preprocess, tokenizer, ckpt_config = load_checkpoint(ckpt_dir)
     model.to(device)
+    info = ckpt_config.get("flip", {})
+    model_info = {
+        "checkpoint": ckpt_dir,
+        "samples_seen": info.get("samples_seen"),
+        "step": info.get("step"),
+        "model_name": info.get("model_name"),
+    }
     records = []
     for index, task in enumerate(config.tasks, 1):
         record = run_task(
@@ -27,15 +31,22 @@ def run(config: EvalConfig) -> list[dict]:
         )
         headline = ", ".join(f"{k} {100 * v:.2f}" for k, v in list(record["metrics"].items())[:2])
         print(f"[{index}/{len(config.tasks)}] {task.name}: {headline}", flush=True)
-        records.append(record)
-    info = ckpt_config.get("flip", {})
-    model_info = {
-        "checkpoint": ckpt_dir,
-        "samples_seen": info.get("samples_seen"),
-        "model_name": info.get("model_name"),
-    }
-    write_results(config.output_dir, records, model_info)
+        records.append({"model": model_info, **record})
+    return records
+
+
+def run(config: EvalConfig) -> list[dict]:
+    if not config.tasks:
+        raise ValueError("the suite lists no tasks")
+    checkpoints = resolve_checkpoints(config)
+    device = resolve_device(config.device)
+    records: list[dict] = []
+    for number, ckpt_dir in enumerate(checkpoints, 1):
+        if len(checkpoints) > 1:
+            print(f"== checkpoint {number}/{len(checkpoints)}: {ckpt_dir}", flush=True)
+        records += evaluate_checkpoint(ckpt_dir, config, device)
+    written = write_results(config.output_dir, records)
     print()
-    print(format_table(records))
-    print(f"\nwrote {config.output_dir}/results.json and report.md")
+    print(format_table([r for r in records if r["model"]["checkpoint"] == checkpoints[-1]]))
+    print(f"\nwrote {', '.join(written)}")
     return records

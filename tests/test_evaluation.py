@@ -120,7 +120,9 @@ def test_eval_stage_on_a_trained_checkpoint(micro_run, demo_corpus_dir, tmp_path
     for record in records:
         for metric, value in record["metrics"].items():
             assert 0.0 <= value <= 1.0 and 0.0 < record["chance"][metric] <= 1.0
-    assert results["model"]["checkpoint"].endswith("step_00000006")
+    assert results["models"][-1]["checkpoint"].endswith("step_00000006")
+    assert all(r["model"]["samples_seen"] == 48 for r in results["results"])
+    assert "<img" in (tmp_path / "eval" / "report.html").read_text()
     assert "chance %" in capsys.readouterr().out
     assert "| fashion | top1 |" in (tmp_path / "eval" / "report.md").read_text()
 
@@ -147,3 +149,23 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
     config = EvalConfig(train_run_dir=str(tmp_path), tasks=_suite(5))
     with pytest.raises(CheckpointError, match="make train"):
         run(config)
+
+
+def test_every_checkpoint_of_a_run_gives_a_comparison(micro_run, demo_corpus_dir, tmp_path):
+    from evaluation.stage import run
+
+    tasks = [TaskConfig("tux", "tuxpaint", "retrieval", limit=20)]
+    config = EvalConfig(
+        train_run_dir=str(micro_run),
+        output_dir=str(tmp_path),
+        tasks=tasks,
+        demo_corpus_dir=str(demo_corpus_dir),
+        every_checkpoint=True,
+        device="cpu",
+    )
+    records = run(config)
+    assert [r["model"]["samples_seen"] for r in records] == [32, 48]
+    report = (tmp_path / "report.md").read_text()
+    assert "Comparison across checkpoints" in report
+    assert "step_00000004 (32 samples)" in report and "step_00000006 (48 samples)" in report
+    assert (tmp_path / "report.html").read_text().count("<img") == 2

@@ -122,6 +122,20 @@ def latest_checkpoint(run_dir: str) -> str | None:
         return url_join(run_dir, "checkpoints", handle.read().strip())
 
 
+def list_checkpoints(run_dir: str) -> list[str]:
+    """URLs of a run's complete checkpoints, oldest first (none newer than LATEST: a newer
+    folder is one a crash cut short)."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return []
+    fs, root = fsspec.core.url_to_fs(url_join(run_dir, "checkpoints"))
+    newest = latest.rstrip("/").rsplit("/", 1)[1]
+    names = sorted(
+        p.rstrip("/").rsplit("/", 1)[1] for p in fs.glob(f"{root}/step_*") if fs.isdir(p)
+    )
+    return [url_join(run_dir, "checkpoints", n) for n in names if n <= newest]
+
+
 def read_config(ckpt_dir: str) -> dict[str, Any]:
     url = url_join(ckpt_dir, CONFIG_FILE)
     try:
