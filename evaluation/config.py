@@ -8,14 +8,19 @@ from dataclasses import dataclass, field
 @dataclass
 class TaskConfig:
     name: str = ""  # a label for the results table, e.g. "fashion_mnist/zeroshot"
-    dataset: str = ""  # fashion_mnist | animal_mnist | tuxpaint | emoji_heldout
+    # built in: fashion_mnist | animal_mnist | tuxpaint | emoji_heldout
+    # on disk (set path): image_folder | clip_benchmark_wds | shard_set (tar URLs, comma-separated)
+    dataset: str = ""
     task: str = "zeroshot_classification"  # zeroshot_classification | retrieval | linear_probe
     split: str = "test"
     train_split: str = "train"  # linear_probe: where the probe is fitted
     train_limit: int = 0  # linear_probe: 0 = the whole training split
     label: str = "name"  # emoji_heldout classification: name | group
-    templates: list[str] = field(default_factory=lambda: ["{c}"])
+    # prompt templates with {c}; "@clip_benchmark:imagenet1k" expands to a set clip_benchmark
+    # ships; empty: the dataset's own templates, else "{c}"
+    templates: list[str] = field(default_factory=list)
     limit: int = 0  # 0 = whole split; a positive number evaluates the first N samples
+    path: str = ""  # where an on-disk dataset lives (any fsspec URL)
 
 
 @dataclass

@@ -1,13 +1,20 @@
-"""Feature extraction with a progress bar; features come back L2-normalised on the CPU."""
+"""Feature extraction with a progress bar; features come back L2-normalised on the CPU.
+
+An image that cannot be decoded is skipped and reported by index, so that callers drop its
+label or captions too: nothing is scored silently against the wrong sample.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 class _ImageDataset(torch.utils.data.Dataset):
@@ -18,19 +25,41 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.preprocess(self.images[index])
+    def __getitem__(self, index: int):
+        try:
+            return index, self.preprocess(self.images[index])
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for broken files
+            log.warning("skipping image %d: %s", index, exc)
+            return index, None
+
+
+def _collate(batch):
+    kept = [(i, t) for i, t in batch if t is not None]
+    skipped = [i for i, t in batch if t is None]
+    if not kept:
+        return [], None, skipped
+    return [i for i, _ in kept], torch.stack([t for _, t in kept]), skipped
 
 
 @torch.no_grad()
-def image_features(model, images, preprocess, device, batch_size: int, desc: str) -> torch.Tensor:
+def image_features(
+    model, images, preprocess, device, batch_size: int, desc: str, workers: int = 0
+) -> tuple[torch.Tensor, list[int]]:
+    """Features of the decodable images, and the indices of those that could not be decoded."""
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(images, preprocess), batch_size=batch_size, num_workers=0
+        _ImageDataset(images, preprocess),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
     )
-    out = []
-    for batch in tqdm(loader, desc=f"{desc}: images", unit="batch", leave=False):
-        out.append(F.normalize(model.encode_image(batch.to(device)).float(), dim=-1).cpu())
-    return torch.cat(out)
+    out, skipped = [], []
+    for _, batch, bad in tqdm(loader, desc=f"{desc}: images", unit="batch", leave=False):
+        skipped += bad
+        if batch is not None:
+            out.append(F.normalize(model.encode_image(batch.to(device)).float(), dim=-1).cpu())
+    if not out:
+        raise ValueError(f"{desc}: none of the {len(images)} images could be decoded")
+    return torch.cat(out), skipped
 
 
 @torch.no_grad()

@@ -2,92 +2,155 @@
 
 from __future__ import annotations
 
+import json
+from importlib import resources
+
+import numpy as np
 import torch
 
-from evaluation import datasets, metrics
+from evaluation import datasets, local_sets, metrics
 from evaluation.config import TaskConfig
+from evaluation.datasets import ClassificationSet, RetrievalSet
 from evaluation.features import image_features, text_features
 from evaluation.linear_probe import linear_probe
 
+BUILTIN = ("fashion_mnist", "animal_mnist", "tuxpaint", "emoji_heldout")
+LOCAL = ("image_folder", "clip_benchmark_wds", "shard_set")
+
 
 def load_dataset(task: TaskConfig, corpus_dir: str, split: str | None = None, limit: int = -1):
+    """The task's dataset and its own prompt templates (None when it has none)."""
     split = task.split if split is None else split
     limit = task.limit if limit < 0 else limit
+    if task.dataset in LOCAL and not task.path:
+        raise ValueError(f"task {task.name}: dataset {task.dataset} needs path= (where it is)")
     if task.dataset == "fashion_mnist":
-        return datasets.fashion_mnist(split, limit)
+        return datasets.fashion_mnist(split, limit), None
     if task.dataset == "animal_mnist":
-        return datasets.animal_mnist(split, limit)
+        return datasets.animal_mnist(split, limit), None
     if task.dataset == "tuxpaint":
-        return datasets.tuxpaint(task.split, task.limit)
+        return datasets.tuxpaint(split, limit), None
     if task.dataset == "emoji_heldout":
         if task.task == "retrieval":
-            return datasets.emoji_heldout_retrieval(corpus_dir, task.limit)
-        return datasets.emoji_heldout_classification(corpus_dir, task.label, task.limit)
+            return datasets.emoji_heldout_retrieval(corpus_dir, limit), None
+        return datasets.emoji_heldout_classification(corpus_dir, task.label, limit), None
+    if task.dataset == "image_folder":
+        return local_sets.image_folder(task.path, split, limit), None
+    if task.dataset == "clip_benchmark_wds":
+        kind = "retrieval" if task.task == "retrieval" else "classification"
+        return local_sets.clip_benchmark_wds(task.path, split, kind, limit)
+    if task.dataset == "shard_set":
+        return local_sets.shard_set_retrieval(task.path.split(","), limit), None
     raise ValueError(
-        f"task {task.name}: unknown dataset {task.dataset!r} "
-        "(fashion_mnist, animal_mnist, tuxpaint, emoji_heldout)"
+        f"task {task.name}: unknown dataset {task.dataset!r} ({', '.join(BUILTIN + LOCAL)})"
     )
+
+
+def resolve_templates(task: TaskConfig, dataset_templates: list[str] | None) -> list[str]:
+    """The task's templates; ``@clip_benchmark:NAME`` names a set shipped with clip_benchmark
+    (e.g. ``imagenet1k``, CLIP's 80 ImageNet prompts); none given: the dataset's own, else
+    the bare class name."""
+    templates: list[str] = []
+    for entry in task.templates:
+        if entry.startswith("@clip_benchmark:"):
+            name = entry.split(":", 1)[1]
+            text = (
+                resources.files("clip_benchmark.datasets")
+                / "en_zeroshot_classification_templates.json"
+            ).read_text()
+            known = json.loads(text)
+            if name not in known:
+                raise ValueError(f"task {task.name}: clip_benchmark has no template set {name!r}")
+            templates += known[name]
+        else:
+            templates.append(entry)
+    return templates or dataset_templates or ["{c}"]
+
+
+def _drop_skipped_classification(data: ClassificationSet, skipped: list[int]) -> np.ndarray:
+    keep = np.ones(len(data.labels), dtype=bool)
+    keep[skipped] = False
+    return data.labels[keep]
+
+
+def _drop_skipped_retrieval(data: RetrievalSet, skipped: list[int]):
+    """Captions of the kept images, renumbered to the kept images' order."""
+    new_index = np.full(len(data.images), -1)
+    kept = np.setdiff1d(np.arange(len(data.images)), skipped)
+    new_index[kept] = np.arange(len(kept))
+    mapped = new_index[data.caption_image]
+    captions = [c for c, m in zip(data.captions, mapped, strict=True) if m >= 0]
+    return captions, mapped[mapped >= 0], len(kept)
+
+
+def _classification_chance(values: dict, num_classes: int) -> dict:
+    return {
+        m: metrics.chance_level("zeroshot_classification", m, num_classes=num_classes)
+        for m in values
+    }
 
 
 def run_task(
     task: TaskConfig, model, preprocess, tokenizer, device, batch_size: int, corpus_dir: str
 ) -> dict:
     """One result record: metrics, their chance levels, and the sample counts behind them."""
-    data = load_dataset(task, corpus_dir)
-    images = image_features(model, data.images, preprocess, device, batch_size, task.name)
-    details: dict = {}
+    data, dataset_templates = load_dataset(task, corpus_dir)
+    images, skipped = image_features(model, data.images, preprocess, device, batch_size, task.name)
+    details: dict = {"skipped_images": len(skipped)}
+    templates = None
+    if task.task in ("zeroshot_classification", "linear_probe"):
+        if not isinstance(data, ClassificationSet):
+            raise ValueError(f"task {task.name}: {task.task} needs a classification dataset")
+        labels = _drop_skipped_classification(data, skipped)
+        if len(np.unique(data.labels)) < 2 and task.task == "zeroshot_classification":
+            raise ValueError(f"task {task.name}: zero-shot needs at least 2 classes")
     if task.task == "linear_probe":
-        if not isinstance(data, datasets.ClassificationSet):
-            raise ValueError(f"task {task.name}: a linear probe needs a classification dataset")
-        train = load_dataset(task, corpus_dir, task.train_split, task.train_limit)
-        train_images = image_features(
+        train, _ = load_dataset(task, corpus_dir, task.train_split, task.train_limit)
+        train_images, train_skipped = image_features(
             model, train.images, preprocess, device, batch_size, f"{task.name} (train)"
         )
+        train_labels = _drop_skipped_classification(train, train_skipped)
         values = linear_probe(
             train_images.to(device),
-            torch.from_numpy(train.labels).to(device),
+            torch.from_numpy(train_labels).to(device),
             images.to(device),
-            torch.from_numpy(data.labels).to(device),
+            torch.from_numpy(labels).to(device),
             len(data.classnames),
         )
-        details = {"penalty": values.pop("penalty"), "val_top1": values.pop("val_top1")}
-        chance = {
-            m: metrics.chance_level("zeroshot_classification", m, num_classes=len(data.classnames))
-            for m in values
-        }
+        details.update(
+            penalty=values.pop("penalty"),
+            val_top1=values.pop("val_top1"),
+            skipped_train_images=len(train_skipped),
+        )
+        chance = _classification_chance(values, len(data.classnames))
         counts = {
-            "train_samples": len(train.labels),
-            "samples": len(data.labels),
+            "train_samples": len(train_labels),
+            "samples": len(labels),
             "classes": len(data.classnames),
         }
-        n = len(data.labels)
+        n = len(labels)
     elif task.task == "zeroshot_classification":
-        if len(data.classnames) < 2:
-            raise ValueError(f"task {task.name}: zero-shot needs at least 2 classes")
+        templates = resolve_templates(task, dataset_templates)
         # all prompts in one batched pass: classes × templates
-        prompts = [t.format(c=c) for c in data.classnames for t in task.templates]
+        prompts = [t.format(c=c) for c in data.classnames for t in templates]
         prompt_features = text_features(model, prompts, tokenizer, device, batch_size)
-        per_class = list(prompt_features.split(len(task.templates)))
-        classifier = metrics.class_embeddings(per_class)
-        values = metrics.classification_metrics(
-            images @ classifier.T, torch.from_numpy(data.labels)
-        )
-        chance = {
-            m: metrics.chance_level(task.task, m, num_classes=len(data.classnames)) for m in values
-        }
-        counts = {"samples": len(data.labels), "classes": len(data.classnames)}
-        n = len(data.labels)
+        classifier = metrics.class_embeddings(list(prompt_features.split(len(templates))))
+        values = metrics.classification_metrics(images @ classifier.T, torch.from_numpy(labels))
+        chance = _classification_chance(values, len(data.classnames))
+        counts = {"samples": len(labels), "classes": len(data.classnames)}
+        n = len(labels)
     elif task.task == "retrieval":
-        texts = text_features(model, data.captions, tokenizer, device, batch_size)
-        values = metrics.retrieval_metrics(images, texts, torch.from_numpy(data.caption_image))
+        if not isinstance(data, RetrievalSet):
+            raise ValueError(f"task {task.name}: retrieval needs an image-caption dataset")
+        captions, caption_image, num_images = _drop_skipped_retrieval(data, skipped)
+        texts = text_features(model, captions, tokenizer, device, batch_size)
+        values = metrics.retrieval_metrics(images, texts, torch.from_numpy(caption_image))
         chance = {
-            m: metrics.chance_level(
-                task.task, m, num_images=len(data.images), num_texts=len(data.captions)
-            )
+            m: metrics.chance_level(task.task, m, num_images=num_images, num_texts=len(captions))
             for m in values
         }
-        counts = {"images": len(data.images), "captions": len(data.captions)}
-        n = len(data.captions)
+        counts = {"images": num_images, "captions": len(captions)}
+        n = len(captions)
     else:
         raise ValueError(f"task {task.name}: unknown task type {task.task!r}")
     above = {m: metrics.beats_chance(v, chance[m], n) for m, v in values.items()}
@@ -100,5 +163,5 @@ def run_task(
         "beats_chance": above,
         "counts": counts,
         "details": details,
-        "templates": task.templates if task.task == "zeroshot_classification" else None,
+        "templates": templates,
     }
