@@ -28,7 +28,10 @@ def _run(config: EvalConfig, _args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("python -m evaluation", HELP, "checkpoint=PATH")
-    run_stage(parser, EvalConfig, _run, argv)
+    from evaluation.datasets import DatasetMissing
+    from training.checkpoint import CheckpointError
+
+    run_stage(parser, EvalConfig, _run, argv, user_errors=(DatasetMissing, CheckpointError))
 
 
 if __name__ == "__main__":

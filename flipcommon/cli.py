@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flipcommon.config import load_config
+from flipcommon.config import ConfigError, load_config
 
 T = TypeVar("T")
 
@@ -28,8 +29,15 @@ def run_stage(
     config_cls: type[T],
     run: Callable[[T, argparse.Namespace], Any],
     argv: list[str] | None = None,
+    user_errors: tuple[type[Exception], ...] = (),
 ) -> Any:
+    """Parse, load the config, run. A user's mistake (``user_errors``: a bad config, a missing
+    dataset or checkpoint) ends with its message and exit status 2, not a traceback."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = load_config(config_cls, args.config, args.overrides)
-    return run(config, args)
+    try:
+        config = load_config(config_cls, args.config, args.overrides)
+        return run(config, args)
+    except (ConfigError, *user_errors) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc

@@ -35,7 +35,9 @@ def _run(config: PipelineConfig, _args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("python -m pipeline", HELP, "download.timeout=5")
-    run_stage(parser, PipelineConfig, _run, argv)
+    from pipeline.ingest import MetadataError
+
+    run_stage(parser, PipelineConfig, _run, argv, user_errors=(MetadataError,))
 
 
 if __name__ == "__main__":  # img2dataset spawns processes: keep the entry point guarded

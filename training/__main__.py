@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's LATEST checkpoint"
     )
-    run_stage(parser, TrainConfig, _run, argv)
+    from training.checkpoint import CheckpointError
+
+    run_stage(parser, TrainConfig, _run, argv, user_errors=(CheckpointError, FileNotFoundError))
 
 
 if __name__ == "__main__":  # DataLoader workers spawn processes: keep the entry point guarded
