@@ -28,6 +28,11 @@ class EvalConfig:
     checkpoint: str = ""  # a checkpoint folder (any fsspec URL); empty = newest of train_run_dir
     checkpoints: list[str] = field(default_factory=list)  # several (runs or steps) to compare
     every_checkpoint: bool = False  # all checkpoints of train_run_dir: metric vs samples seen
+    # Any open_clip model instead of our checkpoints: a model name (registered by open_clip, or
+    # defined by open_clip_config, a JSON model config) and a local weights file.
+    open_clip_model: str = ""
+    open_clip_weights: str = ""
+    open_clip_config: str = ""
     train_run_dir: str = "runs/demo/train"
     output_dir: str = "runs/demo/eval"
     demo_corpus_dir: str = ".cache/demo_corpus"  # where the held-out emoji set was rendered

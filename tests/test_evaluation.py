@@ -169,3 +169,43 @@ def test_every_checkpoint_of_a_run_gives_a_comparison(micro_run, demo_corpus_dir
     assert "Comparison across checkpoints" in report
     assert "step_00000004 (32 samples)" in report and "step_00000006 (48 samples)" in report
     assert (tmp_path / "report.html").read_text().count("<img") == 2
+
+
+def test_any_open_clip_model_with_local_weights(micro_run, demo_corpus_dir, tmp_path):
+    """The same weights through plain open_clip and through our checkpoint give equal figures."""
+    from evaluation.stage import run
+    from training.checkpoint import latest_checkpoint
+
+    ckpt_dir = latest_checkpoint(str(micro_run))
+    tasks = [TaskConfig("tux", "tuxpaint", "retrieval", limit=20)]
+    ours = run(
+        EvalConfig(
+            checkpoint=ckpt_dir,
+            output_dir=str(tmp_path / "a"),
+            tasks=tasks,
+            demo_corpus_dir=str(demo_corpus_dir),
+            device="cpu",
+        )
+    )
+    plain = run(
+        EvalConfig(
+            open_clip_model="micro-as-plain-open-clip",
+            open_clip_config=f"{ckpt_dir}/open_clip_config.json",
+            open_clip_weights=f"{ckpt_dir}/open_clip_model.safetensors",
+            output_dir=str(tmp_path / "b"),
+            tasks=tasks,
+            demo_corpus_dir=str(demo_corpus_dir),
+            device="cpu",
+        )
+    )
+    assert plain[0]["metrics"] == ours[0]["metrics"]
+    assert plain[0]["model"]["checkpoint"].startswith("open_clip:micro-as-plain-open-clip@")
+
+
+def test_open_clip_model_without_weights_is_refused(tmp_path):
+    from evaluation.stage import run
+    from training.checkpoint import CheckpointError
+
+    config = EvalConfig(open_clip_model="ViT-B-32", output_dir=str(tmp_path), tasks=_suite(5))
+    with pytest.raises(CheckpointError, match="nothing is downloaded"):
+        run(config)
