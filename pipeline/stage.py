@@ -45,6 +45,7 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
         log.info("%s is complete (manifest.json present); nothing to do", config.output_dir)
         return read_json(manifest_url)
     spark = spark or get_spark(config.spark)
+    log.info("Spark master: %s", spark.sparkContext.master)
     with contextlib.ExitStack() as stack:
         sources = list(config.input.urls)
         if config.demo.enabled:
