@@ -26,8 +26,19 @@ class InputConfig:
 
 @dataclass
 class FilterConfig:
+    """Rules on the metadata; 0 (or an empty list) turns a rule off."""
+
     min_caption_chars: int = 5
     max_caption_chars: int = 1000
+    min_caption_words: int = 0
+    max_caption_words: int = 0
+    # From the metadata's WIDTH/HEIGHT; rows without a size pass (the downloader sees the truth).
+    min_image_side: int = 0
+    max_aspect_ratio: float = 0.0
+    # LAION's NSFW tag; rows without a tag pass. Empty list: no NSFW rule.
+    nsfw_allowed: list[str] = field(default_factory=list)
+    # LAION's CLIP similarity; with a threshold set, rows without a valid value are dropped.
+    min_similarity: float = 0.0
 
 
 @dataclass

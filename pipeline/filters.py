@@ -21,16 +21,60 @@ class Rule:
 
 
 def build_rules(config: FilterConfig) -> list[Rule]:
-    length = F.length(F.col("TEXT"))
-    return [
+    """The enabled rules, in the order a row is checked against them."""
+    text = F.col("TEXT")
+    rules = [
         Rule("missing_url", F.col("URL").isNotNull() & F.col("URL").rlike(r"^https?://"), {}),
-        Rule("missing_caption", F.col("TEXT").isNotNull(), {}),
+        Rule("missing_caption", text.isNotNull(), {}),
         Rule(
             "caption_length",
-            length.between(config.min_caption_chars, config.max_caption_chars),
+            F.length(text).between(config.min_caption_chars, config.max_caption_chars),
             {"min_chars": config.min_caption_chars, "max_chars": config.max_caption_chars},
         ),
     ]
+    words = F.size(F.split(text, r"\s+"))
+    if config.min_caption_words or config.max_caption_words:
+        upper = config.max_caption_words or 1_000_000
+        rules.append(
+            Rule(
+                "caption_words",
+                words.between(config.min_caption_words, upper),
+                {"min_words": config.min_caption_words, "max_words": config.max_caption_words},
+            )
+        )
+    width, height = F.col("WIDTH"), F.col("HEIGHT")
+    unknown_size = width.isNull() | height.isNull()
+    if config.min_image_side:
+        rules.append(
+            Rule(
+                "image_side",
+                unknown_size | (F.least(width, height) >= config.min_image_side),
+                {"min_side": config.min_image_side},
+            )
+        )
+    if config.max_aspect_ratio:
+        ratio = F.greatest(width, height) / F.least(width, height)
+        rules.append(
+            Rule(
+                "aspect_ratio",
+                unknown_size | (ratio <= config.max_aspect_ratio),
+                {"max_ratio": config.max_aspect_ratio},
+            )
+        )
+    if config.nsfw_allowed:
+        allowed = [tag.upper() for tag in config.nsfw_allowed]
+        rules.append(
+            Rule("nsfw", F.col("NSFW").isNull() | F.col("NSFW").isin(allowed), {"allowed": allowed})
+        )
+    if config.min_similarity:
+        rules.append(
+            Rule(
+                "similarity",
+                F.col("similarity") >= config.min_similarity,
+                {"min_similarity": config.min_similarity},
+            )
+        )
+    return rules
 
 
 def apply_rules(df: DataFrame, rules: list[Rule]) -> tuple[DataFrame, dict[str, int]]:

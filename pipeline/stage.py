@@ -56,7 +56,8 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
 def build_shard_set(spark: SparkSession, config: PipelineConfig, sources: list[str]) -> dict:
     fmt = "parquet" if config.demo.enabled and not config.input.urls else config.input.format
     metadata = ingest.read_metadata(spark, sources, fmt)
-    kept, drops = filters.apply_rules(metadata, filters.build_rules(config.filters))
+    rules = filters.build_rules(config.filters)
+    kept, drops = filters.apply_rules(metadata, rules)
     rows_in = sum(drops.values())
     passed = drops.pop("_kept")
     unique = kept.dropDuplicates(["URL", "TEXT"]).cache()
@@ -82,7 +83,7 @@ def build_shard_set(spark: SparkSession, config: PipelineConfig, sources: list[s
         "sent_to_download": sent,
     }
     parameters = {
-        "filters": asdict(config.filters),
+        "filters": {rule.name: rule.params for rule in rules},
         "dedup": ["URL", "TEXT"],
         "download": asdict(config.download),
     }

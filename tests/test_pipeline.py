@@ -152,3 +152,65 @@ def test_interrupted_run_redoes_only_unfinished_shards(tmp_path, spark, demo_cor
     assert second["counts"]["download"]["attempted"] == first["counts"]["download"]["attempted"]
     assert (out / "00001.tar").exists()
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("0000[02]*.tar")} == kept
+
+
+def test_metadata_rules_each_count_their_drops(spark):
+    rows = pd.DataFrame(
+        {
+            "URL": [f"http://a/{i}" for i in range(8)],
+            "TEXT": [
+                "two words",
+                "one",
+                "a fine long caption here",
+                "small image here",
+                "very wide image",
+                "nsfw tagged image",
+                "low similarity pair",
+                "no size known",
+            ],
+            "WIDTH": [300, 300, 300, 40, 1200, 300, 300, None],
+            "HEIGHT": [300, 300, 300, 40, 100, 300, 300, None],
+            "NSFW": [
+                "UNLIKELY",
+                "UNLIKELY",
+                "UNLIKELY",
+                "UNLIKELY",
+                "UNLIKELY",
+                "NSFW",
+                None,
+                None,
+            ],
+            "similarity": [0.35, 0.35, 0.35, 0.35, 0.35, 0.35, 0.1, 0.4],
+        }
+    )
+    df = ingest.normalise(spark.createDataFrame(rows))
+    config = FilterConfig(
+        min_caption_chars=3,
+        max_caption_chars=100,
+        min_caption_words=2,
+        max_caption_words=4,
+        min_image_side=64,
+        max_aspect_ratio=3.0,
+        nsfw_allowed=["unlikely", "unsure"],
+        min_similarity=0.3,
+    )
+    rules = filters.build_rules(config)
+    kept, drops = filters.apply_rules(df, rules)
+    assert drops == {
+        "missing_url": 0,
+        "missing_caption": 0,
+        "caption_length": 0,
+        "caption_words": 2,
+        "image_side": 1,
+        "aspect_ratio": 1,
+        "nsfw": 1,
+        "similarity": 1,
+        "_kept": 2,
+    }
+    assert sorted(r["TEXT"] for r in kept.collect()) == ["no size known", "two words"]
+    assert {r.name: r.params for r in rules}["nsfw"] == {"allowed": ["UNLIKELY", "UNSURE"]}
+
+
+def test_rules_that_are_off_are_not_applied():
+    names = [r.name for r in filters.build_rules(FilterConfig())]
+    assert names == ["missing_url", "missing_caption", "caption_length"]
