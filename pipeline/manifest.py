@@ -90,6 +90,9 @@ def write_manifest(
     stats = read_shard_stats(output_dir)
     counts = {**counts, "download": download_summary(stats)}
     reconcile(counts)
+    from pipeline.report import write_report  # matplotlib only when a set is closed
+
+    write_report(output_dir, {**counts, "kept": counts["download"]["succeeded"]})
     sizes = shard_sizes(stats)
     write_json_atomic(url_join(output_dir, "sizes.json"), sizes)
     manifest = {

@@ -1,5 +1,6 @@
 """The pipeline stage on Spark local mode, downloading from the demo web on loopback."""
 
+import html
 import json
 import tarfile
 
@@ -107,6 +108,8 @@ def test_shard_set_layout_and_manifest(shard_set):
     )
     assert counts["kept"] == sum(sizes.values()) > 0
     assert dl["failed_to_download"] + dl["failed_to_resize"] > 0, "the demo web breaks some URLs"
+    report = html.unescape((shard_set / "report.html").read_text())
+    assert report.count("<img") == 5 and f'"kept": {counts["kept"]}' in report
     for name, n in sizes.items():
         shard = name.removesuffix(".tar")
         with tarfile.open(shard_set / name) as tar:
