@@ -25,9 +25,17 @@ def evaluate_checkpoint(ckpt_dir: str, config: EvalConfig, device) -> list[dict]
         "model_name": info.get("model_name"),
     }
     records = []
+    feature_cache: dict = {}
     for index, task in enumerate(config.tasks, 1):
         record = run_task(
-            task, model, preprocess, tokenizer, device, config.batch_size, config.demo_corpus_dir
+            task,
+            model,
+            preprocess,
+            tokenizer,
+            device,
+            config.batch_size,
+            config.demo_corpus_dir,
+            feature_cache,
         )
         headline = ", ".join(f"{k} {100 * v:.2f}" for k, v in list(record["metrics"].items())[:2])
         print(f"[{index}/{len(config.tasks)}] {task.name}: {headline}", flush=True)

@@ -90,12 +90,36 @@ def _classification_chance(values: dict, num_classes: int) -> dict:
     }
 
 
+def _features(cache: dict | None, key: tuple, compute):
+    """Image features are computed once per model and image set, however many tasks use them
+    (the held-out emoji serve three tasks, a test split both zero-shot and the probe)."""
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
 def run_task(
-    task: TaskConfig, model, preprocess, tokenizer, device, batch_size: int, corpus_dir: str
+    task: TaskConfig,
+    model,
+    preprocess,
+    tokenizer,
+    device,
+    batch_size: int,
+    corpus_dir: str,
+    feature_cache: dict | None = None,
 ) -> dict:
-    """One result record: metrics, their chance levels, and the sample counts behind them."""
+    """One result record: metrics, their chance levels, and the sample counts behind them.
+
+    ``feature_cache`` (one dict per model) lets tasks over the same images share features.
+    """
     data, dataset_templates = load_dataset(task, corpus_dir)
-    images, skipped = image_features(model, data.images, preprocess, device, batch_size, task.name)
+    images, skipped = _features(
+        feature_cache,
+        (task.dataset, task.path, task.split, task.limit),
+        lambda: image_features(model, data.images, preprocess, device, batch_size, task.name),
+    )
     details: dict = {"skipped_images": len(skipped)}
     templates = None
     if task.task in ("zeroshot_classification", "linear_probe"):
@@ -106,8 +130,12 @@ def run_task(
             raise ValueError(f"task {task.name}: zero-shot needs at least 2 classes")
     if task.task == "linear_probe":
         train, _ = load_dataset(task, corpus_dir, task.train_split, task.train_limit)
-        train_images, train_skipped = image_features(
-            model, train.images, preprocess, device, batch_size, f"{task.name} (train)"
+        train_images, train_skipped = _features(
+            feature_cache,
+            (task.dataset, task.path, task.train_split, task.train_limit),
+            lambda: image_features(
+                model, train.images, preprocess, device, batch_size, f"{task.name} (train)"
+            ),
         )
         train_labels = _drop_skipped_classification(train, train_skipped)
         values = linear_probe(

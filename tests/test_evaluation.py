@@ -209,3 +209,41 @@ def test_open_clip_model_without_weights_is_refused(tmp_path):
     config = EvalConfig(open_clip_model="ViT-B-32", output_dir=str(tmp_path), tasks=_suite(5))
     with pytest.raises(CheckpointError, match="nothing is downloaded"):
         run(config)
+
+
+def test_tasks_over_the_same_images_share_their_features(
+    micro_run, demo_corpus_dir, tmp_path, monkeypatch
+):
+    from evaluation import tasks
+    from evaluation.stage import run
+
+    calls = []
+    original = tasks.image_features
+
+    def counting(model, images, *args, **kwargs):
+        calls.append(len(images))
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "image_features", counting)
+    suite = [
+        TaskConfig("name", "emoji_heldout", "zeroshot_classification", label="name", limit=30),
+        TaskConfig(
+            "name-2",
+            "emoji_heldout",
+            "zeroshot_classification",
+            label="name",
+            limit=30,
+            templates=["{c}"],
+        ),
+        TaskConfig("retrieval", "emoji_heldout", "retrieval", limit=30),
+    ]
+    run(
+        EvalConfig(
+            train_run_dir=str(micro_run),
+            output_dir=str(tmp_path),
+            tasks=suite,
+            demo_corpus_dir=str(demo_corpus_dir),
+            device="cpu",
+        )
+    )
+    assert calls == [30]
