@@ -199,7 +199,10 @@ def _tar_samples(src: Iterator[dict]) -> Iterator[dict]:
             continue
         errors: list[Exception] = []
         note = _error_recorder(errors, sample.get("url"))
-        files = wds.tariterators.tar_file_expander([sample], handler=note)
-        yield from wds.tariterators.group_by_keys(files, handler=note)
+        try:
+            files = wds.tariterators.tar_file_expander([sample], handler=note)
+            yield from wds.tariterators.group_by_keys(files, handler=note)
+        finally:
+            sample["stream"].close()  # webdataset leaves it open: one handle per shard read
         if errors:
             yield {"__skipped__": len(errors)}

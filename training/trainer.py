@@ -117,6 +117,7 @@ def train(config: TrainConfig) -> str:
     )
     last_ckpt = ckpt.latest_checkpoint(config.run_dir) if config.resume else None
     model.train()
+    last_log = (time.perf_counter(), state.samples_seen)
     for phase_index in range(state.phase_index, len(plans)):
         plan = plans[phase_index]
         set_mask_ratio(model, plan.mask_ratio)
@@ -141,25 +142,29 @@ def train(config: TrainConfig) -> str:
             )
             optimizer.step()
             clamp_logit_scale(model.logit_scale)
-            step_time = time.perf_counter() - t0
             state.step += 1
             state.phase_step += 1
             state.samples_seen += global_batch
             bar.update(1)
-            bar.set_postfix(
-                phase=plan.name,
-                loss=f"{loss.item():.3f}",
-                samples_s=f"{global_batch / step_time:.0f}",
-            )
+            # .item() waits for the device: read the loss only on logging steps.
             if state.step % config.log_every_steps == 0 or state.phase_step == plan.steps:
+                loss_value = loss.item()
+                # throughput over the whole interval since the last log: after the sync above
+                # it is exact, where one asynchronous step's time would not be
+                now = time.perf_counter()
+                samples_per_s = (state.samples_seen - last_log[1]) / (now - last_log[0])
+                last_log = (now, state.samples_seen)
+                bar.set_postfix(
+                    phase=plan.name, loss=f"{loss_value:.3f}", samples_s=f"{samples_per_s:.0f}"
+                )
                 metrics.log(
                     state.step,
                     state.samples_seen,
                     {
-                        "loss": loss.item(),
+                        "loss": loss_value,
                         "lr": lr,
                         "temperature": 1 / model.logit_scale.exp().item(),
-                        "samples_per_s": global_batch / step_time,
+                        "samples_per_s": samples_per_s,
                         "data_time_s": data_time,
                         "mask_ratio": plan.mask_ratio,
                         "skipped_samples": state.skipped_samples,
