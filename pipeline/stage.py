@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -47,15 +48,21 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
     spark = spark or get_spark(config.spark)
     log.info("Spark master: %s", spark.sparkContext.master)
     with contextlib.ExitStack() as stack:
-        sources = list(config.input.urls)
+        # (files, format) groups: the user's metadata in its format, the demo's as parquet
+        groups = [(list(config.input.urls), config.input.format)] if config.input.urls else []
         if config.demo.enabled:
-            sources += stack.enter_context(demo_metadata(config.demo))
-        return build_shard_set(spark, config, sources)
+            groups.append((stack.enter_context(demo_metadata(config.demo)), "parquet"))
+        return build_shard_set(spark, config, groups)
 
 
-def build_shard_set(spark: SparkSession, config: PipelineConfig, sources: list[str]) -> dict:
-    fmt = "parquet" if config.demo.enabled and not config.input.urls else config.input.format
-    metadata = ingest.read_metadata(spark, sources, fmt)
+def build_shard_set(
+    spark: SparkSession, config: PipelineConfig, groups: list[tuple[list[str], str]]
+) -> dict:
+    if not groups:
+        raise ingest.MetadataError("no metadata given: set input.urls or demo.enabled=true")
+    frames = [ingest.read_metadata(spark, urls, fmt) for urls, fmt in groups]
+    metadata = functools.reduce(lambda a, b: a.unionByName(b), frames)
+    sources = [url for urls, _ in groups for url in urls]
     rules = filters.build_rules(config.filters)
     kept, drops = filters.apply_rules(metadata, rules)
     rows_in = sum(drops.values())

@@ -217,3 +217,16 @@ def test_metadata_rules_each_count_their_drops(spark):
 def test_rules_that_are_off_are_not_applied():
     names = [r.name for r in filters.build_rules(FilterConfig())]
     assert names == ["missing_url", "missing_caption", "caption_length"]
+
+
+def test_csv_and_parquet_metadata_read_into_one_schema(spark, tmp_path):
+    frame = pd.DataFrame(
+        {"URL": ["http://a/1", "http://a/2"], "TEXT": ['a, quoted "one"', "b"], "WIDTH": [10, 20]}
+    )
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    frame.to_parquet(tmp_path / "m.parquet")
+    from_csv = ingest.read_metadata(spark, [str(tmp_path / "m.csv")], "csv")
+    from_parquet = ingest.read_metadata(spark, [str(tmp_path / "m.parquet")], "parquet")
+    both = from_csv.unionByName(from_parquet).orderBy("URL").toPandas()
+    assert both["TEXT"].tolist() == ['a, quoted "one"', 'a, quoted "one"', "b", "b"]
+    assert both["WIDTH"].tolist() == [10, 10, 20, 20]
