@@ -8,12 +8,12 @@ skipped there and counted.
 from __future__ import annotations
 
 import io
-import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
 
 import fsspec
 import numpy as np
+import webdataset as wds
 from PIL import Image
 
 from evaluation.datasets import ClassificationSet, DatasetMissing, RetrievalSet
@@ -90,27 +90,22 @@ def _read_text(url: str) -> str | None:
         return None
 
 
-def _tar_samples(urls: list[str]):
-    """Samples (dicts of extension → bytes) of the given tars, in order."""
+def _image_and(urls: list[str], field: str, limit: int) -> Iterator[tuple[bytes, bytes]]:
+    """(image bytes, ``field`` bytes) of the samples of the given tars that have both, in
+    order, at most ``limit`` (0: all). Tars are grouped into samples by webdataset."""
+    count = 0
     for url in urls:
-        with fsspec.open(url, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-            sample: dict[str, bytes] = {}
-            key = None
-            for member in tar:
-                if not member.isfile():
+        with fsspec.open(url, "rb") as stream:
+            files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}])
+            for sample in wds.tariterators.group_by_keys(files):
+                image = next((sample[e] for e in TAR_IMAGE_EXTENSIONS if e in sample), None)
+                value = sample.get(field)
+                if image is None or not value:
                     continue
-                stem, _, ext = member.name.partition(".")
-                if key is not None and stem != key:
-                    yield sample
-                    sample = {}
-                key = stem
-                sample[ext.lower()] = tar.extractfile(member).read()
-            if sample:
-                yield sample
-
-
-def _image_bytes(sample: dict[str, bytes]) -> bytes | None:
-    return next((sample[e] for e in TAR_IMAGE_EXTENSIONS if e in sample), None)
+                yield image, value
+                count += 1
+                if limit and count >= limit:
+                    return
 
 
 def clip_benchmark_wds(root: str, split: str, task: str, limit: int = 0):
@@ -130,12 +125,7 @@ def clip_benchmark_wds(root: str, split: str, task: str, limit: int = 0):
     )
     if task == "retrieval":
         images, captions, caption_image = [], [], []
-        for sample in _tar_samples(urls):
-            if limit and len(images) >= limit:
-                break
-            image, text = _image_bytes(sample), sample.get("txt")
-            if image is None or text is None:
-                continue
+        for image, text in _image_and(urls, "txt", limit):
             for caption in text.decode("utf-8", errors="replace").splitlines():
                 captions.append(caption.replace(r"\n", "\n"))
                 caption_image.append(len(images))
@@ -145,31 +135,16 @@ def clip_benchmark_wds(root: str, split: str, task: str, limit: int = 0):
     if names_text is None:
         raise DatasetMissing(f"{root}/classnames.txt not found: zero-shot needs class names")
     classnames = [line.strip() for line in names_text.splitlines() if line.strip()]
-    images, labels = [], []
-    for sample in _tar_samples(urls):
-        if limit and len(images) >= limit:
-            break
-        image, label = _image_bytes(sample), sample.get("cls")
-        if image is None or label is None:
-            continue
-        images.append(image)
-        labels.append(int(label.decode().strip()))
-    return ClassificationSet(
-        LazyImages(images), np.array(labels, dtype=np.int64), classnames
-    ), templates
+    pairs = list(_image_and(urls, "cls", limit))
+    labels = np.array([int(label.decode().strip()) for _, label in pairs], dtype=np.int64)
+    return ClassificationSet(LazyImages([i for i, _ in pairs]), labels, classnames), templates
 
 
 def shard_set_retrieval(tar_urls: list[str], limit: int = 0) -> RetrievalSet:
     """Image–caption retrieval on tars of a shard set (e.g. a shard held out of training)."""
-    images, captions = [], []
-    for sample in _tar_samples(tar_urls):
-        if limit and len(images) >= limit:
-            break
-        image, text = _image_bytes(sample), sample.get("txt")
-        if image is None or not text:
-            continue
-        images.append(image)
-        captions.append(text.decode("utf-8", errors="replace").strip())
+    pairs = list(_image_and(tar_urls, "txt", limit))
+    images = [image for image, _ in pairs]
+    captions = [text.decode("utf-8", errors="replace").strip() for _, text in pairs]
     if not images:
         raise DatasetMissing(f"no image-caption samples in {tar_urls}")
     return RetrievalSet(LazyImages(images), captions, np.arange(len(images)))

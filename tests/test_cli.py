@@ -7,7 +7,7 @@ import pytest
 
 
 @pytest.mark.parametrize("stage", ["pipeline", "training", "evaluation"])
-def test_help_names_outputs_and_scale_out(stage):
+def test_help_gives_examples_and_outputs(stage):
     out = subprocess.run(
         [sys.executable, "-m", stage, "--help"], capture_output=True, text=True, check=True
     ).stdout
