@@ -11,12 +11,17 @@ HELP = """\
 Build a webdataset shard set from image-text metadata, on Spark.
 
 Steps: read metadata (LAION-400M parquet schema, or csv/json with URL and TEXT columns) →
-rule filters (caption length …) → exact dedup on (URL, TEXT) → URL list → download with
-img2dataset, one Spark task per shard → sizes.json and manifest.json (written last).
+rule filters (caption length …) → exact dedup on (URL, TEXT) → URL list → download, one Spark
+task per shard (img2dataset's sharding, resizer and writer; our fetch step: a wall-clock
+deadline per request, backoff on 429/5xx honouring Retry-After, a per-domain rate limit, the
+X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap) → a final pass re-fetching samples
+that failed retryably → sizes.json and manifest.json (written last).
 
-Writes into output_dir: {shard:05d}.tar (KEY.jpg, KEY.txt, KEY.json), {shard}.parquet,
-{shard}_stats.json, sizes.json, manifest.json; _work/ holds the intermediate URL list.
-A rerun keeps finished shards and redoes unfinished ones.
+Writes into output_dir: {shard:05d}.tar (KEY.jpg, KEY.txt, KEY.json), {shard}.parquet (every
+sample with its status and failure reason), {shard}_stats.json (written last per shard: its
+commit marker), sizes.json, manifest.json, report.html; _work/ holds the URL list and staging.
+A rerun keeps finished shards and redoes unfinished ones. Private, loopback and link-local
+addresses are refused unless listed in fetch.allowed_networks (the demo allows 127.0.0.0/8).
 
 Scale out: spark.master=spark://HOST:7077 (or yarn, k8s://…) and download.processes=N.
 
@@ -34,7 +39,7 @@ def _run(config: PipelineConfig, _args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("python -m pipeline", HELP, "download.timeout=5")
+    parser = stage_parser("python -m pipeline", HELP, "fetch.deadline_s=10")
     from pipeline.ingest import MetadataError
 
     run_stage(parser, PipelineConfig, _run, argv, user_errors=(MetadataError,))

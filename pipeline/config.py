@@ -42,15 +42,48 @@ class FilterConfig:
 
 
 @dataclass
+class FetchConfig:
+    """How each URL is fetched (``pipeline.fetch``): bounded, polite, and never inward."""
+
+    deadline_s: float = 20.0  # wall clock per attempt, redirects and body included
+    socket_timeout_s: float = 10.0  # per socket operation, within the deadline
+    max_bytes: int = 32 * 1024 * 1024
+    retries: int = 2  # extra attempts on 408/429/5xx and transport errors
+    backoff_base_s: float = 1.0  # doubles per attempt, jittered, capped at backoff_max_s
+    backoff_max_s: float = 30.0
+    max_retry_after_s: float = 60.0  # a longer Retry-After leaves the URL to the final pass
+    per_domain_interval_s: float = 0.0  # minimum gap between requests to one host, per task
+    max_redirects: int = 5
+    # Networks exempt from the SSRF guard (CIDRs). Empty: only public addresses are fetched.
+    allowed_networks: list[str] = field(default_factory=list)
+    user_agent_token: str = "flip-pipeline"
+    disallowed_directives: list[str] = field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )
+
+
+@dataclass
 class DownloadConfig:
     image_size: int = 256
     resize_mode: str = "border"  # img2dataset: border | center_crop | keep_ratio | no
     samples_per_shard: int = 10000
     processes: int = 2  # Spark tasks at once
     threads: int = 64  # concurrent requests per task
-    timeout: int = 10  # seconds per socket operation (img2dataset's semantics)
-    retries: int = 0
     encode_quality: int = 95
+    max_pixels: int = 100_000_000  # decoded-size cap read from the header (decompression bombs)
+    # A shard task stops starting requests after this long; what is left fails as retryable,
+    # so one pathological shard cannot hold a whole Spark job.
+    shard_deadline_s: float = 3600.0
+    retry_pass: bool = True  # after all shards, re-fetch samples that failed retryably
+
+
+@dataclass
+class DecontaminationConfig:
+    """Evaluation images to keep out of the shards (``pipeline.decontaminate``)."""
+
+    # Folders of images and/or webdataset tars, or single files; any fsspec URL. Empty: off.
+    sources: list[str] = field(default_factory=list)
+    max_distance: int = 4  # pHash bits that may differ for a "near copy"
 
 
 @dataclass
@@ -68,4 +101,6 @@ class PipelineConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)

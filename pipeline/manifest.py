@@ -1,7 +1,7 @@
 """Close a shard set: ``sizes.json`` then ``manifest.json`` (written last: it marks completion).
 
 Every count is reconciled: rows in = dropped by each rule + duplicates + download failures +
-kept. A mismatch is an error, not a footnote.
+decontaminated + kept. A mismatch is an error, not a footnote.
 """
 
 from __future__ import annotations
@@ -39,8 +39,17 @@ def download_summary(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     errors: collections.Counter[str] = collections.Counter()
     totals: collections.Counter[str] = collections.Counter()
     for s in stats.values():
-        for key in ("count", "successes", "failed_to_download", "failed_to_resize"):
+        for key in (
+            "count",
+            "successes",
+            "failed_to_download",
+            "failed_to_resize",
+            "decontaminated",
+        ):
             totals[key] += int(s.get(key, 0))
+        retry = s.get("retry_pass") or {}
+        totals["retried"] += int(retry.get("retried", 0))
+        totals["recovered"] += int(retry.get("recovered", 0))
         for reason, n in (s.get("status_dict") or {}).items():
             if reason != "success":
                 errors[reason] += int(n)
@@ -49,7 +58,10 @@ def download_summary(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "succeeded": totals["successes"],
         "failed_to_download": totals["failed_to_download"],
         "failed_to_resize": totals["failed_to_resize"],
+        "decontaminated": totals["decontaminated"],
         "errors": dict(errors.most_common()),
+        # the final pass: samples re-fetched after a retryable failure, and how many came back
+        "retry_pass": {"retried": totals["retried"], "recovered": totals["recovered"]},
         "shards": len(stats),
     }
 
@@ -58,7 +70,7 @@ def reconcile(counts: dict[str, Any]) -> None:
     filtered = sum(counts["filters"].values())
     dl = counts["download"]
     accounted = filtered + counts["duplicates"] + dl["failed_to_download"] + dl["failed_to_resize"]
-    accounted += dl["succeeded"]
+    accounted += dl.get("decontaminated", 0) + dl["succeeded"]
     if accounted != counts["rows_in"] or dl["attempted"] != counts["sent_to_download"]:
         raise ReconciliationError(
             f"counts do not add up: rows in {counts['rows_in']}, accounted {accounted} "

@@ -14,7 +14,9 @@ from pyspark.sql import SparkSession
 from flipcommon.storage import exists, read_json, remove_if_exists, url_join
 from pipeline import filters, ingest, manifest, url_shards
 from pipeline.config import DemoConfig, PipelineConfig
+from pipeline.decontaminate import build_blocklist
 from pipeline.download import download_shards
+from pipeline.shard_download import BlocklistRef
 from pipeline.spark_session import get_spark
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,16 @@ def build_shard_set(
     # A sizes.json left by an interrupted close would confuse img2dataset's resume scan (it
     # reads every *.json in the folder as a shard's stats); it is rewritten below anyway.
     remove_if_exists(url_join(config.output_dir, "sizes.json"))
-    download_shards(url_list, config.output_dir, config.download)
+    blocklist = None
+    if config.decontamination.sources:
+        blocklist = BlocklistRef(
+            url_join(config.output_dir, "_work", "decontamination.parquet"),
+            config.decontamination.max_distance,
+        )
+        # Built once per shard set, so shards done before a restart saw the same list.
+        if not exists(blocklist.url):
+            build_blocklist(spark, list(config.decontamination.sources), blocklist.url)
+    download_shards(url_list, config.output_dir, config.download, config.fetch, blocklist)
     counts = {
         "rows_in": rows_in,
         "filters": drops,
@@ -93,6 +104,8 @@ def build_shard_set(
         "filters": {rule.name: rule.params for rule in rules},
         "dedup": ["URL", "TEXT"],
         "download": asdict(config.download),
+        "fetch": asdict(config.fetch),
+        "decontamination": asdict(config.decontamination),
     }
     result = manifest.write_manifest(config.output_dir, counts, parameters, sources)
     log.info("shard set complete: %s", result["counts"])

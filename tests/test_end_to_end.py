@@ -27,7 +27,8 @@ def test_three_stages_from_their_command_lines(tmp_path, demo_corpus_dir):
         f"demo.cache_dir={demo_corpus_dir}",
         f"demo.limit_per_source={TEST_ITEMS_PER_SOURCE}",
         "demo.hang_seconds=3",
-        "download.timeout=1",
+        "fetch.deadline_s=1.5",
+        "fetch.socket_timeout_s=1",
         "download.samples_per_shard=40",
         "download.image_size=32",
     )

@@ -1,0 +1,358 @@
+"""Fetch one image URL politely and safely: the step img2dataset's downloader lacks.
+
+img2dataset fetches with ``urllib.urlopen(timeout=…)``, whose timeout bounds each socket
+operation, not the request: a server that drips one byte every few seconds holds a thread
+forever. It also retries at once without backoff, ignores Retry-After, has no per-domain limit
+and follows redirects to any address. This module replaces that step only:
+
+- a wall-clock deadline per attempt, body included, and a cap on body bytes;
+- retries with exponential backoff (jittered) on 408/429/5xx and transport errors, honouring
+  Retry-After, which also pauses the whole domain for this task;
+- a per-domain minimum interval between requests (per download task);
+- an SSRF guard: the host is resolved once, every resolved address must be public (or inside an
+  allowed network), and the connection goes to that checked address, so DNS cannot change it
+  between check and use; every redirect hop is checked the same way;
+- the X-Robots-Tag opt-out (img2dataset's directives and user-agent token semantics).
+
+Errors are short, low-cardinality reasons (``http 404``, ``deadline exceeded``…) because they
+are counted per reason in the shard stats and the manifest.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import Message
+from urllib.parse import urljoin, urlsplit
+
+from pipeline.config import FetchConfig
+
+CHUNK_BYTES = 64 * 1024
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    data: bytes | None
+    error: str | None = None
+    retryable: bool = False  # worth another try later (the stage's final pass)
+    attempts: int = 1
+
+
+class FetchError(Exception):
+    def __init__(self, reason: str, retryable: bool = False, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+# Reasons the final retry pass re-fetches; kept here so stats written by any run can be
+# classified again from the reason alone.
+RETRYABLE_REASONS = frozenset(
+    {f"http {code}" for code in RETRYABLE_STATUS}
+    | {
+        "timeout",
+        "deadline exceeded",
+        "connection reset",
+        "connection refused",
+        "connection closed",
+        "incomplete body",
+        "dns failure",
+        "network error",
+        "shard deadline exceeded",
+    }
+)
+
+
+def is_retryable(reason: str | None) -> bool:
+    return reason in RETRYABLE_REASONS
+
+
+class DomainThrottle:
+    """A minimum interval between requests to one host, shared by a task's threads."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self._clock = clock
+        self._next_free: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, host: str) -> float:
+        """Book the next slot for ``host``; return how long to wait for it."""
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next_free.get(host, 0.0))
+            self._next_free[host] = slot + self.interval_s
+            return slot - now
+
+    def pause(self, host: str, seconds: float) -> None:
+        """The host asked us to come back later (Retry-After): nobody in this task calls it
+        before then."""
+        with self._lock:
+            until = self._clock() + seconds
+            self._next_free[host] = max(self._next_free.get(host, 0.0), until)
+
+
+@dataclass
+class AddressGuard:
+    """Refuses non-public addresses unless they fall in an explicitly allowed network."""
+
+    allowed_networks: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._allowed = [ipaddress.ip_network(n, strict=False) for n in self.allowed_networks]
+
+    def permits(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self._allowed):
+            return True
+        return ip.is_global and not ip.is_multicast
+
+    def resolve(self, host: str, port: int) -> str:
+        """The first permitted address of ``host``; FetchError if it has none."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            raise FetchError("dns failure", retryable=True) from err
+        addresses = [info[4][0] for info in infos]
+        for address in addresses:
+            if self.permits(address):
+                return address
+        raise FetchError("blocked: non-public address")
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to an already checked address while sending the URL's Host header."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+
+
+def robots_disallows(headers: Message, ua_token: str, directives: frozenset[str]) -> bool:
+    """True if an X-Robots-Tag header (for all agents or for ``ua_token``) forbids use."""
+    for value in headers.get_all("X-Robots-Tag") or []:
+        agent, sep, rest = value.partition(":")
+        # "noindex, nofollow" has no agent; "otherbot: noai" names one. A colon can only mean
+        # an agent prefix when what precedes it is a single token.
+        if sep and " " not in agent.strip() and "," not in agent:
+            target, listed = agent.strip().lower(), rest
+        else:
+            target, listed = None, value
+        if target not in (None, ua_token):
+            continue
+        if {d.strip().lower() for d in listed.split(",")} & directives:
+            return True
+    return False
+
+
+class Fetcher:
+    """Fetches image bytes under a FetchConfig. One per download task; thread-safe."""
+
+    def __init__(self, config: FetchConfig, sleep: Callable[[float], None] = time.sleep):
+        self.config = config
+        self.guard = AddressGuard(list(config.allowed_networks))
+        self.throttle = DomainThrottle(config.per_domain_interval_s)
+        self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
+        self.ua_token = config.user_agent_token.strip().lower()
+        self.user_agent = f"{BROWSER_UA} (compatible; {config.user_agent_token})"
+        self._sleep = sleep
+
+    def fetch(self, url: str, stop_at: float = float("inf")) -> FetchResult:
+        """Up to ``1 + retries`` attempts; never sleeps past ``stop_at`` (monotonic)."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return FetchResult(self._attempt(url, stop_at), attempts=attempts)
+            except FetchError as err:
+                last = err
+            if not last.retryable or attempts > self.config.retries:
+                break
+            wait = self._backoff(attempts, last.retry_after)
+            if wait is None or time.monotonic() + wait > stop_at:
+                break
+            self._sleep(wait)
+        return FetchResult(None, last.reason, last.retryable, attempts)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds before the next attempt, or None when the server asks for too long."""
+        if retry_after is not None:
+            return retry_after if retry_after <= self.config.max_retry_after_s else None
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def _attempt(self, url: str, stop_at: float) -> bytes:
+        # Waiting for the domain's turn is queueing, not the request: the deadline starts after.
+        self._wait_turn(urlsplit(url).hostname or "", stop_at)
+        deadline = time.monotonic() + self.config.deadline_s
+        seen: set[str] = set()
+        for hop in range(self.config.max_redirects + 1):
+            if url in seen:
+                raise FetchError("redirect loop")
+            seen.add(url)
+            if hop:
+                self._wait_turn(urlsplit(url).hostname or "", deadline, "deadline exceeded")
+            outcome = self._request(url, deadline)
+            if isinstance(outcome, bytes):
+                return outcome
+            url = outcome  # a redirect target, checked on the next hop
+        raise FetchError("too many redirects")
+
+    def _wait_turn(
+        self, host: str, stop_at: float, reason: str = "shard deadline exceeded"
+    ) -> None:
+        wait = self.throttle.reserve(host)
+        if time.monotonic() + wait > stop_at:
+            raise FetchError(reason, retryable=True)
+        if wait > 0:
+            self._sleep(wait)
+
+    def _request(self, url: str, deadline: float) -> bytes | str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchError("unsupported url")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as err:
+            raise FetchError("unsupported url") from err
+        host = parts.hostname
+        address = self.guard.resolve(host, port)
+        connection_class = (
+            _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+        )
+        conn = connection_class(host, port, address, timeout=self._remaining(deadline))
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        try:
+            conn.request(
+                "GET",
+                path,
+                headers={"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.5"},
+            )
+            response = conn.getresponse()
+            return self._handle(url, host, response, conn, deadline)
+        except FetchError:
+            raise
+        except TimeoutError as err:
+            raise FetchError("timeout", retryable=True) from err
+        except (http.client.RemoteDisconnected, BrokenPipeError) as err:
+            raise FetchError("connection closed", retryable=True) from err
+        except ConnectionResetError as err:
+            raise FetchError("connection reset", retryable=True) from err
+        except ConnectionRefusedError as err:
+            raise FetchError("connection refused", retryable=True) from err
+        except http.client.IncompleteRead as err:
+            raise FetchError("incomplete body", retryable=True) from err
+        except ssl.SSLError as err:
+            raise FetchError("tls error") from err
+        except http.client.HTTPException as err:
+            raise FetchError("bad http response") from err
+        except OSError as err:
+            raise FetchError("network error", retryable=True) from err
+        finally:
+            conn.close()
+
+    def _handle(
+        self,
+        url: str,
+        host: str,
+        response: http.client.HTTPResponse,
+        conn: http.client.HTTPConnection,
+        deadline: float,
+    ) -> bytes | str:
+        status = response.status
+        if status in REDIRECT_STATUS:
+            location = response.getheader("Location")
+            if not location:
+                raise FetchError(f"http {status}")
+            return urljoin(url, location)
+        if status != 200:
+            retry_after = parse_retry_after(response.getheader("Retry-After"))
+            if retry_after is not None:
+                self.throttle.pause(host, min(retry_after, self.config.max_retry_after_s))
+            raise FetchError(f"http {status}", status in RETRYABLE_STATUS, retry_after)
+        if self.directives and robots_disallows(response.headers, self.ua_token, self.directives):
+            raise FetchError("X-Robots-Tag disallows use")
+        declared = response.getheader("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+            raise FetchError("body too large")
+        return self._read_body(response, conn, deadline)
+
+    def _read_body(
+        self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection, deadline: float
+    ) -> bytes:
+        chunks, total = [], 0
+        while True:
+            # The socket timeout is re-armed with what is left of the deadline before every
+            # read, so a body that drips forever ends at the deadline, not never.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FetchError("deadline exceeded", retryable=True)
+            if conn.sock is not None:
+                conn.sock.settimeout(min(remaining, self.config.socket_timeout_s))
+            try:
+                chunk = response.read1(CHUNK_BYTES)
+            except TimeoutError as err:
+                reason = "deadline exceeded" if time.monotonic() >= deadline else "timeout"
+                raise FetchError(reason, retryable=True) from err
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > self.config.max_bytes:
+                raise FetchError("body too large")
+            chunks.append(chunk)
+        # http.client ends a body quietly when the server closes early; the declared length
+        # still owed says so.
+        if response.length:
+            raise FetchError("incomplete body", retryable=True)
+        if total == 0:
+            raise FetchError("empty body")
+        return b"".join(chunks)
+
+    def _remaining(self, deadline: float) -> float:
+        return max(0.001, min(deadline - time.monotonic(), self.config.socket_timeout_s))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())

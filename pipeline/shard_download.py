@@ -1,0 +1,381 @@
+"""Download one URL shard into one webdataset shard, committed atomically.
+
+This takes the place of img2dataset's ``Downloader`` (same call contract: ``(shard_id,
+arrow_file) -> (ok, row)``, so img2dataset's Reader and Spark distributor drive it unchanged) and
+reuses its Resizer, WebDatasetSampleWriter, CappedCounter and key scheme. What differs is the
+fetch step (``pipeline.fetch``), a decoded-pixel cap checked from the image header before any
+decoding, a per-shard wall-clock budget, a ``retryable`` flag per failed sample, and the commit:
+the tar and parquet are written under ``_work/staging`` and moved into place, and the stats
+file, the marker that a shard is done, is written last and atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import tarfile
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.pool import ThreadPool
+from threading import Semaphore
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from img2dataset.downloader import compute_key
+from img2dataset.logger import CappedCounter
+from img2dataset.resizer import Resizer
+from img2dataset.writer import WebDatasetSampleWriter
+from PIL import Image
+
+from flipcommon.storage import url_join, write_json_atomic
+from pipeline.config import DownloadConfig, FetchConfig
+from pipeline.decontaminate import Blocklist, load_blocklist
+from pipeline.fetch import Fetcher, is_retryable
+
+log = logging.getLogger(__name__)
+
+ENCODE_FORMAT = "jpg"
+RESULT_FIELDS = [
+    pa.field("key", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("error_message", pa.string()),
+    pa.field("retryable", pa.bool_()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("original_width", pa.int32()),
+    pa.field("original_height", pa.int32()),
+    pa.field("sha256", pa.string()),
+]
+
+
+def shard_name(shard_id: int, oom_shard_count: int) -> str:
+    return f"{shard_id:0{oom_shard_count}d}"
+
+
+def staging_root(output_dir: str) -> str:
+    return url_join(output_dir, "_work", "staging")
+
+
+def pixel_cap_error(data: bytes, max_pixels: int) -> str | None:
+    """Refuse an image whose header declares more pixels than the cap, before decoding it.
+
+    Bytes that PIL cannot identify are left to the resizer (OpenCV), which then decodes or
+    rejects them; PIL's own bomb check counts as over the cap.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        return "too many pixels"
+    except Exception:  # noqa: BLE001 - not identifiable here; the resizer decides
+        return None
+    return "too many pixels" if width * height > max_pixels else None
+
+
+def truncation_error(data: bytes) -> str | None:
+    """JPEG and PNG bodies cut short still decode (OpenCV fills the rest with grey); their end
+    markers say whether the file is whole. Other formats are left to the decoder.
+
+    In JPEG entropy-coded data a 0xFF byte is always stuffed or a restart marker, so FF D9 near
+    the end is the end-of-image marker, not image data."""
+    if data[:3] == b"\xff\xd8\xff":
+        # EOI; encoders and CMSs sometimes append a little padding or junk after it
+        whole = b"\xff\xd9" in data[-1024:]
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        whole = b"IEND" in data[-16:]
+    else:
+        return None
+    return None if whole else "truncated image"
+
+
+@dataclass
+class SampleProcessor:
+    """Fetch → pixel cap → resize for one sample; one per task (it owns the task's throttle)."""
+
+    fetcher: Fetcher
+    resizer: Resizer
+    max_pixels: int
+    blocklist: Blocklist | None = None
+
+    def __call__(self, url: str, stop_at: float) -> tuple[bytes | None, dict[str, Any]]:
+        fetched = self.fetcher.fetch(url, stop_at)
+        if fetched.data is None:
+            return None, failure("failed_to_download", fetched.error, fetched.retryable)
+        error = truncation_error(fetched.data) or pixel_cap_error(fetched.data, self.max_pixels)
+        if error is not None:
+            return None, failure("failed_to_resize", error)
+        if self.blocklist is not None:
+            reason = self.blocklist.match(fetched.data)
+            if reason is not None:
+                return None, failure("decontaminated", reason)
+        image, width, height, original_width, original_height, error = self.resizer(
+            io.BytesIO(fetched.data)
+        )
+        if error is not None:
+            return None, failure("failed_to_resize", error)
+        return image, {
+            "status": "success",
+            "error_message": None,
+            "retryable": False,
+            "width": width,
+            "height": height,
+            "original_width": original_width,
+            "original_height": original_height,
+            "sha256": hashlib.sha256(fetched.data).hexdigest(),
+        }
+
+
+def failure(status: str, reason: str | None, retryable: bool = False) -> dict[str, Any]:
+    return {
+        "status": status,
+        "error_message": reason,
+        "retryable": retryable,
+        "width": None,
+        "height": None,
+        "original_width": None,
+        "original_height": None,
+        "sha256": None,
+    }
+
+
+@dataclass(frozen=True)
+class BlocklistRef:
+    url: str
+    max_distance: int
+
+
+def make_processor(
+    download: DownloadConfig, fetch: FetchConfig, blocklist: BlocklistRef | None = None
+) -> SampleProcessor:
+    resizer = Resizer(
+        image_size=download.image_size,
+        resize_mode=download.resize_mode,
+        resize_only_if_bigger=False,
+        encode_quality=download.encode_quality,
+        encode_format=ENCODE_FORMAT,
+    )
+    loaded = load_blocklist(blocklist.url, blocklist.max_distance) if blocklist else None
+    return SampleProcessor(Fetcher(fetch), resizer, download.max_pixels, loaded)
+
+
+def process_all(
+    urls: list[tuple[int, str]],
+    processor: SampleProcessor,
+    threads: int,
+    stop_at: float,
+) -> Iterator[tuple[int, bytes | None, dict[str, Any]]]:
+    """(index, image, result) for every (index, url), in completion order.
+
+    At most ``2 × threads`` results wait to be written (memory stays flat). URLs not started by
+    ``stop_at`` come out as retryable ``shard deadline exceeded`` failures.
+    """
+    in_flight = Semaphore(threads * 2)
+    started: set[int] = set()
+
+    def feed() -> Iterator[tuple[int, str]]:
+        for index, url in urls:
+            in_flight.acquire()
+            if time.monotonic() >= stop_at:
+                in_flight.release()
+                return
+            started.add(index)
+            yield index, url
+
+    def work(item: tuple[int, str]) -> tuple[int, bytes | None, dict[str, Any]]:
+        index, url = item
+        try:
+            image, result = processor(url, stop_at)
+        except Exception as err:  # noqa: BLE001 - one sample's bug must not lose the shard
+            traceback.print_exc()
+            reason = f"internal error: {type(err).__name__}"
+            image, result = None, failure("failed_to_download", reason)
+        return index, image, result
+
+    with ThreadPool(threads) as pool:
+        for item in pool.imap_unordered(work, feed()):
+            yield item
+            in_flight.release()
+    for index, _ in urls:
+        if index not in started:
+            yield index, None, failure("failed_to_download", "shard deadline exceeded", True)
+
+
+class ShardWriter:
+    """Writes a shard under a staging name and commits it: data files moved, stats last."""
+
+    def __init__(self, output_dir: str, shard_id: int, oom_shard_count: int, schema: pa.Schema):
+        self.output_dir = output_dir
+        self.name = shard_name(shard_id, oom_shard_count)
+        self.staging = url_join(staging_root(output_dir), f"{self.name}-{uuid.uuid4().hex[:8]}")
+        fs, path = fsspec.core.url_to_fs(self.staging)
+        fs.makedirs(path, exist_ok=True)
+        self.writer = WebDatasetSampleWriter(
+            shard_id, self.staging, True, oom_shard_count, schema, ENCODE_FORMAT
+        )
+        self.counts = {
+            "count": 0,
+            "successes": 0,
+            "failed_to_download": 0,
+            "failed_to_resize": 0,
+            "decontaminated": 0,
+        }
+        self.retryable_failures = 0
+        self.status = CappedCounter()
+
+    def write(self, image: bytes | None, meta: dict[str, Any]) -> None:
+        self.writer.write(image, meta["key"], meta.get("caption"), meta)
+        self.counts["count"] += 1
+        if meta["status"] == "success":
+            self.counts["successes"] += 1
+            self.status.increment("success")
+        else:
+            self.counts[meta["status"]] += 1
+            self.status.increment(meta["error_message"])
+            self.retryable_failures += bool(meta["retryable"])
+
+    def commit(self, start_time: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.writer.close()
+        fs, _ = fsspec.core.url_to_fs(self.output_dir)
+        for suffix in (".tar", ".parquet"):
+            source = url_join(self.staging, self.name + suffix)
+            target = url_join(self.output_dir, self.name + suffix)
+            fs.mv(fsspec.core.url_to_fs(source)[1], fsspec.core.url_to_fs(target)[1])
+        end_time = time.time()
+        stats = {
+            **self.counts,
+            "retryable_failures": self.retryable_failures,
+            "duration": end_time - start_time,
+            "start_time": start_time,
+            "end_time": end_time,
+            "status_dict": self.status.dump(),
+            **(extra or {}),
+        }
+        write_json_atomic(url_join(self.output_dir, f"{self.name}_stats.json"), stats)
+        fs.rm(fsspec.core.url_to_fs(self.staging)[1], recursive=True)
+        return stats
+
+
+def result_schema(input_schema: pa.Schema) -> pa.Schema:
+    schema = input_schema
+    for result_field in RESULT_FIELDS:
+        if result_field.name not in schema.names:
+            schema = schema.append(result_field)
+    return schema
+
+
+class ShardDownloader:
+    """Called by img2dataset's distributor with ``(shard_id, arrow_file)``; picklable."""
+
+    def __init__(
+        self,
+        output_dir: str,
+        download: DownloadConfig,
+        fetch: FetchConfig,
+        oom_shard_count: int,
+        blocklist: BlocklistRef | None = None,
+    ):
+        self.output_dir = output_dir
+        self.download = download
+        self.fetch = fetch
+        self.oom_shard_count = oom_shard_count
+        self.blocklist = blocklist
+
+    def __call__(self, row: tuple[int, str]) -> tuple[bool, tuple[int, str]]:
+        try:
+            self.download_shard(*row)
+            return True, row
+        except Exception:  # noqa: BLE001 - the distributor retries the shard; say why here
+            traceback.print_exc()
+            return False, row
+
+    def download_shard(self, shard_id: int, arrow_file: str) -> dict[str, Any]:
+        start_time = time.time()
+        fs, arrow_path = fsspec.core.url_to_fs(arrow_file)
+        with fs.open(arrow_path, "rb") as handle:
+            table = pa.ipc.open_file(handle).read_all()
+        rows = table.to_pylist()
+        writer = ShardWriter(
+            self.output_dir, shard_id, self.oom_shard_count, result_schema(table.schema)
+        )
+        digits = math.ceil(math.log10(self.download.samples_per_shard))
+        processor = make_processor(self.download, self.fetch, self.blocklist)
+        stop_at = time.monotonic() + self.download.shard_deadline_s
+        urls = [(index, row["url"]) for index, row in enumerate(rows)]
+        for index, image, result in process_all(urls, processor, self.download.threads, stop_at):
+            key = compute_key(index, shard_id, digits, self.oom_shard_count)
+            writer.write(image, {**rows[index], "key": key, **result})
+        stats = writer.commit(start_time)
+        fs.rm(arrow_path)
+        return stats
+
+
+class ShardRetrier:
+    """The final pass: re-fetch one committed shard's retryable failures and rewrite it.
+
+    Old successes are copied as they are; the rewritten shard replaces the old one the same
+    atomic way, and its stats record that the pass ran, so a rerun does not repeat it.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        download: DownloadConfig,
+        fetch: FetchConfig,
+        blocklist: BlocklistRef | None = None,
+    ):
+        self.output_dir = output_dir
+        self.download = download
+        self.fetch = fetch
+        self.blocklist = blocklist
+
+    def __call__(self, name: str) -> dict[str, Any]:
+        start_time = time.time()
+        base = url_join(self.output_dir, name)
+        with fsspec.open(base + ".parquet", "rb") as handle:
+            table = pq.read_table(handle)
+        rows = table.to_pylist()
+        retry = [
+            (i, r["url"])
+            for i, r in enumerate(rows)
+            if r["status"] != "success" and (r.get("retryable") or is_retryable(r["error_message"]))
+        ]
+        processor = make_processor(self.download, self.fetch, self.blocklist)
+        stop_at = time.monotonic() + self.download.shard_deadline_s
+        fresh = {
+            i: (image, result)
+            for i, image, result in process_all(retry, processor, self.download.threads, stop_at)
+        }
+        images = read_tar_images(base + ".tar")
+        writer = ShardWriter(self.output_dir, int(name), len(name), table.schema)
+        recovered = 0
+        for index, row in enumerate(rows):
+            if index in fresh:
+                image, result = fresh[index]
+                recovered += result["status"] == "success"
+                # A second retryable failure is final: the pass runs once.
+                writer.write(image, {**row, **result, "retryable": False})
+            elif row["status"] == "success":
+                if row["key"] not in images:
+                    raise RuntimeError(f"{base}.tar lacks the image of {row['key']}")
+                writer.write(images[row["key"]], row)
+            else:
+                writer.write(None, row)
+        summary = {"retried": len(retry), "recovered": recovered}
+        return writer.commit(start_time, {"retry_pass": summary})
+
+
+def read_tar_images(url: str) -> dict[str, bytes]:
+    with fsspec.open(url, "rb") as handle, tarfile.open(fileobj=handle) as tar:
+        images = {}
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if ext == ENCODE_FORMAT:
+                images[key] = tar.extractfile(member).read()
+        return images
