@@ -22,6 +22,9 @@ class InputConfig:
 
     urls: list[str] = field(default_factory=list)  # files or folders, any fsspec URL
     format: str = "parquet"  # parquet | csv | json
+    # auto: Spark's own reader where it needs no extra jars (local, hdfs, s3a with hadoop-aws),
+    # else fsspec on the executors (s3://, gs://, …). Or force "spark" / "fsspec".
+    reader: str = "auto"
 
 
 @dataclass
@@ -87,8 +90,23 @@ class DecontaminationConfig:
 
 
 @dataclass
+class ClipScoreConfig:
+    """Optional CLIP-score filter of the finished shard set (``pipeline.clip_score``)."""
+
+    enabled: bool = False
+    # Our checkpoint directory (any fsspec URL) or "open_clip:NAME@/local/weights.safetensors".
+    checkpoint: str = ""
+    min_similarity: float | None = None  # keep pairs with cosine >= this …
+    top_percent: float | None = None  # … or keep the best this-many percent (set one)
+    output_dir: str = ""  # the filtered shard set; default: "<output_dir>-clip"
+    samples_per_shard: int = 10000
+    batch_size: int = 64
+    device: str = "cpu"  # "cuda" on GPU executors
+
+
+@dataclass
 class SparkConfig:
-    master: str = "local[*]"
+    master: str = "local[*]"  # "" under spark-submit: use the --master it was given
     driver_memory: str = "2g"
     app_name: str = "flip-pipeline"
     shuffle_partitions: int = 200  # Spark's default; a small corpus wants a handful
@@ -103,4 +121,5 @@ class PipelineConfig:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
+    clip_score: ClipScoreConfig = field(default_factory=ClipScoreConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)

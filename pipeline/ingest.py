@@ -9,6 +9,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipeline import fsspec_io
+
 # The columns every later step relies on, with LAION-400M's names.
 NORMALISED_COLUMNS = {
     "SAMPLE_ID": T.LongType(),
@@ -27,21 +29,48 @@ class MetadataError(ValueError):
     """Metadata that lacks what the pipeline needs."""
 
 
-def read_metadata(spark: SparkSession, urls: list[str], fmt: str) -> DataFrame:
+def read_metadata(
+    spark: SparkSession, urls: list[str], fmt: str, reader: str = "auto"
+) -> DataFrame:
+    """``reader``: ``spark`` (Hadoop's readers: local, hdfs://, s3a:// with its jars …),
+    ``fsspec`` (any fsspec URL, read on the executors: ``pipeline.fsspec_io``) or ``auto``
+    (spark where it reads the scheme without extra jars, else fsspec)."""
     if not urls:
         raise MetadataError("no metadata given: set input.urls to files or folders")
-    reader = spark.read
-    if fmt == "parquet":
-        df = reader.parquet(*urls)
-    elif fmt == "csv":
-        df = (
-            reader.option("header", True).option("multiLine", True).option("escape", '"').csv(*urls)
-        )
-    elif fmt in ("json", "jsonl"):
-        df = reader.json(list(urls))
-    else:
+    if fmt not in ("parquet", "csv", "json", "jsonl"):
         raise MetadataError(f"unknown metadata format {fmt!r}: use parquet, csv or json")
-    return normalise(df)
+    if reader not in ("auto", "spark", "fsspec"):
+        raise MetadataError(f"unknown metadata reader {reader!r}: use auto, spark or fsspec")
+    fmt = "json" if fmt == "jsonl" else fmt
+    if reader == "spark" or (reader == "auto" and fsspec_io.spark_reads_natively(urls)):
+        return normalise(_spark_read(spark, urls, fmt))
+    try:
+        files = fsspec_io.list_files(urls, fmt)
+    except FileNotFoundError as err:
+        raise MetadataError(str(err)) from err
+    present = fsspec_io.file_columns(files[0], fmt)
+    _check_required(present)
+    return normalise(fsspec_io.read_as_strings(spark, files, fmt, list(NORMALISED_COLUMNS)))
+
+
+def _spark_read(spark: SparkSession, urls: list[str], fmt: str) -> DataFrame:
+    if fmt == "parquet":
+        return spark.read.parquet(*urls)
+    if fmt == "csv":
+        return (
+            spark.read.option("header", True)
+            .option("multiLine", True)
+            .option("escape", '"')
+            .csv(*urls)
+        )
+    return spark.read.json(list(urls))
+
+
+def _check_required(columns: list[str]) -> None:
+    lower = {c.lower() for c in columns}
+    missing = [c for c in REQUIRED_COLUMNS if c.lower() not in lower]
+    if missing:
+        raise MetadataError(f"metadata lacks column(s) {missing}; it has {columns}")
 
 
 def _clean_text(column: Column) -> Column:
@@ -57,10 +86,8 @@ def _positive_int(column: Column) -> Column:
 
 def normalise(df: DataFrame) -> DataFrame:
     """Map to the normalised schema: add missing optional columns, clean junk values."""
+    _check_required(df.columns)
     lower = {c.lower(): c for c in df.columns}
-    missing = [c for c in REQUIRED_COLUMNS if c.lower() not in lower]
-    if missing:
-        raise MetadataError(f"metadata lacks column(s) {missing}; it has {df.columns}")
 
     def col(name: str) -> Column:
         source = lower.get(name.lower())

@@ -32,12 +32,12 @@ from img2dataset.downloader import compute_key
 from img2dataset.logger import CappedCounter
 from img2dataset.resizer import Resizer
 from img2dataset.writer import WebDatasetSampleWriter
-from PIL import Image
 
 from flipcommon.storage import url_join, write_json_atomic
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
-from pipeline.fetch import Fetcher, is_retryable
+from pipeline.fetch import Fetcher, FetchResult, is_retryable
+from pipeline.image_header import declared_size
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +66,13 @@ def staging_root(output_dir: str) -> str:
 def pixel_cap_error(data: bytes, max_pixels: int) -> str | None:
     """Refuse an image whose header declares more pixels than the cap, before decoding it.
 
-    Bytes that PIL cannot identify are left to the resizer (OpenCV), which then decodes or
-    rejects them; PIL's own bomb check counts as over the cap.
+    Bytes whose size cannot be read are left to the resizer (OpenCV), which then decodes or
+    rejects them.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Image.DecompressionBombError:
-        return "too many pixels"
-    except Exception:  # noqa: BLE001 - not identifiable here; the resizer decides
+    size = declared_size(data)
+    if size is None:
         return None
-    return "too many pixels" if width * height > max_pixels else None
+    return "too many pixels" if size[0] * size[1] > max_pixels else None
 
 
 def truncation_error(data: bytes) -> str | None:
@@ -97,15 +93,19 @@ def truncation_error(data: bytes) -> str | None:
 
 @dataclass
 class SampleProcessor:
-    """Fetch → pixel cap → resize for one sample; one per task (it owns the task's throttle)."""
+    """Fetch (I/O, in the task's threads) → checks and resize (CPU, in the task's main thread,
+    as img2dataset does: measured faster than decoding in 32 threads on few cores). One per
+    task: it owns the task's domain throttle."""
 
     fetcher: Fetcher
     resizer: Resizer
     max_pixels: int
     blocklist: Blocklist | None = None
 
-    def __call__(self, url: str, stop_at: float) -> tuple[bytes | None, dict[str, Any]]:
-        fetched = self.fetcher.fetch(url, stop_at)
+    def fetch(self, url: str, stop_at: float) -> FetchResult:
+        return self.fetcher.fetch(url, stop_at)
+
+    def finish(self, fetched: FetchResult) -> tuple[bytes | None, dict[str, Any]]:
         if fetched.data is None:
             return None, failure("failed_to_download", fetched.error, fetched.retryable)
         error = truncation_error(fetched.data) or pixel_cap_error(fetched.data, self.max_pixels)
@@ -188,19 +188,25 @@ def process_all(
             started.add(index)
             yield index, url
 
-    def work(item: tuple[int, str]) -> tuple[int, bytes | None, dict[str, Any]]:
+    def work(item: tuple[int, str]) -> tuple[int, FetchResult]:
         index, url = item
         try:
-            image, result = processor(url, stop_at)
+            return index, processor.fetch(url, stop_at)
         except Exception as err:  # noqa: BLE001 - one sample's bug must not lose the shard
             traceback.print_exc()
-            reason = f"internal error: {type(err).__name__}"
-            image, result = None, failure("failed_to_download", reason)
-        return index, image, result
+            return index, FetchResult(None, f"internal error: {type(err).__name__}")
 
     with ThreadPool(threads) as pool:
-        for item in pool.imap_unordered(work, feed()):
-            yield item
+        for index, fetched in pool.imap_unordered(work, feed()):
+            try:
+                image, result = processor.finish(fetched)
+            except Exception as err:  # noqa: BLE001 - as above
+                traceback.print_exc()
+                image, result = (
+                    None,
+                    failure("failed_to_resize", f"internal error: {type(err).__name__}"),
+                )
+            yield index, image, result
             in_flight.release()
     for index, _ in urls:
         if index not in started:

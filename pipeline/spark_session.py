@@ -14,9 +14,11 @@ def get_spark(config: SparkConfig) -> SparkSession:
     # Executors must run the same interpreter (and so the same packages) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    if config.master:  # empty: the master spark-submit (or spark-defaults.conf) was given
+        builder = builder.master(config.master)
     return (
-        SparkSession.builder.master(config.master)
-        .appName(config.app_name)
+        builder.appName(config.app_name)
         .config("spark.driver.memory", config.driver_memory)
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

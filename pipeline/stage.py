@@ -42,19 +42,31 @@ def demo_metadata(config: DemoConfig) -> Iterator[list[str]]:
 
 
 def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
-    """Build the shard set in ``config.output_dir``; return its manifest."""
+    """Build the shard set in ``config.output_dir`` (then its CLIP-score filtered copy, if
+    enabled); return the shard set's manifest."""
     manifest_url = url_join(config.output_dir, "manifest.json")
     if exists(manifest_url):
-        log.info("%s is complete (manifest.json present); nothing to do", config.output_dir)
-        return read_json(manifest_url)
-    spark = spark or get_spark(config.spark)
-    log.info("Spark master: %s", spark.sparkContext.master)
-    with contextlib.ExitStack() as stack:
-        # (files, format) groups: the user's metadata in its format, the demo's as parquet
-        groups = [(list(config.input.urls), config.input.format)] if config.input.urls else []
-        if config.demo.enabled:
-            groups.append((stack.enter_context(demo_metadata(config.demo)), "parquet"))
-        return build_shard_set(spark, config, groups)
+        log.info("%s is complete (manifest.json present)", config.output_dir)
+        manifest = read_json(manifest_url)
+    else:
+        spark = spark or get_spark(config.spark)
+        log.info("Spark master: %s", spark.sparkContext.master)
+        with contextlib.ExitStack() as stack:
+            # (files, format) groups: the user's metadata in its format, the demo's as parquet
+            groups = [(list(config.input.urls), config.input.format)] if config.input.urls else []
+            if config.demo.enabled:
+                groups.append((stack.enter_context(demo_metadata(config.demo)), "parquet"))
+            manifest = build_shard_set(spark, config, groups)
+    if config.clip_score.enabled:
+        from pipeline.clip_score import run_clip_score  # torch only when the filter is on
+
+        if not config.clip_score.output_dir:
+            config.clip_score.output_dir = config.output_dir.rstrip("/") + "-clip"
+        filtered = run_clip_score(
+            spark or get_spark(config.spark), config.output_dir, config.clip_score
+        )
+        log.info("CLIP-score filtered set %s: %s", config.clip_score.output_dir, filtered["counts"])
+    return manifest
 
 
 def build_shard_set(
@@ -62,7 +74,7 @@ def build_shard_set(
 ) -> dict:
     if not groups:
         raise ingest.MetadataError("no metadata given: set input.urls or demo.enabled=true")
-    frames = [ingest.read_metadata(spark, urls, fmt) for urls, fmt in groups]
+    frames = [ingest.read_metadata(spark, urls, fmt, config.input.reader) for urls, fmt in groups]
     metadata = functools.reduce(lambda a, b: a.unionByName(b), frames)
     sources = [url for urls, _ in groups for url in urls]
     rules = filters.build_rules(config.filters)

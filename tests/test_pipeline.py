@@ -230,3 +230,39 @@ def test_csv_and_parquet_metadata_read_into_one_schema(spark, tmp_path):
     both = from_csv.unionByName(from_parquet).orderBy("URL").toPandas()
     assert both["TEXT"].tolist() == ['a, quoted "one"', 'a, quoted "one"', "b", "b"]
     assert both["WIDTH"].tolist() == [10, 10, 20, 20]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json"])
+def test_fsspec_reader_matches_sparks_own(spark, tmp_path, fmt):
+    """The reader for storage Spark cannot reach gives the same normalised rows as Spark's."""
+    frame = pd.DataFrame(
+        {
+            "url": ["http://a/1", "http://a/2", "http://a/3"],
+            "TEXT": ['a, quoted "one"', "line\nbreak", "c"],
+            "WIDTH": [10, 0, 20],
+            "similarity": [0.3, 6016.0, None],
+            "NSFW": ["unlikely", None, "NSFW"],
+        }
+    )
+    folder = tmp_path / "meta"
+    folder.mkdir()
+    if fmt == "parquet":
+        frame.to_parquet(folder / "m.parquet")
+    elif fmt == "csv":
+        frame.to_csv(folder / "m.csv", index=False)
+    else:
+        frame.to_json(folder / "m.json", orient="records", lines=True)
+    url = f"file://{folder}"
+    ours = ingest.read_metadata(spark, [url], fmt, reader="fsspec").orderBy("URL").toPandas()
+    theirs = ingest.read_metadata(spark, [url], fmt, reader="spark").orderBy("URL").toPandas()
+    pd.testing.assert_frame_equal(ours, theirs)
+    assert ours["TEXT"].tolist() == ['a, quoted "one"', "line break", "c"]
+    assert ours["WIDTH"].tolist()[:1] == [10] and pd.isna(ours["WIDTH"][1])
+
+
+def test_fsspec_reader_names_what_is_missing(spark, tmp_path):
+    pd.DataFrame({"URL": ["http://a/1"]}).to_parquet(tmp_path / "m.parquet")
+    with pytest.raises(ingest.MetadataError, match="TEXT"):
+        ingest.read_metadata(spark, [f"file://{tmp_path}"], "parquet", reader="fsspec")
+    with pytest.raises(ingest.MetadataError, match="does not exist"):
+        ingest.read_metadata(spark, [f"file://{tmp_path}/nope"], "parquet", reader="fsspec")

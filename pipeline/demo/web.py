@@ -43,6 +43,13 @@ def fault_for(key: str, rates: FaultRates) -> str:
     return "ok"
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) drops SYNs under 64+ concurrent downloads; the client's
+    # SYN retry (1 s, 3 s …) then shows up as stalls that are the server's, not the web's.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 @dataclass
 class DemoWeb:
     images_dir: Path
@@ -59,8 +66,7 @@ class DemoWeb:
 
     def start(self) -> DemoWeb:
         handler = _make_handler(Path(self.images_dir), self.rates, self.hang_seconds)
-        self._server = ThreadingHTTPServer((self.host, self.port), handler)
-        self._server.daemon_threads = True
+        self._server = _Server((self.host, self.port), handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

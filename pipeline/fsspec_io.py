@@ -1,0 +1,133 @@
+"""Spark reading and writing through fsspec, for storage Spark's Hadoop layer cannot reach.
+
+Spark reads ``s3://``, ``gs://`` and friends only with connector jars on its classpath
+(hadoop-aws, the GCS connector), which a stock pyspark lacks. Here the driver only lists file
+names; executors open each file with fsspec (s3fs, gcsfs …) and stream it in record batches, so
+any URL fsspec knows works on any cluster, and no file passes through the driver.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from flipcommon.storage import url_join, write_bytes_atomic
+
+BATCH_ROWS = 65_536
+SUFFIXES = {"parquet": (".parquet",), "csv": (".csv",), "json": (".json", ".jsonl")}
+# Schemes Spark's Hadoop layer reads without extra jars; the rest go through fsspec.
+SPARK_NATIVE_SCHEMES = ("", "file", "hdfs", "s3a", "dbfs", "abfs", "abfss", "wasbs")
+
+
+def scheme(url: str) -> str:
+    return url.split("://", 1)[0] if "://" in url else ""
+
+
+def spark_reads_natively(urls: list[str]) -> bool:
+    return all(scheme(u) in SPARK_NATIVE_SCHEMES for u in urls)
+
+
+def list_files(urls: list[str], fmt: str) -> list[str]:
+    """Every metadata file named by ``urls`` (files, or folders searched recursively)."""
+    files: list[str] = []
+    for url in urls:
+        fs, root = fsspec.core.url_to_fs(url)
+        if not fs.exists(root):
+            raise FileNotFoundError(f"metadata {url} does not exist")
+        if fs.isfile(root):
+            files.append(url)
+            continue
+        found = [p for p in sorted(fs.find(root)) if p.endswith(SUFFIXES[fmt])]
+        files += [fs.unstrip_protocol(p) for p in found]
+    if not files:
+        raise FileNotFoundError(f"no {fmt} files under {urls}")
+    return files
+
+
+def _batches(url: str, fmt: str) -> Iterator[pa.RecordBatch]:
+    with fsspec.open(url, "rb") as handle:
+        if fmt == "parquet":
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS)
+        elif fmt == "csv":
+            options = pa_csv.ParseOptions(newlines_in_values=True)
+            yield from pa_csv.open_csv(handle, parse_options=options)
+        else:  # JSON lines: pyarrow has no streaming JSON reader; files are read whole
+            yield from pa_json.read_json(io.BytesIO(handle.read())).to_batches(BATCH_ROWS)
+
+
+def file_columns(url: str, fmt: str) -> list[str]:
+    for batch in _batches(url, fmt):
+        return batch.schema.names
+    return []
+
+
+def read_as_strings(spark: SparkSession, files: list[str], fmt: str, columns: list[str]):
+    """A DataFrame of ``columns`` (matched case-insensitively, absent ones null) as strings, one
+    partition per file; callers cast (``ingest.normalise``)."""
+
+    def rows(url: str) -> Iterator[tuple]:
+        for batch in _batches(url, fmt):
+            by_lower = {name.lower(): name for name in batch.schema.names}
+            values = []
+            for column in columns:
+                name = by_lower.get(column.lower())
+                if name is None:
+                    values.append([None] * batch.num_rows)
+                else:
+                    values.append(batch.column(name).cast(pa.string()).to_pylist())
+            yield from zip(*values, strict=True)
+
+    schema = T.StructType([T.StructField(c, T.StringType()) for c in columns])
+    rdd = spark.sparkContext.parallelize(files, len(files)).flatMap(rows)
+    return spark.createDataFrame(rdd, schema)
+
+
+ARROW_TYPES = {
+    T.LongType(): pa.int64(),
+    T.IntegerType(): pa.int32(),
+    T.DoubleType(): pa.float64(),
+    T.StringType(): pa.string(),
+}
+
+
+def arrow_schema(schema: T.StructType) -> pa.Schema:
+    """The same columns in Arrow types, so every part file has one schema (an all-null column
+    in one partition must not become Arrow's null type)."""
+    return pa.schema([(f.name, ARROW_TYPES[f.dataType]) for f in schema.fields])
+
+
+def write_parquet_parts(df: DataFrame, url: str) -> int:
+    """Write each partition of ``df`` as ``part-NNNNN.parquet`` under ``url`` (replacing what
+    was there), in partition order, each file atomic. Returns the number of files written.
+
+    Partitions arrive as Arrow record batches (``mapInArrow``), so rows never become Python
+    objects on the executors."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    fs.makedirs(root, exist_ok=True)
+    schema = arrow_schema(df.schema)
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        received = list(batches)
+        if not received or not sum(b.num_rows for b in received):
+            return
+        table = pa.Table.from_batches(received).cast(schema)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        index = TaskContext.get().partitionId()
+        write_bytes_atomic(url_join(url, f"part-{index:05d}.parquet"), buffer.getvalue())
+        yield pa.RecordBatch.from_pydict({"files": [1]})
+
+    written = df.mapInArrow(write, "files long").collect()
+    return len(written)

@@ -1,0 +1,77 @@
+"""The pipeline stage reading metadata from and writing shards to S3, through a real S3 endpoint
+(moto) behind a proxy that fails a share of requests."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from tests.hostile_web import HostileWeb
+from tests.s3_fault_proxy import FaultyS3Proxy
+from tests.test_fetch import _metadata
+
+REPO = Path(__file__).parent.parent
+
+
+@pytest.mark.slow
+def test_stage_on_s3_survives_failing_requests(s3_endpoint, tmp_path):
+    with HostileWeb() as web, FaultyS3Proxy(s3_endpoint, 0.06, 0.02, seed=3) as proxy:
+        paths = [f"/ok/{i}.jpg" for i in range(40)] + ["/404", "/truncated.jpg", "/noai"]
+        urls = [web.base_url + p for p in paths]
+        local = _metadata(tmp_path / "meta.parquet", urls)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)  # straight to moto: set-up
+        fs.mkdir("flip-pipeline")
+        fs.put(local, "flip-pipeline/meta/part-0.parquet")
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint, "PYSPARK_PYTHON": sys.executable}
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "configs/pipeline/demo.yaml",
+                "demo.enabled=false",
+                "input.urls=[s3://flip-pipeline/meta/]",
+                "output_dir=s3://flip-pipeline/shards",
+                "download.samples_per_shard=10",
+                "download.image_size=32",
+                "download.threads=4",
+                "fetch.deadline_s=5",
+                "spark.master=local[2]",
+                "spark.driver_memory=1g",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        failed = proxy.counts["failed_before"] + proxy.counts["failed_after"]
+        print(f"S3 requests through the faulty proxy: {proxy.counts}")
+
+    assert failed > 10, proxy.counts  # the endpoint really did fail requests
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    manifest = json.loads(fs.cat("flip-pipeline/shards/manifest.json"))
+    sizes = json.loads(fs.cat("flip-pipeline/shards/sizes.json"))
+    counts = manifest["counts"]
+    assert counts["rows_in"] == len(urls) and counts["kept"] == 40
+    assert counts["download"]["failed_to_download"] == 2  # 404, X-Robots-Tag
+    assert counts["download"]["failed_to_resize"] == 1  # truncated
+    # No partial object is visible: every tar in the listing is whole and matches sizes.json.
+    tars = sorted(p for p in fs.ls("flip-pipeline/shards") if p.endswith(".tar"))
+    assert [Path(p).name for p in tars] == sorted(sizes)
+    for path in tars:
+        with tarfile.open(fileobj=io.BytesIO(fs.cat(path))) as tar:
+            images = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
+        assert len(images) == sizes[Path(path).name]
+    assert not fs.exists("flip-pipeline/shards/_work/staging") or not fs.ls(
+        "flip-pipeline/shards/_work/staging"
+    )
