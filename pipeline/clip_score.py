@@ -1,0 +1,301 @@
+"""Optional CLIP-score filter: embed a finished shard set, keep the best-matching pairs, reshard.
+
+1. **Embed** (one Spark task per source shard): image and caption embeddings from an open_clip
+   model — one of our checkpoints (the DESIGN contract) or ``open_clip:NAME@WEIGHTS`` with local
+   weights — written in clip-retrieval's inference layout, so its index and filter tools read
+   them: ``embeddings/img_emb/img_emb_{shard}.npy``, ``text_emb/text_emb_{shard}.npy`` (float16,
+   L2-normalised) and ``metadata/metadata_{shard}.parquet`` (``image_path``, ``caption``, the
+   sample's key and url, and its ``similarity``). Each shard's files are written atomically,
+   metadata last, so a rerun skips the embedded ones.
+2. **Select**: keep pairs whose cosine similarity is ≥ ``min_similarity``, or the global top
+   ``top_percent`` %, its threshold read from a histogram merged across shards on Spark (the
+   driver never holds 400M scores).
+3. **Reshard** the kept samples, in source order and with their original keys, into a new
+   shard set (same layout and contract), closed by its own ``sizes.json`` and ``manifest.json``.
+
+clip-retrieval itself is not a dependency: its 2.45 release pins transformers<5 (through
+sentence-transformers), fire<0.6 and flask-cors<5, which conflict with the measured set of this
+project (see the Foundation issue), so the embedding step runs open_clip directly and writes
+clip-retrieval's layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import tarfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
+
+from flipcommon.storage import exists, read_json, url_join, write_bytes_atomic, write_json_atomic
+from pipeline.config import ClipScoreConfig
+from pipeline.manifest import ReconciliationError, read_shard_stats, shard_sizes
+from pipeline.shard_download import ShardWriter, read_tar_images
+
+log = logging.getLogger(__name__)
+
+HISTOGRAM_BINS = 20_000  # over [-1, 1]: a top-k% threshold within 1e-4 of the exact quantile
+
+
+@functools.lru_cache(maxsize=1)
+def _load_model(checkpoint: str, device: str):
+    """Once per worker process: the model, its eval transform and tokenizer."""
+    import torch
+
+    from evaluation.models import load_checkpoint  # the DESIGN checkpoint contract's reader
+
+    torch.set_num_threads(1)  # one Spark task per core
+    model, preprocess, tokenizer, _ = load_checkpoint(checkpoint)
+    return model.to(device), preprocess, tokenizer
+
+
+def read_shard_samples(tar_url: str) -> Iterator[tuple[str, bytes, str, dict]]:
+    """(key, image bytes, caption, json metadata) for each sample of a shard, in tar order."""
+    samples: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    with fsspec.open(tar_url, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if key not in samples:
+                samples[key] = {}
+                order.append(key)
+            samples[key][ext] = tar.extractfile(member).read()
+    for key in order:
+        parts = samples[key]
+        if "jpg" in parts:
+            meta = json.loads(parts.get("json", b"{}"))
+            yield key, parts["jpg"], parts.get("txt", b"").decode("utf-8", "replace"), meta
+
+
+class ShardEmbedder:
+    """Spark task: embed one shard; returns its similarity histogram (skips done shards)."""
+
+    def __init__(self, source_dir: str, embeddings_dir: str, config: ClipScoreConfig):
+        self.source_dir = source_dir
+        self.embeddings_dir = embeddings_dir
+        self.config = config
+
+    def metadata_url(self, shard: str) -> str:
+        return url_join(self.embeddings_dir, "metadata", f"metadata_{shard}.parquet")
+
+    def __call__(self, shard: str) -> np.ndarray:
+        if not exists(self.metadata_url(shard)):
+            self.embed(shard)
+        with fsspec.open(self.metadata_url(shard), "rb") as handle:
+            scores = pq.read_table(handle, columns=["similarity"]).column(0).to_numpy()
+        return np.histogram(scores, bins=HISTOGRAM_BINS, range=(-1.0, 1.0))[0]
+
+    def embed(self, shard: str) -> None:
+        import torch
+        from PIL import Image
+
+        model, preprocess, tokenizer = _load_model(self.config.checkpoint, self.config.device)
+        rows, image_embs, text_embs = [], [], []
+        batch: list[tuple[str, bytes, str, dict]] = []
+        samples = read_shard_samples(url_join(self.source_dir, f"{shard}.tar"))
+        for sample in [*samples, None]:
+            if sample is not None:
+                batch.append(sample)
+            if batch and (sample is None or len(batch) == self.config.batch_size):
+                images = torch.stack(
+                    [preprocess(Image.open(io.BytesIO(b[1])).convert("RGB")) for b in batch]
+                )
+                tokens = tokenizer([b[2] for b in batch])
+                with torch.no_grad():
+                    image = model.encode_image(images.to(self.config.device), normalize=True)
+                    text = model.encode_text(tokens.to(self.config.device), normalize=True)
+                similarity = (image * text).sum(-1).float().cpu().numpy()
+                image_embs.append(image.float().cpu().numpy().astype(np.float16))
+                text_embs.append(text.float().cpu().numpy().astype(np.float16))
+                for (key, _, caption, meta), score in zip(batch, similarity, strict=True):
+                    rows.append(
+                        {
+                            "image_path": key,
+                            "caption": caption,
+                            "key": key,
+                            "url": meta.get("url"),
+                            "similarity": float(score),
+                        }
+                    )
+                batch = []
+        dim = model.text_projection.shape[-1] if hasattr(model, "text_projection") else 0
+        for kind, embs in (("img_emb", image_embs), ("text_emb", text_embs)):
+            matrix = np.concatenate(embs) if embs else np.zeros((0, dim), np.float16)
+            buffer = io.BytesIO()
+            np.save(buffer, matrix)
+            write_bytes_atomic(
+                url_join(self.embeddings_dir, kind, f"{kind}_{shard}.npy"), buffer.getvalue()
+            )
+        schema = pa.schema(
+            [
+                ("image_path", pa.string()),
+                ("caption", pa.string()),
+                ("key", pa.string()),
+                ("url", pa.string()),
+                ("similarity", pa.float32()),
+            ]
+        )
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema), buffer)
+        write_bytes_atomic(self.metadata_url(shard), buffer.getvalue())  # the shard's marker
+
+
+def threshold_for_top_percent(histogram: np.ndarray, top_percent: float) -> float:
+    """The lowest bin edge that keeps at most ``top_percent`` % of the scores above it (ties
+    in the edge's bin are not split: the share kept can fall short by one bin's worth)."""
+    total = int(histogram.sum())
+    if total == 0:
+        return 1.0
+    want = total * top_percent / 100.0
+    edges = np.linspace(-1.0, 1.0, HISTOGRAM_BINS + 1)
+    kept = 0
+    for index in range(HISTOGRAM_BINS - 1, -1, -1):
+        if kept + histogram[index] > want:
+            return float(edges[index + 1])
+        kept += int(histogram[index])
+    return -1.0
+
+
+class Resharder:
+    """Spark task: write one output shard from its slice of the kept samples."""
+
+    def __init__(self, source_dir: str, embeddings_dir: str, output_dir: str, threshold: float):
+        self.source_dir = source_dir
+        self.embeddings_dir = embeddings_dir
+        self.output_dir = output_dir
+        self.threshold = threshold
+
+    def __call__(self, job: tuple[int, list[tuple[str, int, int]]]) -> dict[str, Any]:
+        """``job``: (output shard id, [(source shard, first kept index, end kept index)])."""
+        shard_id, pieces = job
+        start = time.time()
+        writer = None
+        for source, first, end in pieces:
+            kept = self.kept_keys(source)[first:end]
+            with fsspec.open(url_join(self.source_dir, f"{source}.parquet"), "rb") as handle:
+                table = pq.read_table(handle)
+            by_key = {row["key"]: row for row in table.to_pylist()}
+            images = read_tar_images(url_join(self.source_dir, f"{source}.tar"))
+            if writer is None:
+                writer = ShardWriter(self.output_dir, shard_id, len(source), table.schema)
+            for key in kept:
+                writer.write(images[key], by_key[key])
+        assert writer is not None, "a reshard job always has samples"
+        return writer.commit(start, {"clip_score_threshold": self.threshold})
+
+    def kept_keys(self, source: str) -> list[str]:
+        url = url_join(self.embeddings_dir, "metadata", f"metadata_{source}.parquet")
+        with fsspec.open(url, "rb") as handle:
+            table = pq.read_table(handle, columns=["key", "similarity"])
+        keys = table.column("key").to_pylist()
+        scores = table.column("similarity").to_numpy()
+        return [k for k, s in zip(keys, scores, strict=True) if s >= self.threshold]
+
+
+def plan_reshard(
+    kept_per_shard: list[tuple[str, int]], samples_per_shard: int
+) -> list[tuple[int, list[tuple[str, int, int]]]]:
+    """Cut the kept samples, in source order, into output shards of ``samples_per_shard``."""
+    jobs: list[tuple[int, list[tuple[str, int, int]]]] = []
+    current: list[tuple[str, int, int]] = []
+    room = samples_per_shard
+    for source, count in kept_per_shard:
+        taken = 0
+        while taken < count:
+            n = min(room, count - taken)
+            current.append((source, taken, taken + n))
+            taken += n
+            room -= n
+            if room == 0:
+                jobs.append((len(jobs), current))
+                current, room = [], samples_per_shard
+    if current:
+        jobs.append((len(jobs), current))
+    return jobs
+
+
+def run_clip_score(spark: SparkSession, source_dir: str, config: ClipScoreConfig) -> dict:
+    """Filter the complete shard set at ``source_dir`` into ``config.output_dir``."""
+    manifest_url = url_join(config.output_dir, "manifest.json")
+    if exists(manifest_url):
+        return read_json(manifest_url)
+    if (config.min_similarity is None) == (config.top_percent is None):
+        raise ValueError("clip_score: set exactly one of min_similarity or top_percent")
+    source_manifest = read_json(url_join(source_dir, "manifest.json"))
+    shards = sorted(read_shard_stats(source_dir))
+    embeddings_dir = url_join(config.output_dir, "embeddings")
+    embedder = ShardEmbedder(source_dir, embeddings_dir, config)
+    histogram = (
+        spark.sparkContext.parallelize(shards, max(1, len(shards))).map(embedder).treeReduce(np.add)
+        if shards
+        else np.zeros(HISTOGRAM_BINS, np.int64)
+    )
+    threshold = (
+        float(config.min_similarity)
+        if config.min_similarity is not None
+        else threshold_for_top_percent(histogram, float(config.top_percent))
+    )
+    resharder = Resharder(source_dir, embeddings_dir, config.output_dir, threshold)
+    kept_per_shard = [(s, len(resharder.kept_keys(s))) for s in shards]
+    jobs = plan_reshard(kept_per_shard, config.samples_per_shard)
+    done = set(read_shard_stats(config.output_dir)) if exists(config.output_dir) else set()
+    digits = len(shards[0]) if shards else 5
+    todo = [job for job in jobs if f"{job[0]:0{digits}d}" not in done]
+    if todo:
+        spark.sparkContext.parallelize(todo, len(todo)).map(resharder).collect()
+    return write_filtered_manifest(
+        config, source_dir, source_manifest, histogram, threshold, kept_per_shard
+    )
+
+
+def write_filtered_manifest(
+    config: ClipScoreConfig,
+    source_dir: str,
+    source_manifest: dict,
+    histogram: np.ndarray,
+    threshold: float,
+    kept_per_shard: list[tuple[str, int]],
+) -> dict:
+    stats = read_shard_stats(config.output_dir)
+    sizes = shard_sizes(stats)
+    rows_in = int(source_manifest["counts"]["kept"])
+    kept = sum(sizes.values())
+    scored = int(histogram.sum())
+    if scored != rows_in or kept != sum(n for _, n in kept_per_shard):
+        raise ReconciliationError(
+            f"CLIP-score counts do not add up: source kept {rows_in}, scored {scored}, "
+            f"selected {sum(n for _, n in kept_per_shard)}, written {kept}"
+        )
+    write_json_atomic(url_join(config.output_dir, "sizes.json"), sizes)
+    manifest = {
+        "format": "webdataset (img2dataset layout)",
+        "source": source_dir,
+        "source_counts": source_manifest["counts"],
+        "counts": {"rows_in": rows_in, "clip_score_dropped": rows_in - kept, "kept": kept},
+        "parameters": {
+            "checkpoint": config.checkpoint,
+            "min_similarity": config.min_similarity,
+            "top_percent": config.top_percent,
+            "threshold": threshold,
+            "samples_per_shard": config.samples_per_shard,
+        },
+        "similarity_histogram": {
+            "range": [-1.0, 1.0],
+            "bins": 100,
+            "counts": histogram.reshape(100, -1).sum(1).tolist(),
+        },
+        "embeddings": url_join(config.output_dir, "embeddings"),
+        "shards": sorted(sizes),
+    }
+    write_json_atomic(url_join(config.output_dir, "manifest.json"), manifest)
+    log.info("CLIP-score filter: kept %d of %d (threshold %.4f)", kept, rows_in, threshold)
+    return manifest

@@ -1,0 +1,122 @@
+"""The CLIP-score filter on a real shard set with one of our checkpoints: clip-retrieval's
+embedding layout, the selection rule, and a resharded set whose counts reconcile."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.clip_score import plan_reshard, run_clip_score, threshold_for_top_percent
+from pipeline.config import ClipScoreConfig
+from training.checkpoint import latest_checkpoint
+
+
+def _keys(tar_path: Path) -> list[str]:
+    with tarfile.open(tar_path) as tar:
+        return [m.name.split(".")[0] for m in tar if m.name.endswith(".jpg")]
+
+
+def test_plan_reshard_cuts_in_source_order():
+    jobs = plan_reshard([("00000", 5), ("00001", 0), ("00002", 4)], 4)
+    assert jobs == [
+        (0, [("00000", 0, 4)]),
+        (1, [("00000", 4, 5), ("00002", 0, 3)]),
+        (2, [("00002", 3, 4)]),
+    ]
+
+
+def test_top_percent_threshold_keeps_at_most_that_share():
+    scores = np.random.default_rng(0).uniform(-0.2, 0.6, 10_000)
+    histogram = np.histogram(scores, bins=20_000, range=(-1, 1))[0]
+    threshold = threshold_for_top_percent(histogram, 30)
+    kept = (scores >= threshold).mean()
+    assert 0.299 <= kept <= 0.30
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory, spark, shard_set, micro_run):
+    out = tmp_path_factory.mktemp("clip") / "shards-clip"
+    config = ClipScoreConfig(
+        enabled=True,
+        checkpoint=latest_checkpoint(str(micro_run)),
+        top_percent=50,
+        output_dir=str(out),
+        samples_per_shard=7,
+        batch_size=8,
+    )
+    return config, run_clip_score(spark, str(shard_set), config)
+
+
+def test_embeddings_in_clip_retrieval_layout(filtered, shard_set):
+    config, _ = filtered
+    root = Path(config.output_dir) / "embeddings"
+    for stats in sorted(shard_set.glob("*_stats.json")):
+        shard = stats.name.removesuffix("_stats.json")
+        n = json.loads(stats.read_text())["successes"]
+        img = np.load(root / "img_emb" / f"img_emb_{shard}.npy")
+        txt = np.load(root / "text_emb" / f"text_emb_{shard}.npy")
+        meta = pd.read_parquet(root / "metadata" / f"metadata_{shard}.parquet")
+        assert img.dtype == txt.dtype == np.float16 and img.shape == txt.shape == (n, img.shape[1])
+        assert np.allclose(np.linalg.norm(img.astype(np.float32), axis=1), 1, atol=1e-2)
+        assert list(meta.columns) == ["image_path", "caption", "key", "url", "similarity"]
+        assert meta["key"].tolist() == _keys(shard_set / f"{shard}.tar")
+        cosine = (img.astype(np.float32) * txt.astype(np.float32)).sum(1)
+        assert np.allclose(cosine, meta["similarity"], atol=2e-2)
+
+
+def test_similarity_matches_the_model_run_directly(filtered, shard_set):
+    """An independent check: the score of one sample, computed here with the checkpoint."""
+    from evaluation.models import load_checkpoint
+
+    config, _ = filtered
+    model, preprocess, tokenizer, _ = load_checkpoint(config.checkpoint)
+    shard = sorted(shard_set.glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        key = names[0].split(".")[0]
+        image = Image.open(io.BytesIO(tar.extractfile(f"{key}.jpg").read())).convert("RGB")
+        caption = tar.extractfile(f"{key}.txt").read().decode()
+    with torch.no_grad():
+        a = model.encode_image(preprocess(image)[None], normalize=True)
+        b = model.encode_text(tokenizer([caption]), normalize=True)
+    expected = float((a * b).sum())
+    meta = pd.read_parquet(
+        Path(config.output_dir) / "embeddings" / "metadata" / f"metadata_{shard.stem}.parquet"
+    )
+    assert meta.set_index("key").loc[key, "similarity"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_filtered_set_keeps_the_top_half_with_original_keys(filtered, shard_set):
+    config, manifest = filtered
+    out = Path(config.output_dir)
+    meta = pd.concat(
+        pd.read_parquet(p) for p in sorted((out / "embeddings" / "metadata").glob("*.parquet"))
+    )
+    threshold = manifest["parameters"]["threshold"]
+    expected = meta.loc[meta["similarity"] >= threshold, "key"].tolist()
+    kept = [k for t in sorted(out.glob("*.tar")) for k in _keys(t)]
+    assert kept == expected  # source order, original keys
+    counts = manifest["counts"]
+    assert counts["rows_in"] == len(meta) == counts["kept"] + counts["clip_score_dropped"]
+    assert 0.4 * len(meta) <= counts["kept"] <= 0.5 * len(meta)
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert sum(sizes.values()) == counts["kept"] and max(sizes.values()) <= 7
+    with tarfile.open(sorted(out.glob("*.tar"))[0]) as tar:
+        first = tar.getnames()[0].split(".")[0]
+        sample = json.loads(tar.extractfile(f"{first}.json").read())
+        assert {"url", "caption", "sha256", "status"} <= set(sample)
+
+
+def test_rerun_is_a_no_op(filtered, spark, shard_set):
+    config, manifest = filtered
+    tars = {p.name: p.stat().st_mtime_ns for p in Path(config.output_dir).glob("*.tar")}
+    assert run_clip_score(spark, str(shard_set), config) == manifest
+    assert {p.name: p.stat().st_mtime_ns for p in Path(config.output_dir).glob("*.tar")} == tars
