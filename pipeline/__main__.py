@@ -15,7 +15,9 @@ rule filters (caption length …) → exact dedup on (URL, TEXT) → URL list �
 task per shard (img2dataset's sharding, resizer and writer; our fetch step: a wall-clock
 deadline per request, backoff on 429/5xx honouring Retry-After, a per-domain rate limit, the
 X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap) → a final pass re-fetching samples
-that failed retryably → sizes.json and manifest.json (written last).
+that failed retryably → sizes.json and manifest.json (written last). Optional: decontamination
+against evaluation images (decontamination.sources), and a CLIP-score filter into a new shard set
+(clip_score.enabled=true clip_score.checkpoint=CKPT clip_score.top_percent=50).
 
 Writes into output_dir: {shard:05d}.tar (KEY.jpg, KEY.txt, KEY.json), {shard}.parquet (every
 sample with its status and failure reason), {shard}_stats.json (written last per shard: its
