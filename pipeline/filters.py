@@ -66,6 +66,23 @@ def build_rules(config: FilterConfig) -> list[Rule]:
         rules.append(
             Rule("nsfw", F.col("NSFW").isNull() | F.col("NSFW").isin(allowed), {"allowed": allowed})
         )
+    if config.languages:
+        from pipeline.language import language_column
+
+        wanted = [code.strip().lower() for code in config.languages]
+        language = language_column(config.detect_language)
+        keep = (
+            language.isin(wanted)
+            if config.detect_language
+            else (language.isNull() | language.isin(wanted))
+        )
+        rules.append(
+            Rule(
+                "language",
+                keep,
+                {"languages": wanted, "detected_when_missing": config.detect_language},
+            )
+        )
     if config.min_similarity:
         rules.append(
             Rule(

@@ -21,6 +21,7 @@ NORMALISED_COLUMNS = {
     "LICENSE": T.StringType(),
     "NSFW": T.StringType(),
     "similarity": T.DoubleType(),
+    "LANGUAGE": T.StringType(),  # ISO 639-1, when the metadata has it (LAION-2B-multi)
 }
 REQUIRED_COLUMNS = ("URL", "TEXT")
 
@@ -108,4 +109,5 @@ def normalise(df: DataFrame) -> DataFrame:
         F.when(nsfw.isin("UNLIKELY", "UNSURE", "NSFW"), nsfw).alias("NSFW"),
         # CLIP cosine similarity lies in [-1, 1]; LAION ships junk values up to 6016.
         F.when(similarity.between(-1.0, 1.0), similarity).alias("similarity"),
+        _clean_text(F.lower(col("LANGUAGE").cast(T.StringType()))).alias("LANGUAGE"),
     )

@@ -266,3 +266,28 @@ def test_fsspec_reader_names_what_is_missing(spark, tmp_path):
         ingest.read_metadata(spark, [f"file://{tmp_path}"], "parquet", reader="fsspec")
     with pytest.raises(ingest.MetadataError, match="does not exist"):
         ingest.read_metadata(spark, [f"file://{tmp_path}/nope"], "parquet", reader="fsspec")
+
+
+def test_language_rule_uses_the_column_then_detects(spark):
+    rows = pd.DataFrame(
+        {
+            "URL": [f"http://a/{i}" for i in range(6)],
+            "TEXT": [
+                "a photo of a dog running on the beach",
+                "une photo d'un chien qui court sur la plage",
+                "ein Foto von einem Hund, der am Strand läuft",
+                "une photo d'un chien qui court sur la plage",  # the column says en: trusted
+                "a photo of a dog running on the beach",
+                "a red vintage car parked in front of the house",
+            ],
+            "LANGUAGE": [None, None, None, "EN", "fr", None],
+        }
+    )
+    df = ingest.normalise(spark.createDataFrame(rows))
+    detected = filters.build_rules(FilterConfig(languages=["en"]))
+    kept, drops = filters.apply_rules(df, detected)
+    assert drops["language"] == 3 and drops["_kept"] == 3
+    assert sorted(r["URL"] for r in kept.collect()) == ["http://a/0", "http://a/3", "http://a/5"]
+    trusting = filters.build_rules(FilterConfig(languages=["en"], detect_language=False))
+    _, drops = filters.apply_rules(df, trusting)
+    assert drops["language"] == 1  # only the row tagged fr; untagged rows pass
