@@ -21,7 +21,7 @@ export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup system-packages shards train eval demo test test-fast lint clean help
+.PHONY: setup system-packages shards train eval demo test test-fast lint manifests clean help
 
 help:
 	@echo "make demo              shards -> train -> eval on the embedded demo corpus"
@@ -29,6 +29,7 @@ help:
 	@echo "make shards            build the shard set      (PIPELINE_CONFIG=$(PIPELINE_CONFIG))"
 	@echo "make train MODEL=...   train a FLIP model        (configs/train/MODEL.yaml)"
 	@echo "make eval              evaluate a checkpoint on a suite (SUITE=demo CHECKPOINT=newest)"
+	@echo "make manifests         render infra/generated/ from infra/deploy.yaml"
 	@echo "extra key=value overrides go in ARGS='...'"
 
 setup: system-packages $(STAMP)
@@ -66,6 +67,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+# Cloud-job files (Kubernetes, SLURM, AWS Batch, EMR) rendered from infra/deploy.yaml.
+manifests: setup
+	$(PY) infra/render.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

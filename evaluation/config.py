@@ -28,6 +28,11 @@ class EvalConfig:
     checkpoint: str = ""  # a checkpoint folder (any fsspec URL); empty = newest of train_run_dir
     checkpoints: list[str] = field(default_factory=list)  # several (runs or steps) to compare
     every_checkpoint: bool = False  # all checkpoints of train_run_dir: metric vs samples seen
+    # Array jobs: evaluate only the checkpoint at this index of the list above (written under
+    # output_dir/NNNN). The index comes from the environment variable named here, as batch
+    # systems set it: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX (Kubernetes),
+    # SLURM_ARRAY_TASK_ID.
+    array_index_env: str = ""
     # Any open_clip model instead of our checkpoints: a model name (registered by open_clip, or
     # defined by open_clip_config, a JSON model config) and a local weights file.
     open_clip_model: str = ""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from evaluation.config import EvalConfig
 from evaluation.models import load_checkpoint, resolve_checkpoints
 from evaluation.report import format_table, write_results
 from evaluation.tasks import run_task
+from flipcommon.storage import url_join
 from training.distributed import resolve_device
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,29 @@ def evaluate_checkpoint(ckpt_dir: str, config: EvalConfig, device) -> list[dict]
     return records
 
 
+def pick_array_member(checkpoints: list[str], config: EvalConfig) -> tuple[list[str], str]:
+    """This array task's checkpoint, and its own output folder (tasks never share files)."""
+    raw = os.environ.get(config.array_index_env)
+    if raw is None or not raw.strip().isdigit():
+        raise ValueError(
+            f"array_index_env={config.array_index_env}: that environment variable is "
+            f"{'unset' if raw is None else repr(raw)}; the batch system sets it per array task"
+        )
+    index = int(raw)
+    if index >= len(checkpoints):
+        raise ValueError(
+            f"array index {index} but only {len(checkpoints)} checkpoint(s): size the array to "
+            "the checkpoint list"
+        )
+    return [checkpoints[index]], url_join(config.output_dir, f"{index:04d}")
+
+
 def run(config: EvalConfig) -> list[dict]:
     if not config.tasks:
         raise ValueError("the suite lists no tasks")
     checkpoints = resolve_checkpoints(config)
+    if config.array_index_env:
+        checkpoints, config.output_dir = pick_array_member(checkpoints, config)
     device = resolve_device(config.device)
     records: list[dict] = []
     for number, ckpt_dir in enumerate(checkpoints, 1):

@@ -115,6 +115,7 @@ class SparkConfig:
     driver_memory: str = "2g"
     app_name: str = "flip-pipeline"
     shuffle_partitions: int = 200  # Spark's default; a small corpus wants a handful
+    conf: dict[str, str] = field(default_factory=dict)  # any other spark.* setting
 
 
 @dataclass

@@ -17,7 +17,7 @@ def get_spark(config: SparkConfig) -> SparkSession:
     builder = SparkSession.builder
     if config.master:  # empty: the master spark-submit (or spark-defaults.conf) was given
         builder = builder.master(config.master)
-    return (
+    builder = (
         builder.appName(config.app_name)
         .config("spark.driver.memory", config.driver_memory)
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
@@ -26,5 +26,7 @@ def get_spark(config: SparkConfig) -> SparkSession:
         .config("spark.task.maxFailures", "4")
         # one task per shard; never let a slow task block the driver's heartbeat
         .config("spark.network.timeout", "600s")
-        .getOrCreate()
     )
+    for key, value in config.conf.items():  # last: the user's settings win
+        builder = builder.config(key, str(value))
+    return builder.getOrCreate()

@@ -171,6 +171,28 @@ def test_every_checkpoint_of_a_run_gives_a_comparison(micro_run, demo_corpus_dir
     assert (tmp_path / "report.html").read_text().count("<img") == 2
 
 
+def test_array_task_evaluates_its_own_checkpoint(micro_run, demo_corpus_dir, tmp_path, monkeypatch):
+    from evaluation.stage import run
+
+    config = EvalConfig(
+        train_run_dir=str(micro_run),
+        output_dir=str(tmp_path),
+        tasks=[TaskConfig("tux", "tuxpaint", "retrieval", limit=10)],
+        demo_corpus_dir=str(demo_corpus_dir),
+        every_checkpoint=True,
+        array_index_env="TEST_ARRAY_INDEX",
+        device="cpu",
+    )
+    monkeypatch.setenv("TEST_ARRAY_INDEX", "1")
+    records = run(config)
+    assert [r["model"]["samples_seen"] for r in records] == [48]
+    assert (tmp_path / "0001" / "results.json").exists()
+    monkeypatch.setenv("TEST_ARRAY_INDEX", "2")
+    config.output_dir = str(tmp_path)
+    with pytest.raises(ValueError, match="only 2 checkpoint"):
+        run(config)
+
+
 def test_any_open_clip_model_with_local_weights(micro_run, demo_corpus_dir, tmp_path):
     """The same weights through plain open_clip and through our checkpoint give equal figures."""
     from evaluation.stage import run

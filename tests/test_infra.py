@@ -1,0 +1,221 @@
+"""The cloud-job files cannot drift: they equal a fresh render of infra/deploy.yaml, parse, match
+their schemas (Kubernetes API models, AWS's own service models), and every command in them is a
+valid invocation of a stage CLI with a config that exists.
+
+What this does not exercise: no image is built (no docker engine here) and nothing is submitted
+to a cluster; see docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+
+import botocore.session
+import kubernetes.client as k8s
+import pytest
+import yaml
+from botocore.validate import ParamValidator
+
+from evaluation.config import EvalConfig
+from flipcommon.config import load_config
+from pipeline.config import PipelineConfig
+from training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "infra" / "generated"
+STAGES = {"pipeline": PipelineConfig, "training": TrainConfig, "evaluation": EvalConfig}
+KINDS = {"Job": "V1Job", "Service": "V1Service"}
+
+
+def _render_module():
+    spec = importlib.util.spec_from_file_location("render", ROOT / "infra" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_files_equal_a_fresh_render():
+    render = _render_module()
+    files = render.render_all(render.load_deploy())
+    on_disk = {str(p.relative_to(GENERATED)) for p in GENERATED.rglob("*") if p.is_file()}
+    assert on_disk == set(files), "run `make manifests`"
+    for rel, text in files.items():
+        assert (GENERATED / rel).read_text() == text, f"{rel} is stale: run `make manifests`"
+
+
+# --- schemas ---------------------------------------------------------------------------------
+
+
+def _check_k8s(value, type_name: str, where: str) -> None:
+    """Walk a manifest against the Kubernetes client's API models: every key must be a field of
+    its object, every value of the field's type."""
+    if type_name.startswith("list["):
+        assert isinstance(value, list), f"{where}: expected a list"
+        for i, item in enumerate(value):
+            _check_k8s(item, type_name[5:-1], f"{where}[{i}]")
+    elif type_name.startswith("dict("):
+        assert isinstance(value, dict), f"{where}: expected a mapping"
+        inner = type_name[5:-1].split(", ", 1)[1]
+        for key, item in value.items():
+            _check_k8s(item, inner, f"{where}.{key}")
+    elif type_name == "str":
+        assert isinstance(value, str), f"{where}: expected a string, got {value!r}"
+    elif type_name == "int":
+        assert isinstance(value, int) and not isinstance(value, bool), f"{where}: expected int"
+    elif type_name == "bool":
+        assert isinstance(value, bool), f"{where}: expected a bool"
+    elif type_name == "object":
+        assert isinstance(value, (str, int)), f"{where}: expected int or string"
+    else:
+        model = getattr(k8s, type_name)
+        assert isinstance(value, dict), f"{where}: expected a {type_name} mapping"
+        fields = {json_key: name for name, json_key in model.attribute_map.items()}
+        unknown = sorted(set(value) - set(fields))
+        assert not unknown, f"{where}: {type_name} has no field(s) {unknown}"
+        for key, item in value.items():
+            _check_k8s(item, model.openapi_types[fields[key]], f"{where}.{key}")
+
+
+def _k8s_objects() -> list[tuple[str, dict]]:
+    objects = []
+    for path in sorted((GENERATED / "kubernetes").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            objects.append((path.name, doc))
+    return objects
+
+
+def test_kubernetes_manifests_match_the_api_models():
+    objects = _k8s_objects()
+    assert {doc["kind"] for _, doc in objects} == {"Job", "Service"}
+    for name, doc in objects:
+        _check_k8s(doc, KINDS[doc["kind"]], f"{name}:{doc['kind']}")
+        for container in _containers(doc):
+            assert container["image"] and container["name"]
+
+
+def _aws_shape(service: str, operation: str):
+    model = botocore.session.get_session().get_service_model(service)
+    return model.operation_model(operation).input_shape
+
+
+@pytest.mark.parametrize("path", sorted((GENERATED / "aws-batch").glob("*.json")), ids=str)
+def test_batch_job_definitions_match_aws_service_model(path):
+    report = ParamValidator().validate(
+        json.loads(path.read_text()), _aws_shape("batch", "RegisterJobDefinition")
+    )
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_emr_steps_match_aws_service_model():
+    steps = json.loads((GENERATED / "emr" / "pipeline-steps.json").read_text())
+    params = {"JobFlowId": "j-TEST", "Steps": steps}
+    report = ParamValidator().validate(params, _aws_shape("emr", "AddJobFlowSteps"))
+    assert not report.has_errors(), report.generate_report()
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _containers(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+    return spec.get("containers", [])
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    """Every command line in the generated files, as argv lists."""
+    found = []
+    for name, doc in _k8s_objects():
+        found += [(name, c["command"]) for c in _containers(doc)]
+    for path in sorted((GENERATED / "aws-batch").glob("*.json")):
+        definition = json.loads(path.read_text())
+        containers = [definition.get("containerProperties")] + [
+            r["container"]
+            for r in definition.get("nodeProperties", {}).get("nodeRangeProperties", [])
+        ]
+        for container in filter(None, containers):
+            command = container["command"]
+            if command[:2] == ["sh", "-c"]:
+                command = shlex.split(command[2].removeprefix("exec "))
+            found.append((path.name, command))
+    for step in json.loads((GENERATED / "emr" / "pipeline-steps.json").read_text()):
+        found.append(("emr", step["HadoopJarStep"]["Args"]))
+    for path in sorted((GENERATED / "slurm").glob("*.sbatch")):
+        for line in path.read_text().splitlines():
+            if line.startswith("srun bash -c "):
+                found.append((path.name, shlex.split(shlex.split(line)[3])))
+            elif line.startswith("python "):
+                found.append((path.name, shlex.split(line)))
+    return found
+
+
+def _stage_invocation(argv: list[str]) -> tuple[str, list[str]]:
+    """(stage, its arguments) from a launcher command line."""
+    for i, arg in enumerate(argv):
+        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] in STAGES:
+            return argv[i + 1], argv[i + 2 :]
+        if arg.endswith("pipeline/__main__.py"):
+            return "pipeline", argv[i + 1 :]
+    raise AssertionError(f"no stage invocation in {argv}")
+
+
+def test_every_command_is_a_valid_stage_invocation():
+    commands = _commands()
+    stages = set()
+    for where, argv in commands:
+        stage, args = _stage_invocation(argv)
+        stages.add(stage)
+        config, overrides = args[0], args[1:]
+        assert (ROOT / config).is_file(), f"{where}: {config} does not exist"
+        assert all(re.match(r"^[A-Za-z_][\w.]*=", o) for o in overrides), f"{where}: {overrides}"
+        assert not any("$" in o for o in overrides), f"{where}: unexpanded variable in {overrides}"
+        load_config(STAGES[stage], ROOT / config, overrides)  # raises on an unknown key or type
+    assert stages == set(STAGES)
+    assert len(commands) == 9
+
+
+def test_launchers_agree_with_deploy_yaml():
+    deploy = yaml.safe_load((ROOT / "infra" / "deploy.yaml").read_text())
+    nodes, gpus = deploy["train"]["nodes"], deploy["train"]["gpus_per_node"]
+    for where, argv in _commands():
+        if argv[0] == "torchrun":
+            assert f"--nnodes={nodes}" in argv and f"--nproc-per-node={gpus}" in argv, where
+        if argv[0] == "spark-submit":
+            conf = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--conf")
+            assert conf["spark.executor.instances"] == str(deploy["pipeline"]["executors"])
+            assert conf["spark.dynamicAllocation.enabled"] == "false"
+
+
+def test_dockerfile_targets_copy_what_exists_and_run_a_stage():
+    text = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    targets = re.findall(r"^FROM \S+ AS (\w+)$", text, re.M)
+    assert targets == ["pipeline", "gpu"]
+    for source in re.findall(r"^COPY (\S+) ", text, re.M):
+        assert (ROOT / source).exists(), source
+    for cmd in re.findall(r"^CMD (\[.*\])$", text, re.M):
+        argv = json.loads(cmd)
+        stage, args = _stage_invocation(argv)
+        load_config(STAGES[stage], ROOT / args[0], args[1:])
+    assert "AWS_SECRET" not in text and "AWS_ACCESS" not in text  # no credentials baked in
+
+
+def test_the_schema_checks_catch_mistakes():
+    """The validators above are not vacuous: typical slips fail them."""
+    _, job = next((n, d) for n, d in _k8s_objects() if d["kind"] == "Job")
+    broken = json.loads(json.dumps(job))
+    broken["spec"]["template"]["spec"]["containers"][0]["comand"] = ["typo"]
+    with pytest.raises(AssertionError, match="no field"):
+        _check_k8s(broken, "V1Job", "job")
+    broken = json.loads(json.dumps(job))
+    broken["spec"]["completions"] = "8"
+    with pytest.raises(AssertionError, match="expected int"):
+        _check_k8s(broken, "V1Job", "job")
+    definition = json.loads((GENERATED / "aws-batch" / "eval-job-definition.json").read_text())
+    definition["containerProperties"]["command"] = "python -m evaluation"
+    shape = _aws_shape("batch", "RegisterJobDefinition")
+    assert ParamValidator().validate(definition, shape).has_errors()
+    with pytest.raises(Exception, match="unknown key"):
+        load_config(EvalConfig, ROOT / "configs/eval/paper.yaml", ["checkpont=x"])
