@@ -21,7 +21,7 @@ export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup system-packages shards train eval demo test test-fast lint manifests clean help
+.PHONY: setup system-packages shards train eval demo cluster-demo test test-fast lint manifests clean help
 
 help:
 	@echo "make demo              shards -> train -> eval on the embedded demo corpus"
@@ -30,6 +30,7 @@ help:
 	@echo "make train MODEL=...   train a FLIP model        (configs/train/MODEL.yaml)"
 	@echo "make eval              evaluate a checkpoint on a suite (SUITE=demo CHECKPOINT=newest)"
 	@echo "make manifests         render infra/generated/ from infra/deploy.yaml"
+	@echo "make cluster-demo      rehearse the cloud jobs here (standalone Spark, torchrun x2)"
 	@echo "extra key=value overrides go in ARGS='...'"
 
 setup: system-packages $(STAMP)
@@ -61,6 +62,10 @@ demo: setup
 	$(PY) -m training configs/train/flip_tiny.yaml && t2=$$(date +%s) && \
 	$(PY) -m evaluation $(EVAL_CONFIG) && t3=$$(date +%s) && \
 	echo "demo wall time: shards $$((t1-start)) s, train $$((t2-t1)) s, eval $$((t3-t2)) s"
+
+# The cloud jobs' own commands on this machine: standalone Spark, 2-process torchrun, eval array.
+cluster-demo: setup
+	$(PY) infra/cluster_demo.py $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)

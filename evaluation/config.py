@@ -17,7 +17,8 @@ class TaskConfig:
     train_limit: int = 0  # linear_probe: 0 = the whole training split
     label: str = "name"  # emoji_heldout classification: name | group
     # prompt templates with {c}; "@clip_benchmark:imagenet1k" expands to a set clip_benchmark
-    # ships; empty: the dataset's own templates, else "{c}"
+    # ships (CLIP's 80 ImageNet prompts), "@imagenet7" to CLIP's 7-prompt ensemble subset;
+    # empty: the dataset's own templates, else "{c}"
     templates: list[str] = field(default_factory=list)
     limit: int = 0  # 0 = whole split; a positive number evaluates the first N samples
     path: str = ""  # where an on-disk dataset lives (any fsspec URL)

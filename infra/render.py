@@ -40,36 +40,42 @@ def stage_args(stage: str, config: str, overrides: list[str]) -> list[str]:
 
 def pipeline_overrides(d: dict) -> list[str]:
     p = d["pipeline"]
+    metadata = d["storage"].get("metadata")
     return [
         "spark.master=",  # spark-submit's --master
-        f"input.urls=[{d['storage']['metadata']}]",
+        *([f"input.urls=[{metadata}]"] if metadata else []),
         f"output_dir={d['storage']['shards']}",
         f"download.processes={p['executors'] * p['executor_cores']}",
         f"download.threads={p['threads_per_task']}",
+        *p.get("overrides", []),
     ]
 
 
 def train_overrides(d: dict) -> list[str]:
+    t = d["train"]
     return [
-        f"run_dir={d['storage']['runs']}/{d['train']['run_name']}",
+        f"run_dir={d['storage']['runs']}/{t['run_name']}",
         f"data.shards={d['storage']['shards']}",
         "resume=true",  # a preempted or restarted job continues from its last checkpoint
-        "device=cuda",
+        f"device={t['device']}",
+        *t.get("overrides", []),
     ]
 
 
 def eval_overrides(d: dict, index_env: str) -> list[str]:
     run = f"{d['storage']['runs']}/{d['train']['run_name']}"
+    e = d["eval"]
     return [
         f"train_run_dir={run}",
         "every_checkpoint=true",
         f"array_index_env={index_env}",
         f"output_dir={run}/eval",
-        "device=cuda",
+        f"device={e['device']}",
+        *e.get("overrides", []),
     ]
 
 
-def spark_submit(d: dict, master: str, extra_conf: dict[str, str]) -> list[str]:
+def spark_submit(d: dict, master: str, extra_conf: dict[str, str], app: str = APP) -> list[str]:
     p = d["pipeline"]
     conf = {
         "spark.executor.instances": str(p["executors"]),
@@ -86,7 +92,7 @@ def spark_submit(d: dict, master: str, extra_conf: dict[str, str]) -> list[str]:
     args = ["spark-submit", "--master", master, "--deploy-mode", "client"]
     for key, value in conf.items():
         args += ["--conf", f"{key}={value}"]
-    return [*args, f"{APP}/pipeline/__main__.py", d["pipeline"]["config"], *pipeline_overrides(d)]
+    return [*args, f"{app}/pipeline/__main__.py", d["pipeline"]["config"], *pipeline_overrides(d)]
 
 
 def torchrun(d: dict, node_rank: str, master_addr: str) -> list[str]:

@@ -108,6 +108,8 @@ def test_templates_from_clip_benchmark_and_from_the_dataset():
 
     imagenet = resolve_templates(TaskConfig(templates=["@clip_benchmark:imagenet1k"]), None)
     assert len(imagenet) == 80 and all("{c}" in t for t in imagenet)
+    seven = resolve_templates(TaskConfig(templates=["@imagenet7"]), None)
+    assert len(seven) == 7 and set(seven) <= set(imagenet)  # a subset of CLIP's 80
     assert resolve_templates(TaskConfig(), ["x {c}"]) == ["x {c}"]
     assert resolve_templates(TaskConfig(), None) == ["{c}"]
     with pytest.raises(ValueError, match="no template set"):

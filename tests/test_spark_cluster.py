@@ -2,100 +2,20 @@
 from pyspark's own launcher on loopback, the stage submitted by URL like on a real cluster."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pyspark
 import pytest
 
+from pipeline import local_cluster
 from tests.conftest import TEST_ITEMS_PER_SOURCE
-
-SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 @pytest.fixture(scope="module")
 def standalone_cluster(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("spark-logs")
-    env = {
-        **os.environ,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        "PYSPARK_PYTHON": sys.executable,
-        "SPARK_HOME": str(SPARK_CLASS.parent.parent),
-    }
-    master_port, worker_port = _free_port(), _free_port()
-    url = f"spark://127.0.0.1:{master_port}"
-    master = worker = None
-    with open(logs / "master.log", "w") as master_log, open(logs / "worker.log", "w") as worker_log:
-        try:
-            master = subprocess.Popen(
-                [
-                    str(SPARK_CLASS),
-                    "org.apache.spark.deploy.master.Master",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(master_port),
-                    "--webui-port",
-                    str(_free_port()),
-                ],
-                env=env,
-                stdout=master_log,
-                stderr=subprocess.STDOUT,
-            )
-            _wait_for_port(master_port, master)
-            worker = subprocess.Popen(
-                [
-                    str(SPARK_CLASS),
-                    "org.apache.spark.deploy.worker.Worker",
-                    url,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(worker_port),
-                    "--webui-port",
-                    str(_free_port()),
-                    "--cores",
-                    "2",
-                    "--memory",
-                    "2g",
-                    "--work-dir",
-                    str(logs / "work"),
-                ],
-                env=env,
-                stdout=worker_log,
-                stderr=subprocess.STDOUT,
-            )
-            _wait_for_port(worker_port, worker)
-            time.sleep(3)  # the worker registers with the master
-            yield url
-        finally:
-            for process in (worker, master):
-                if process is not None:
-                    process.terminate()
-                    process.wait(timeout=30)
+    with local_cluster.standalone_cluster(tmp_path_factory.mktemp("spark-logs")) as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -47,6 +47,14 @@ def train(config: TrainConfig) -> str:
             f"batch_size {global_batch} must divide by world size {dist_info.world_size}"
         )
     local_batch = global_batch // dist_info.world_size
+    if dist_info.is_main:
+        log.info(
+            "world size %d, global batch %d (%d per process), device %s",
+            dist_info.world_size,
+            global_batch,
+            local_batch,
+            device.type,
+        )
     plans = plan_phases(
         config.phases, global_batch, config.cpu_smoke.steps_per_phase if smoke else 0
     )
