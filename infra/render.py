@@ -120,6 +120,32 @@ def _metadata(d: dict, name: str) -> dict:
     return {"name": name, "namespace": d["kubernetes"]["namespace"], "labels": {"app": "flip"}}
 
 
+def _job(
+    d: dict,
+    name: str,
+    stage: str,
+    containers: list[dict],
+    *,
+    service_account: str,
+    backoff_limit: int,
+    indexed: int | None = None,
+    subdomain: str | None = None,
+    volumes: list[dict] | None = None,
+) -> dict:
+    """A batch/v1 Job; ``indexed=N`` makes it an Indexed Job of N pods, all at once."""
+    spec: dict[str, Any] = {}
+    if indexed is not None:
+        spec |= {"completionMode": "Indexed", "completions": indexed, "parallelism": indexed}
+    pod: dict[str, Any] = {"subdomain": subdomain} if subdomain else {}
+    pod |= {"serviceAccountName": service_account, "restartPolicy": "Never"}
+    pod["containers"] = containers
+    if volumes:
+        pod["volumes"] = volumes
+    spec["backoffLimit"] = backoff_limit
+    spec["template"] = {"metadata": {"labels": {"app": "flip", "stage": stage}}, "spec": pod}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(d, name), "spec": spec}
+
+
 def k8s_pipeline(d: dict) -> list[dict]:
     image = d["images"]["pipeline"]
     p = d["pipeline"]
@@ -144,23 +170,17 @@ def k8s_pipeline(d: dict) -> list[dict]:
         "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "resources": {"requests": {"cpu": "4", "memory": "16Gi"}},
     }
+    service_account = d["kubernetes"]["spark_service_account"]
+    # backoffLimit 3: a rerun keeps finished shards
     return [
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": _metadata(d, "flip-pipeline"),
-            "spec": {
-                "backoffLimit": 3,  # a rerun keeps finished shards
-                "template": {
-                    "metadata": {"labels": {"app": "flip", "stage": "pipeline"}},
-                    "spec": {
-                        "serviceAccountName": d["kubernetes"]["spark_service_account"],
-                        "restartPolicy": "Never",
-                        "containers": [container],
-                    },
-                },
-            },
-        }
+        _job(
+            d,
+            "flip-pipeline",
+            "pipeline",
+            [container],
+            service_account=service_account,
+            backoff_limit=3,
+        )
     ]
 
 
@@ -178,38 +198,27 @@ def k8s_train(d: dict) -> list[dict]:
             "ports": [{"name": "rendezvous", "port": t["master_port"]}],
         },
     }
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _metadata(d, name),
-        "spec": {
-            "completionMode": "Indexed",
-            "completions": t["nodes"],
-            "parallelism": t["nodes"],
-            # preemption: the whole group restarts and resumes from the last checkpoint
-            "backoffLimit": 20,
-            "template": {
-                "metadata": {"labels": {"app": "flip", "stage": "train"}},
-                "spec": {
-                    "subdomain": name,
-                    "serviceAccountName": d["kubernetes"]["service_account"],
-                    "restartPolicy": "Never",
-                    "containers": [
-                        {
-                            "name": "trainer",
-                            "image": d["images"]["gpu"],
-                            "command": command,
-                            "env": NCCL_ENV,
-                            "resources": {"limits": {"nvidia.com/gpu": str(t["gpus_per_node"])}},
-                            "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
-                        }
-                    ],
-                    # loader workers share batches through /dev/shm
-                    "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
-                },
-            },
-        },
+    trainer = {
+        "name": "trainer",
+        "image": d["images"]["gpu"],
+        "command": command,
+        "env": NCCL_ENV,
+        "resources": {"limits": {"nvidia.com/gpu": str(t["gpus_per_node"])}},
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
     }
+    job = _job(
+        d,
+        name,
+        "train",
+        [trainer],
+        service_account=d["kubernetes"]["service_account"],
+        # preemption: the whole group restarts and resumes from the last checkpoint
+        backoff_limit=20,
+        indexed=t["nodes"],
+        subdomain=name,
+        # loader workers share batches through /dev/shm
+        volumes=[{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+    )
     return [service, job]
 
 
@@ -223,33 +232,22 @@ def k8s_eval(d: dict) -> list[dict]:
             eval_overrides(d, "JOB_COMPLETION_INDEX"),
         ),
     ]
+    container = {
+        "name": "eval",
+        "image": d["images"]["gpu"],
+        "command": command,
+        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+    }
     return [
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": _metadata(d, "flip-eval"),
-            "spec": {
-                "completionMode": "Indexed",
-                "completions": e["checkpoints"],
-                "parallelism": e["checkpoints"],
-                "backoffLimit": 3,
-                "template": {
-                    "metadata": {"labels": {"app": "flip", "stage": "eval"}},
-                    "spec": {
-                        "serviceAccountName": d["kubernetes"]["service_account"],
-                        "restartPolicy": "Never",
-                        "containers": [
-                            {
-                                "name": "eval",
-                                "image": d["images"]["gpu"],
-                                "command": command,
-                                "resources": {"limits": {"nvidia.com/gpu": "1"}},
-                            }
-                        ],
-                    },
-                },
-            },
-        }
+        _job(
+            d,
+            "flip-eval",
+            "eval",
+            [container],
+            service_account=d["kubernetes"]["service_account"],
+            backoff_limit=3,
+            indexed=e["checkpoints"],
+        )
     ]
 
 

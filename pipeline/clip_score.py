@@ -25,7 +25,6 @@ import functools
 import io
 import json
 import logging
-import tarfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +38,7 @@ from pyspark.sql import SparkSession
 from flipcommon.storage import exists, read_json, url_join, write_bytes_atomic, write_json_atomic
 from pipeline.config import ClipScoreConfig
 from pipeline.manifest import ReconciliationError, read_shard_stats, shard_sizes
-from pipeline.shard_download import ShardWriter, read_tar_images
+from pipeline.shard_download import ShardWriter, read_tar_images, read_tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +59,7 @@ def _load_model(checkpoint: str, device: str):
 
 def read_shard_samples(tar_url: str) -> Iterator[tuple[str, bytes, str, dict]]:
     """(key, image bytes, caption, json metadata) for each sample of a shard, in tar order."""
-    samples: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
-    with fsspec.open(tar_url, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if key not in samples:
-                samples[key] = {}
-                order.append(key)
-            samples[key][ext] = tar.extractfile(member).read()
-    for key in order:
-        parts = samples[key]
+    for key, parts in read_tar_samples(tar_url).items():
         if "jpg" in parts:
             meta = json.loads(parts.get("json", b"{}"))
             yield key, parts["jpg"], parts.get("txt", b"").decode("utf-8", "replace"), meta
@@ -245,7 +234,14 @@ def run_clip_score(spark: SparkSession, source_dir: str, config: ClipScoreConfig
         else threshold_for_top_percent(histogram, float(config.top_percent))
     )
     resharder = Resharder(source_dir, embeddings_dir, config.output_dir, threshold)
-    kept_per_shard = [(s, len(resharder.kept_keys(s))) for s in shards]
+    # Counted on the executors: at LAION scale that is 41k metadata files, 400M scores.
+    kept_per_shard = (
+        spark.sparkContext.parallelize(shards, max(1, len(shards)))
+        .map(lambda shard: (shard, len(resharder.kept_keys(shard))))
+        .collect()
+        if shards
+        else []
+    )
     jobs = plan_reshard(kept_per_shard, config.samples_per_shard)
     done = set(read_shard_stats(config.output_dir)) if exists(config.output_dir) else set()
     digits = len(shards[0]) if shards else 5

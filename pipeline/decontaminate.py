@@ -105,9 +105,10 @@ class Blocklist:
     sha256: frozenset[str]
     near: NearDuplicateIndex
 
-    def match(self, data: bytes) -> str | None:
-        """The reason to drop these image bytes, or None."""
-        if hashlib.sha256(data).hexdigest() in self.sha256:
+    def match(self, data: bytes, sha256: str) -> str | None:
+        """The reason to drop these image bytes (whose sha256 hex digest the caller has already
+        computed for the shard record), or None."""
+        if sha256 in self.sha256:
             return "exact copy of an evaluation image"
         phash = perceptual_hash(data)
         if phash is not None and self.near.nearest_distance(phash) is not None:

@@ -111,8 +111,9 @@ class SampleProcessor:
         error = truncation_error(fetched.data) or pixel_cap_error(fetched.data, self.max_pixels)
         if error is not None:
             return None, failure("failed_to_resize", error)
+        sha256 = hashlib.sha256(fetched.data).hexdigest()
         if self.blocklist is not None:
-            reason = self.blocklist.match(fetched.data)
+            reason = self.blocklist.match(fetched.data, sha256)
             if reason is not None:
                 return None, failure("decontaminated", reason)
         image, width, height, original_width, original_height, error = self.resizer(
@@ -128,7 +129,7 @@ class SampleProcessor:
             "height": height,
             "original_width": original_width,
             "original_height": original_height,
-            "sha256": hashlib.sha256(fetched.data).hexdigest(),
+            "sha256": sha256,
         }
 
 
@@ -377,11 +378,16 @@ class ShardRetrier:
         return writer.commit(start_time, {"retry_pass": summary})
 
 
-def read_tar_images(url: str) -> dict[str, bytes]:
-    with fsspec.open(url, "rb") as handle, tarfile.open(fileobj=handle) as tar:
-        images = {}
+def read_tar_samples(url: str) -> dict[str, dict[str, bytes]]:
+    """A shard's samples in tar order: key -> {extension: bytes} (jpg, txt, json)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with fsspec.open(url, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
         for member in tar:
-            key, _, ext = member.name.partition(".")
-            if ext == ENCODE_FORMAT:
-                images[key] = tar.extractfile(member).read()
-        return images
+            if member.isfile():
+                key, _, ext = member.name.partition(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def read_tar_images(url: str) -> dict[str, bytes]:
+    return {k: p[ENCODE_FORMAT] for k, p in read_tar_samples(url).items() if ENCODE_FORMAT in p}

