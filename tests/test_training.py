@@ -4,6 +4,7 @@ import io
 import json
 import math
 import tarfile
+from itertools import pairwise
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from training import checkpoint as ckpt
 from training.loss import contrastive_loss
 from training.masking import PatchRemoval, kept_count, remove_patches, set_mask_ratio
 from training.model import build_model, model_cfg
-from training.optim import build_optimizer, decays, lr_at, scaled_lr
+from training.optim import build_optimizer, decays, lr_at, lr_at_time, scaled_lr
 
 
 def test_remove_patches_keeps_cls_and_a_random_subset():
@@ -117,6 +118,44 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+
+
+def test_lr_schedule_on_a_clock():
+    assert lr_at_time(0.0, 10.0, 2.0, 1.0) == 0.0
+    assert lr_at_time(1.0, 10.0, 2.0, 1.0) == pytest.approx(0.5)
+    assert lr_at_time(2.0, 10.0, 2.0, 1.0) == pytest.approx(1.0)
+    assert lr_at_time(6.0, 10.0, 2.0, 1.0) == pytest.approx(0.5)
+    assert lr_at_time(12.0, 10.0, 2.0, 1.0) == pytest.approx(0.0)
+
+
+def test_timed_phases_run_for_their_training_time(tmp_path, shard_set):
+    from tests.conftest import micro_train_config
+    from training.config import PhaseConfig
+    from training.trainer import train
+
+    run_dir = tmp_path / "run"
+    config = micro_train_config(str(run_dir), str(shard_set), checkpoint_every_s=1.0)
+    config.phases = [
+        PhaseConfig("pretrain", mask_ratio=0.75, seconds=2.0, warmup_seconds=0.5, base_lr=1e-3),
+        PhaseConfig("unmasked_tuning", mask_ratio=0.0, seconds=1.0, base_lr=1e-4),
+    ]
+    final = train(config)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    longest_step = max(b["train_seconds"] - a["train_seconds"] for a, b in pairwise(records))
+    pretrain = [r for r in records if r["mask_ratio"] == 0.75]
+    assert 2.0 <= pretrain[-1]["train_seconds"] < 2.0 + longest_step + 1e-6
+    info = ckpt.read_config(final)["flip"]
+    assert info["phase"] == "unmasked_tuning"
+    assert 3.0 <= info["train_seconds"] < 3.0 + 2 * longest_step + 1e-6
+    assert info["samples_seen"] == 8 * info["step"] == records[-1]["samples_seen"]
+    # warmup then decay on the clock, to about zero at each phase's end
+    assert pretrain[0]["lr"] < max(r["lr"] for r in pretrain)
+    assert pretrain[-1]["lr"] < 0.05 * max(r["lr"] for r in pretrain)
+    # periodic checkpoints on the training clock, besides the two phase ends
+    checkpoints = ckpt.list_checkpoints(str(run_dir))
+    seconds = [ckpt.read_config(c)["flip"]["train_seconds"] for c in checkpoints]
+    assert seconds == sorted(seconds) and len(seconds) >= 3
+    assert any(1.0 <= s < 2.0 for s in seconds)  # the one at 1 s, mid-pretraining
 
 
 def test_two_phase_run_writes_checkpoints_metrics_and_plot(micro_run):

@@ -48,6 +48,8 @@ class TrainState:
     phase_step: int = 0  # steps taken inside the current phase
     samples_seen: int = 0
     skipped_samples: int = 0  # broken samples or tar records skipped by the loader
+    train_seconds: float = 0.0  # time in the step loop over the whole run (checkpoints excluded)
+    phase_seconds: float = 0.0  # the same, inside the current phase
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,6 +14,12 @@ class PhaseConfig:
     samples: int = 1_000_000  # length of the phase, in training samples
     base_lr: float = 4e-6  # lr = base_lr * global_batch / 256
     warmup_samples: int = 0
+    # A timed phase instead (equal-compute comparisons): it runs for this much training time,
+    # measured on the step loop's clock (checkpoint writes excluded), and its warmup and cosine
+    # decay follow that clock. `samples` and `warmup_samples` are then ignored. Such a phase
+    # resumes where its clock stopped, but not bit for bit (how far it gets depends on speed).
+    seconds: float = 0.0
+    warmup_seconds: float = 0.0
 
 
 @dataclass
@@ -58,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every_steps: int = 0  # 0 = only at phase ends
+    checkpoint_every_s: float = 0.0  # also every this many seconds of training time (0 = off)
     log_every_steps: int = 10
     resume: bool = False
     cpu_smoke: CpuSmokeConfig = field(default_factory=CpuSmokeConfig)

@@ -40,6 +40,15 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> flo
     return 0.5 * peak_lr * (1.0 + math.cos(math.pi * progress))
 
 
+def lr_at_time(elapsed_s: float, total_s: float, warmup_s: float, peak_lr: float) -> float:
+    """The same schedule on a clock: linear warmup over ``warmup_s``, cosine decay to 0 at
+    ``total_s``."""
+    if warmup_s > 0 and elapsed_s < warmup_s:
+        return peak_lr * elapsed_s / warmup_s
+    progress = min(1.0, (elapsed_s - warmup_s) / max(total_s - warmup_s, 1e-9))
+    return 0.5 * peak_lr * (1.0 + math.cos(math.pi * progress))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

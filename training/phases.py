@@ -5,16 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from training.config import PhaseConfig
-from training.optim import scaled_lr
+from training.optim import lr_at, lr_at_time, scaled_lr
 
 
 @dataclass(frozen=True)
 class PhasePlan:
     name: str
     mask_ratio: float
-    steps: int
+    steps: int  # 0 for a timed phase
     warmup_steps: int
     peak_lr: float
+    seconds: float = 0.0  # > 0: a timed phase (length and schedule on the training clock)
+    warmup_seconds: float = 0.0
+
+    def finished(self, phase_step: int, phase_seconds: float) -> bool:
+        if self.seconds:
+            return phase_seconds >= self.seconds
+        return phase_step >= self.steps
+
+    def lr(self, phase_step: int, phase_seconds: float) -> float:
+        if self.seconds:
+            return lr_at_time(phase_seconds, self.seconds, self.warmup_seconds, self.peak_lr)
+        return lr_at(phase_step, self.steps, self.warmup_steps, self.peak_lr)
 
 
 def plan_phases(
@@ -26,11 +38,19 @@ def plan_phases(
     for phase in phases:
         if not 0.0 <= phase.mask_ratio < 1.0:
             raise ValueError(f"phase {phase.name}: mask_ratio must be in [0, 1)")
+        if phase.seconds < 0 or phase.warmup_seconds < 0:
+            raise ValueError(f"phase {phase.name}: seconds and warmup_seconds must be >= 0")
+        peak_lr = scaled_lr(phase.base_lr, global_batch)
+        if phase.seconds and not steps_override:
+            if phase.warmup_seconds > phase.seconds:
+                raise ValueError(f"phase {phase.name}: warmup_seconds exceeds seconds")
+            plans.append(
+                PhasePlan(
+                    phase.name, phase.mask_ratio, 0, 0, peak_lr, phase.seconds, phase.warmup_seconds
+                )
+            )
+            continue
         steps = steps_override or max(1, phase.samples // global_batch)
         warmup = 0 if steps_override else min(steps, phase.warmup_samples // global_batch)
-        plans.append(
-            PhasePlan(
-                phase.name, phase.mask_ratio, steps, warmup, scaled_lr(phase.base_lr, global_batch)
-            )
-        )
+        plans.append(PhasePlan(phase.name, phase.mask_ratio, steps, warmup, peak_lr))
     return plans

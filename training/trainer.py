@@ -20,7 +20,7 @@ from training.loss import clamp_logit_scale
 from training.masking import set_mask_ratio
 from training.model import build_model, preprocess_cfg
 from training.observe import MetricsLog, plot_curves
-from training.optim import build_optimizer, lr_at, set_lr
+from training.optim import build_optimizer, set_lr
 from training.phases import plan_phases
 from training.step import forward_backward
 
@@ -33,6 +33,11 @@ def nullcontext_autocast() -> contextlib.AbstractContextManager:
 
 def bf16_autocast(device: torch.device):
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def crossed_interval(before: float, after: float, every: float) -> bool:
+    """Whether the clock passed a multiple of ``every`` between two readings."""
+    return every > 0 and int(after // every) > int(before // every)
 
 
 def train(config: TrainConfig) -> str:
@@ -115,7 +120,8 @@ def train(config: TrainConfig) -> str:
 
     metrics = MetricsLog(config.run_dir, enabled=dist_info.is_main)
     info = {"model_name": config.model.name, "variant": config.model.variant, "smoke": smoke}
-    total_steps = sum(p.steps for p in plans)
+    # a timed phase's step count is unknown until it ends: the bar then counts without a total
+    total_steps = None if any(p.seconds for p in plans) else sum(p.steps for p in plans)
     bar = tqdm(
         total=total_steps,
         initial=state.step,
@@ -130,14 +136,14 @@ def train(config: TrainConfig) -> str:
         plan = plans[phase_index]
         set_mask_ratio(model, plan.mask_ratio)
         log.info(
-            "phase %s: mask ratio %.2f, %d steps, peak lr %.2e",
+            "phase %s: mask ratio %.2f, %s, peak lr %.2e",
             plan.name,
             plan.mask_ratio,
-            plan.steps,
+            f"{plan.seconds:g} s of training time" if plan.seconds else f"{plan.steps} steps",
             plan.peak_lr,
         )
-        while state.phase_step < plan.steps:
-            lr = lr_at(state.phase_step, plan.steps, plan.warmup_steps, plan.peak_lr)
+        while not plan.finished(state.phase_step, state.phase_seconds):
+            lr = plan.lr(state.phase_step, state.phase_seconds)
             set_lr(optimizer, lr)
             t0 = time.perf_counter()
             images, tokens, skipped = next(batches)
@@ -150,12 +156,17 @@ def train(config: TrainConfig) -> str:
             )
             optimizer.step()
             clamp_logit_scale(model.logit_scale)
+            step_seconds = time.perf_counter() - t0
+            clock_before = state.train_seconds
+            state.train_seconds += step_seconds
+            state.phase_seconds += step_seconds
             state.step += 1
             state.phase_step += 1
             state.samples_seen += global_batch
             bar.update(1)
             # .item() waits for the device: read the loss only on logging steps.
-            if state.step % config.log_every_steps == 0 or state.phase_step == plan.steps:
+            at_phase_end = plan.finished(state.phase_step, state.phase_seconds)
+            if state.step % config.log_every_steps == 0 or at_phase_end:
                 loss_value = loss.item()
                 # throughput over the whole interval since the last log: after the sync above
                 # it is exact, where one asynchronous step's time would not be
@@ -176,14 +187,14 @@ def train(config: TrainConfig) -> str:
                         "data_time_s": data_time,
                         "mask_ratio": plan.mask_ratio,
                         "skipped_samples": state.skipped_samples,
+                        "train_seconds": state.train_seconds,
                     },
                 )
-            at_phase_end = state.phase_step == plan.steps
             periodic = (
                 config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0
-            )
+            ) or crossed_interval(clock_before, state.train_seconds, config.checkpoint_every_s)
             if at_phase_end:
-                state.phase_index, state.phase_step = phase_index + 1, 0
+                state.phase_index, state.phase_step, state.phase_seconds = phase_index + 1, 0, 0.0
             if (at_phase_end or periodic) and dist_info.is_main:
                 last_ckpt = ckpt.save_checkpoint(
                     config.run_dir,
@@ -197,11 +208,16 @@ def train(config: TrainConfig) -> str:
                         "phase": plan.name,
                         "samples_seen": state.samples_seen,
                         "step": state.step,
+                        "train_seconds": state.train_seconds,
                         "config": asdict(config),
                     },
                 )
                 metrics.flush()
-            if (at_phase_end or periodic) and state.phase_index < len(plans):
+            # Restarting the stream at a checkpoint makes a resumed run see the same batches.
+            # A timed phase cannot resume bit for bit anyway, and the restart (refilling the
+            # shuffle buffer) would be charged to its clock: it keeps its stream.
+            restart = at_phase_end or (periodic and not plan.seconds)
+            if restart and state.phase_index < len(plans):
                 del batches  # stops the old stream's workers
                 batches = open_batches(state.step)
             if at_phase_end:
