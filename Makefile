@@ -12,6 +12,7 @@ TRAIN_CONFIG ?= configs/train/$(MODEL).yaml
 SUITE ?= demo
 EVAL_CONFIG ?= configs/eval/$(SUITE).yaml
 CHECKPOINT ?=
+EXPERIMENT_CONFIG ?= configs/experiment/flip_vs_clip.yaml
 ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -21,7 +22,7 @@ export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup system-packages shards train eval demo cluster-demo test test-fast lint manifests clean help
+.PHONY: setup system-packages shards train eval demo experiment cluster-demo test test-fast lint manifests clean help
 
 help:
 	@echo "make demo              shards -> train -> eval on the embedded demo corpus"
@@ -29,6 +30,7 @@ help:
 	@echo "make shards            build the shard set      (PIPELINE_CONFIG=$(PIPELINE_CONFIG))"
 	@echo "make train MODEL=...   train a FLIP model        (configs/train/MODEL.yaml)"
 	@echo "make eval              evaluate a checkpoint on a suite (SUITE=demo CHECKPOINT=newest)"
+	@echo "make experiment        FLIP vs CLIP at equal training time, 3 seeds (~1 h on 2 cores)"
 	@echo "make manifests         render infra/generated/ from infra/deploy.yaml"
 	@echo "make cluster-demo      rehearse the cloud jobs here (standalone Spark, torchrun x2)"
 	@echo "extra key=value overrides go in ARGS='...'"
@@ -62,6 +64,12 @@ demo: setup
 	$(PY) -m training configs/train/flip_tiny.yaml && t2=$$(date +%s) && \
 	$(PY) -m evaluation $(EVAL_CONFIG) && t3=$$(date +%s) && \
 	echo "demo wall time: shards $$((t1-start)) s, train $$((t2-t1)) s, eval $$((t3-t2)) s"
+
+# FLIP vs CLIP at equal training time on the demo shard set (built first if missing; the
+# pipeline stage returns at once when its shard set is complete).
+experiment: setup
+	$(PY) -m pipeline $(PIPELINE_CONFIG)
+	$(PY) -m experiment $(EXPERIMENT_CONFIG) $(ARGS)
 
 # The cloud jobs' own commands on this machine: standalone Spark, 2-process torchrun, eval array.
 cluster-demo: setup

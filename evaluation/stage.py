@@ -24,6 +24,8 @@ def evaluate_checkpoint(ckpt_dir: str, config: EvalConfig, device) -> list[dict]
         "checkpoint": ckpt_dir,
         "samples_seen": info.get("samples_seen"),
         "step": info.get("step"),
+        "train_seconds": info.get("train_seconds"),
+        "phase": info.get("phase"),
         "model_name": info.get("model_name"),
     }
     records = []

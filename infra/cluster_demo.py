@@ -59,7 +59,8 @@ def local_deploy(render, out: str, quick: bool) -> dict:
     d["storage"]["shards"] = f"{out}/shards"
     d["storage"]["runs"] = out
     if quick:
-        d["pipeline"]["overrides"] += QUICK["pipeline"]
+        # a corpus of its own: the smaller render must not replace the demo's cached corpus
+        d["pipeline"]["overrides"] += [*QUICK["pipeline"], f"demo.cache_dir={out}/demo_corpus"]
         d["train"]["overrides"] = [
             o for o in d["train"]["overrides"] if not o.startswith(("phases=", "batch_size="))
         ] + QUICK["train"]

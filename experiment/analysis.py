@@ -1,0 +1,153 @@
+"""From the runs' evaluation points to the experiment's tables and verdicts (pure functions).
+
+A run record (runner.py): arm, seed, mask_ratio, batch_size, unmasked_tuning, budget_s, and
+points: one per evaluated checkpoint, oldest first, with train_seconds, samples_seen and
+metrics keyed TASK:METRIC.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float  # sample standard deviation over seeds (nan for one seed)
+    n: int
+
+    @property
+    def stderr(self) -> float:
+        return self.std / math.sqrt(self.n) if self.n > 1 else math.nan
+
+
+def stat(values: list[float]) -> Stat:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return Stat(math.nan, math.nan, 0)
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return Stat(statistics.fmean(values), std, len(values))
+
+
+def runs_by_arm(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs grouped by arm, arms in the order they first appear (the config's order)."""
+    grouped: dict[str, list[dict]] = {}
+    for run in runs:
+        grouped.setdefault(run["arm"], []).append(run)
+    return grouped
+
+
+def final_metric(run: dict, key: str) -> float:
+    return run["points"][-1]["metrics"].get(key, math.nan)
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    arm: str
+    mask_ratio: float
+    batch_size: int
+    unmasked_tuning: bool
+    seeds: int
+    train_seconds: Stat
+    samples_seen: Stat
+    metrics: dict[str, Stat]  # TASK:METRIC -> over seeds, at each run's final point
+
+
+def summarise(runs: list[dict], keys: list[str]) -> list[ArmSummary]:
+    summaries = []
+    for arm, arm_runs in runs_by_arm(runs).items():
+        first = arm_runs[0]
+        summaries.append(
+            ArmSummary(
+                arm=arm,
+                mask_ratio=first["mask_ratio"],
+                batch_size=first["batch_size"],
+                unmasked_tuning=first["unmasked_tuning"],
+                seeds=len(arm_runs),
+                train_seconds=stat([r["points"][-1]["train_seconds"] for r in arm_runs]),
+                samples_seen=stat([r["points"][-1]["samples_seen"] for r in arm_runs]),
+                metrics={k: stat([final_metric(r, k) for r in arm_runs]) for k in keys},
+            )
+        )
+    return summaries
+
+
+def curve(arm_runs: list[dict], key: str, x: str = "train_seconds") -> list[tuple[float, Stat]]:
+    """An arm's metric against ``x`` (train_seconds or samples_seen): the i-th evaluation point
+    of every seed averaged together (the seeds' points fall at the same shares of the budget)."""
+    count = min(len(r["points"]) for r in arm_runs)
+    return [
+        (
+            statistics.fmean(r["points"][i][x] for r in arm_runs),
+            stat([r["points"][i]["metrics"].get(key, math.nan) for r in arm_runs]),
+        )
+        for i in range(count)
+    ]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    arm: str
+    baseline: str
+    difference: float  # arm − baseline, in metric units
+    stderr: float  # of the difference (Welch), nan with one seed on either side
+
+    @property
+    def outcome(self) -> str:
+        """better / worse beyond two standard errors, else tie; undecided without error bars."""
+        if math.isnan(self.stderr):
+            return "undecided"
+        if self.difference > 2 * self.stderr:
+            return "better"
+        if self.difference < -2 * self.stderr:
+            return "worse"
+        return "tie"
+
+
+def compare(arm: ArmSummary, baseline: ArmSummary, key: str) -> Comparison:
+    a, b = arm.metrics[key], baseline.metrics[key]
+    stderr = math.sqrt(a.std**2 / a.n + b.std**2 / b.n) if a.n > 1 and b.n > 1 else math.nan
+    return Comparison(arm.arm, baseline.arm, a.mean - b.mean, stderr)
+
+
+def comparisons(summaries: list[ArmSummary], key: str) -> dict[str, list[Comparison]]:
+    """Each masked arm against the unmasked baseline (the first arm with mask ratio 0), and
+    each +tuning arm against the same ratio without tuning."""
+    baseline = next((s for s in summaries if s.mask_ratio == 0 and not s.unmasked_tuning), None)
+    versus_clip = []
+    if baseline is not None:
+        versus_clip = [compare(s, baseline, key) for s in summaries if s.mask_ratio > 0]
+    versus_untuned = []
+    for tuned in (s for s in summaries if s.unmasked_tuning):
+        untuned = next(
+            (
+                s
+                for s in summaries
+                if s.mask_ratio == tuned.mask_ratio
+                and not s.unmasked_tuning
+                and s.batch_size == tuned.batch_size
+            ),
+            None,
+        )
+        if untuned is not None:
+            versus_untuned.append(compare(tuned, untuned, key))
+    return {"versus_unmasked": versus_clip, "tuning": versus_untuned}
+
+
+def verdict(versus_unmasked: list[Comparison]) -> str:
+    """One sentence on whether FLIP beat CLIP at equal training time here."""
+    if not versus_unmasked:
+        return "no masked arm was compared with an unmasked one"
+    outcomes = {c.outcome for c in versus_unmasked}
+    winners = [c.arm for c in versus_unmasked if c.outcome == "better"]
+    if winners:
+        return f"FLIP beat CLIP at equal training time: {', '.join(winners)} scored higher"
+    if outcomes == {"worse"}:
+        return "CLIP beat FLIP at equal training time: every masked arm scored lower"
+    if "undecided" in outcomes:
+        return "undecided: one seed gives no error bars"
+    losers = [c.arm for c in versus_unmasked if c.outcome == "worse"]
+    tail = f" ({', '.join(losers)} scored lower)" if losers else ""
+    return "FLIP did not beat CLIP at equal training time: no masked arm scored higher" + tail

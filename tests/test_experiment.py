@@ -1,0 +1,180 @@
+"""make experiment: arms on an equal clock, the analysis and verdicts, and a miniature run of
+the whole thing through its command line."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from experiment.analysis import Stat, comparisons, curve, stat, summarise, verdict
+from experiment.arms import arm_train_config, validate
+from experiment.config import ArmConfig, ExperimentConfig
+from training.config import TrainConfig
+from training.phases import plan_phases
+
+
+def test_every_arm_trains_for_the_same_budget():
+    config = ExperimentConfig(budget_s=100, tuning_fraction=0.1, base_batch=32, eval_points=4)
+    base = TrainConfig()
+    for arm in config.arms:
+        train = arm_train_config(base, config, arm, seed=3)
+        assert sum(p.seconds for p in train.phases) == pytest.approx(100)
+        assert train.batch_size == 32 * arm.batch_scale and train.seed == 3
+        assert train.phases[0].mask_ratio == arm.mask_ratio
+        assert train.checkpoint_every_s == 25 and train.resume
+        assert arm.name in train.run_dir and "seed3" in train.run_dir
+        plans = plan_phases(train.phases, train.batch_size)
+        assert all(p.seconds and p.warmup_seconds < p.seconds for p in plans)
+        if arm.unmasked_tuning:
+            assert [p.mask_ratio for p in train.phases][1] == 0.0
+            assert train.phases[1].seconds == pytest.approx(10)
+        else:
+            assert len(train.phases) == 1
+    assert [a.batch_scale for a in config.arms] == [1, 2, 2, 4, 4]  # the paper's Table 1a
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"budget_s": 0}, "budget_s"),
+        ({"seeds": []}, "seed"),
+        ({"arms": [ArmConfig("a"), ArmConfig("a")]}, "unique"),
+        ({"arms": [ArmConfig("a/b")]}, "folder"),
+        ({"arms": [ArmConfig("a", mask_ratio=1.0)]}, "mask_ratio"),
+        ({"tuning_fraction": 1.0}, "tuning_fraction"),
+        ({"headline": "top1"}, "TASK:METRIC"),
+    ],
+)
+def test_bad_experiment_configs_are_refused(change, message):
+    config = ExperimentConfig(**change)
+    with pytest.raises(ValueError, match=message):
+        validate(config)
+
+
+def _run(arm: str, seed: int, finals: list[float], ratio=0.0, tuning=False) -> dict:
+    points = [
+        {"train_seconds": 10.0 * (i + 1), "samples_seen": 100 * (i + 1), "metrics": {"t:m": v}}
+        for i, v in enumerate(finals)
+    ]
+    return {
+        "arm": arm,
+        "seed": seed,
+        "mask_ratio": ratio,
+        "batch_size": 8,
+        "unmasked_tuning": tuning,
+        "points": points,
+    }
+
+
+def _runs(clip: list[float], flip: list[float], tuned: list[float]) -> list[dict]:
+    runs = []
+    for seed, (c, f, t) in enumerate(zip(clip, flip, tuned, strict=True)):
+        runs += [
+            _run("clip", seed, [0.0, c]),
+            _run("flip50", seed, [0.0, f], 0.5),
+            _run("flip50+tuning", seed, [0.0, t], 0.5, True),
+        ]
+    return runs
+
+
+def test_summary_is_mean_and_std_over_seeds_at_the_final_point():
+    summaries = summarise(_runs([0.1, 0.2, 0.3], [0.3, 0.3, 0.3], [0.4, 0.5, 0.6]), ["t:m"])
+    assert [s.arm for s in summaries] == ["clip", "flip50", "flip50+tuning"]
+    clip = summaries[0].metrics["t:m"]
+    assert clip.mean == pytest.approx(0.2) and clip.std == pytest.approx(0.1) and clip.n == 3
+    assert summaries[1].metrics["t:m"].std == pytest.approx(0.0)
+    assert stat([0.5]).n == 1 and math.isnan(stat([0.5]).std) and math.isnan(Stat(1, 0, 1).stderr)
+
+
+def test_verdict_states_whichever_way_the_result_falls():
+    def outcome(clip, flip, tuned):
+        summaries = summarise(_runs(clip, flip, tuned), ["t:m"])
+        return comparisons(summaries, "t:m")
+
+    better = outcome([0.10, 0.11, 0.12], [0.20, 0.21, 0.22], [0.2, 0.2, 0.2])
+    assert [c.outcome for c in better["versus_unmasked"]] == ["better", "better"]
+    assert verdict(better["versus_unmasked"]).startswith("FLIP beat CLIP")
+    worse = outcome([0.20, 0.21, 0.22], [0.10, 0.11, 0.12], [0.1, 0.1, 0.1])
+    assert verdict(worse["versus_unmasked"]).startswith("CLIP beat FLIP")
+    tie = outcome([0.10, 0.20, 0.15], [0.12, 0.18, 0.15], [0.11, 0.19, 0.15])
+    assert {c.outcome for c in tie["versus_unmasked"]} == {"tie"}
+    assert verdict(tie["versus_unmasked"]).startswith("FLIP did not beat CLIP")
+    one_seed = outcome([0.1], [0.2], [0.3])
+    assert verdict(one_seed["versus_unmasked"]).startswith("undecided")
+    (tuning,) = better["tuning"]
+    assert (tuning.arm, tuning.baseline) == ("flip50+tuning", "flip50")
+    assert tuning.difference == pytest.approx(-0.01)
+
+
+def test_curve_averages_the_seeds_point_by_point():
+    runs = [_run("a", 0, [0.1, 0.3]), _run("a", 1, [0.3, 0.5])]
+    points = curve(runs, "t:m")
+    assert [x for x, _ in points] == [10.0, 20.0]
+    assert [s.mean for _, s in points] == pytest.approx([0.2, 0.4])
+    assert [x for x, _ in curve(runs, "t:m", "samples_seen")] == [100, 200]
+
+
+@pytest.mark.slow
+def test_make_experiment_in_miniature(tmp_path, shard_set, demo_corpus_dir):
+    out = tmp_path / "experiment"
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        json.dumps(
+            {
+                "demo_corpus_dir": str(demo_corpus_dir),
+                "tasks": [
+                    {
+                        "name": "emoji",
+                        "dataset": "emoji_heldout",
+                        "task": "zeroshot_classification",
+                    },
+                    {"name": "emoji_r", "dataset": "emoji_heldout", "task": "retrieval"},
+                ],
+            }
+        )
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "experiment",
+        "configs/experiment/flip_vs_clip.yaml",
+        f"output_dir={out}",
+        f"eval_config={suite}",
+        f"train_overrides=[data.shards={shard_set}, model.name=flip_micro, data.workers=0, "
+        "data.shuffle_buffer=16]",
+        "budget_s=4",
+        "eval_points=2",
+        "base_batch=8",
+        "seeds=[0, 1]",
+        "arms=[{name: clip, mask_ratio: 0.0}, "
+        "{name: flip75+tuning, mask_ratio: 0.75, batch_scale: 2, unmasked_tuning: true}]",
+        "headline=emoji:top1",
+        "table_metrics=[emoji_r:image_retrieval_recall@10]",
+    ]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for name in ("results.md", "masking_table.md", "writeup.md", "results.json"):
+        assert (out / name).stat().st_size > 100, name
+    for name in ("accuracy_vs_time.png", "accuracy_vs_samples.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 4
+    for run in results["runs"]:
+        points = run["points"]
+        assert len(points) >= 2  # halfway and at the end (+ the phase end of tuning arms)
+        assert points[-1]["train_seconds"] >= 4.0
+        assert [p["train_seconds"] for p in points] == sorted(p["train_seconds"] for p in points)
+        assert 0.0 <= points[-1]["metrics"]["emoji:top1"] <= 1.0
+        checkpoints = out / "arms" / run["arm"] / f"seed{run['seed']}" / "train" / "checkpoints"
+        kept = [p for p in checkpoints.iterdir() if p.is_dir()]
+        assert len(kept) == 1 and not (kept[0] / "train_state.pt").exists()
+    assert {r["points"][-1]["phase"] for r in results["runs"]} == {"pretrain", "unmasked_tuning"}
+    writeup = (out / "writeup.md").read_text()
+    assert results["verdict"] in writeup and "Table 1a" in writeup
+    # a rerun reuses the finished arms; a changed setup over them is refused
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("done before") == 4
+    changed = subprocess.run([*args, "budget_s=5"], capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2 and "another setup" in changed.stderr
