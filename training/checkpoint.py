@@ -73,26 +73,78 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Whole (unsharded) weights and optimizer state on the CPU, the optimizer state keyed by
+    parameter name. Under FSDP this gathers the shards: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (
+        get_model_state_dict(model, options=options),
+        get_optimizer_state_dict(model, optimizer, options=options),
+    )
+
+
+def restore_full_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    where: str,
+) -> None:
+    """Load whole weights and optimizer state into a plain or an FSDP-sharded model (every rank
+    loads; FSDP keeps its own shard)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, strict=True)
+    # Every rank must walk the tensors in the same order (each is a collective under FSDP);
+    # safetensors returns them in an order that differs from process to process.
+    weights = {name: weights[name] for name in sorted(weights)}
+    try:
+        set_model_state_dict(model, weights, options=options)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{where}: weights do not match the model config: {exc}") from exc
+    if _keyed_by_position(optimizer_state):  # written before checkpoints keyed state by name
+        optimizer.load_state_dict(optimizer_state)
+        return
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+
+def _keyed_by_position(optimizer_state: dict[str, Any]) -> bool:
+    return any(isinstance(key, int) for key in optimizer_state.get("state", {}))
+
+
 def save_checkpoint(
     run_dir: str,
-    model: nn.Module,
+    weights: dict[str, torch.Tensor],
     model_cfg: dict,
     preprocess_cfg: dict,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     state: TrainState,
     info: dict[str, Any],
 ) -> str:
-    """Write a checkpoint and then point LATEST at it; returns its URL."""
+    """Write a checkpoint (weights and optimizer state from ``full_state``) and then point
+    LATEST at it; returns its URL."""
     ckpt_dir = url_join(run_dir, "checkpoints", checkpoint_name(state.step))
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "flip": info}
-    # Stream each file to storage: a copy in memory of a ViT-H/14's weights and optimizer
-    # state would double the process's footprint.
-    _write_weights(url_join(ckpt_dir, WEIGHTS_FILE), model)
+    # Stream each file to storage: a serialised copy in memory of a ViT-H/14's weights and
+    # optimizer state would double the process's footprint.
+    _write_weights(url_join(ckpt_dir, WEIGHTS_FILE), weights)
     write_bytes_atomic(url_join(ckpt_dir, CONFIG_FILE), json.dumps(config, indent=2).encode())
     with open_atomic(url_join(ckpt_dir, STATE_FILE)) as handle:
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "train_state": state.__dict__,
                 "rng": rng_state(),
             },
@@ -104,8 +156,8 @@ def save_checkpoint(
     return ckpt_dir
 
 
-def _write_weights(url: str, model: nn.Module) -> None:
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def _write_weights(url: str, weights: dict[str, torch.Tensor]) -> None:
+    weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     if is_local(url):
         _, path = fsspec.core.url_to_fs(url)
         with atomic_local_path(path) as tmp:

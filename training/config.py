@@ -58,6 +58,9 @@ class TrainConfig:
     batch_size: int = 256  # global contrastive batch
     weight_decay: float = 0.2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    # With more than one process: ddp (each rank holds the whole model) or fsdp (weights,
+    # gradients and optimizer state sharded across ranks; for ViT-H/14 and larger)
+    parallelism: str = "ddp"
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     grad_checkpointing: bool = False
     accum_steps: int = 1  # micro-batches per step; the contrastive batch stays batch_size

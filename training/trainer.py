@@ -22,6 +22,7 @@ from training.model import build_model, preprocess_cfg
 from training.observe import MetricsLog, plot_curves
 from training.optim import build_optimizer, set_lr
 from training.phases import plan_phases
+from training.sharding import average_replicated_grads, shard_model
 from training.step import forward_backward
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,17 @@ def train(config: TrainConfig) -> str:
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
+    if config.parallelism not in ("ddp", "fsdp"):
+        raise ValueError(f"parallelism must be ddp or fsdp, not {config.parallelism!r}")
+    sharded = dist_info.world_size > 1 and config.parallelism == "fsdp"
+    if sharded:
+        shard_model(model)  # before the optimizer: it must hold the sharded parameters
     optimizer = build_optimizer(model, plans[0].peak_lr, config.weight_decay, tuple(config.betas))
     state = ckpt.TrainState()
     if config.resume:
         state = _resume(config.run_dir, model, optimizer)
     train_model = model
-    if dist_info.world_size > 1:
+    if dist_info.world_size > 1 and not sharded:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -154,6 +160,8 @@ def train(config: TrainConfig) -> str:
             loss = forward_backward(
                 train_model, model, images, tokens, autocast, config.accum_steps
             )
+            if sharded:
+                average_replicated_grads(model)
             optimizer.step()
             clamp_logit_scale(model.logit_scale)
             step_seconds = time.perf_counter() - t0
@@ -195,13 +203,13 @@ def train(config: TrainConfig) -> str:
             ) or crossed_interval(clock_before, state.train_seconds, config.checkpoint_every_s)
             if at_phase_end:
                 state.phase_index, state.phase_step, state.phase_seconds = phase_index + 1, 0, 0.0
-            if (at_phase_end or periodic) and dist_info.is_main:
-                last_ckpt = ckpt.save_checkpoint(
+            # Under FSDP gathering the whole state is a collective: every rank takes part.
+            if (at_phase_end or periodic) and (sharded or dist_info.is_main):
+                written = _checkpoint(
                     config.run_dir,
                     model,
-                    model_cfg,
-                    pp_cfg,
                     optimizer,
+                    (model_cfg, pp_cfg),
                     state,
                     {
                         **info,
@@ -211,7 +219,9 @@ def train(config: TrainConfig) -> str:
                         "train_seconds": state.train_seconds,
                         "config": asdict(config),
                     },
+                    write=dist_info.is_main,
                 )
+                last_ckpt = written or last_ckpt
                 metrics.flush()
             # Restarting the stream at a checkpoint makes a resumed run see the same batches.
             # A timed phase cannot resume bit for bit anyway, and the restart (refilling the
@@ -232,14 +242,31 @@ def train(config: TrainConfig) -> str:
     return last_ckpt
 
 
+def _checkpoint(
+    run_dir: str,
+    model,
+    optimizer,
+    configs: tuple[dict, dict],
+    state: ckpt.TrainState,
+    info: dict,
+    write: bool,
+) -> str | None:
+    """Gather the whole state and (on the writing rank) save it. The CPU copy lives only for
+    this call: a ViT-H/14's weights and optimizer state are ~16 GB of host memory."""
+    weights, optimizer_state = ckpt.full_state(model, optimizer)
+    if not write:
+        return None
+    model_cfg, pp_cfg = configs
+    return ckpt.save_checkpoint(run_dir, weights, model_cfg, pp_cfg, optimizer_state, state, info)
+
+
 def _resume(run_dir: str, model, optimizer) -> ckpt.TrainState:
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
         log.info("resume: no checkpoint in %s, starting fresh", run_dir)
         return ckpt.TrainState()
-    ckpt.load_weights_into(model, ckpt.read_weights(latest), latest)
     saved = ckpt.read_train_state(latest)
-    optimizer.load_state_dict(saved["optimizer"])
+    ckpt.restore_full_state(model, optimizer, ckpt.read_weights(latest), saved["optimizer"], latest)
     ckpt.restore_rng_state(saved["rng"])
     state = ckpt.TrainState(**saved["train_state"])
     log.info("resumed from %s at step %d (%d samples seen)", latest, state.step, state.samples_seen)
