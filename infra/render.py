@@ -13,6 +13,7 @@ storage access from the platform (service-account roles, job roles).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shlex
 import sys
@@ -75,9 +76,10 @@ def eval_overrides(d: dict, index_env: str) -> list[str]:
     ]
 
 
-def spark_submit(d: dict, master: str, extra_conf: dict[str, str], app: str = APP) -> list[str]:
+def spark_conf(d: dict, extra_conf: dict[str, str]) -> dict[str, str]:
+    """The executor settings LAION-scale download needs, for any Spark launcher."""
     p = d["pipeline"]
-    conf = {
+    return {
         "spark.executor.instances": str(p["executors"]),
         "spark.executor.cores": str(p["executor_cores"]),
         "spark.executor.memory": p["executor_memory"],
@@ -89,8 +91,11 @@ def spark_submit(d: dict, master: str, extra_conf: dict[str, str], app: str = AP
         "spark.network.timeout": "600s",
         **extra_conf,
     }
+
+
+def spark_submit(d: dict, master: str, extra_conf: dict[str, str], app: str = APP) -> list[str]:
     args = ["spark-submit", "--master", master, "--deploy-mode", "client"]
-    for key, value in conf.items():
+    for key, value in spark_conf(d, extra_conf).items():
         args += ["--conf", f"{key}={value}"]
     return [*args, f"{app}/pipeline/__main__.py", d["pipeline"]["config"], *pipeline_overrides(d)]
 
@@ -198,28 +203,72 @@ def k8s_train(d: dict) -> list[dict]:
             "ports": [{"name": "rendezvous", "port": t["master_port"]}],
         },
     }
-    trainer = {
-        "name": "trainer",
-        "image": d["images"]["gpu"],
-        "command": command,
-        "env": NCCL_ENV,
-        "resources": {"limits": {"nvidia.com/gpu": str(t["gpus_per_node"])}},
-        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
-    }
     job = _job(
         d,
         name,
         "train",
-        [trainer],
+        [_trainer_container(d, command)],
         service_account=d["kubernetes"]["service_account"],
         # preemption: the whole group restarts and resumes from the last checkpoint
         backoff_limit=20,
         indexed=t["nodes"],
         subdomain=name,
-        # loader workers share batches through /dev/shm
-        volumes=[{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+        volumes=[copy.deepcopy(SHM_VOLUME)],
     )
     return [service, job]
+
+
+def _trainer_container(d: dict, command: list[str]) -> dict:
+    return {
+        "name": "trainer",
+        "image": d["images"]["gpu"],
+        "command": command,
+        "env": NCCL_ENV,
+        "resources": {"limits": {"nvidia.com/gpu": str(d["train"]["gpus_per_node"])}},
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+    }
+
+
+# loader workers share batches through /dev/shm
+SHM_VOLUME = {"name": "shm", "emptyDir": {"medium": "Memory"}}
+
+
+def k8s_train_pytorchjob(d: dict) -> list[dict]:
+    """The same training as a Kubeflow training-operator PyTorchJob (for clusters that run the
+    operator): a Master and nodes − 1 Workers. The operator gives each pod RANK (its node
+    index) and MASTER_ADDR; Kubernetes expands them in the command."""
+    t = d["train"]
+    container = _trainer_container(d, torchrun(d, "$(RANK)", "$(MASTER_ADDR)"))
+    # the operator reads the rendezvous port from the port of this name
+    container["ports"] = [{"name": "pytorchjob-port", "containerPort": t["master_port"]}]
+
+    def replica(count: int) -> dict:
+        pod = {  # copies: the YAML holds each replica's spec in full, without anchors
+            "serviceAccountName": d["kubernetes"]["service_account"],
+            "containers": [copy.deepcopy(container)],
+            "volumes": [copy.deepcopy(SHM_VOLUME)],
+        }
+        return {
+            "replicas": count,
+            "restartPolicy": "OnFailure",
+            "template": {"metadata": {"labels": {"app": "flip", "stage": "train"}}, "spec": pod},
+        }
+
+    specs = {"Master": replica(1)}
+    if t["nodes"] > 1:
+        specs["Worker"] = replica(t["nodes"] - 1)
+    return [
+        {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "PyTorchJob",
+            "metadata": _metadata(d, "flip-train"),
+            "spec": {
+                # preemption: failed pods restart and resume from the last checkpoint
+                "runPolicy": {"backoffLimit": 20, "cleanPodPolicy": "None"},
+                "pytorchReplicaSpecs": specs,
+            },
+        }
+    ]
 
 
 def k8s_eval(d: dict) -> list[dict]:
@@ -405,6 +454,94 @@ def batch_eval(d: dict) -> dict:
     }
 
 
+def batch_compute_environments(d: dict) -> list[dict]:
+    """``aws batch create-compute-environment --cli-input-json`` for each: CPU instances for the
+    pipeline, GPU instances (in a cluster placement group) for training and evaluation."""
+    a = d["aws"]
+
+    def environment(name: str, instance_type: str, max_vcpus: int, **extra: Any) -> dict:
+        return {
+            "computeEnvironmentName": name,
+            "type": "MANAGED",
+            "state": "ENABLED",
+            "computeResources": {
+                "type": "EC2",  # multi-node parallel jobs do not run on Spot
+                "allocationStrategy": "BEST_FIT_PROGRESSIVE",
+                "minvCpus": 0,  # nothing runs, nothing is paid for
+                "maxvCpus": max_vcpus,
+                "instanceTypes": [instance_type],
+                "subnets": a["subnets"],
+                "securityGroupIds": a["security_group_ids"],
+                "instanceRole": a["instance_role"],
+                **extra,
+            },
+        }
+
+    gpu_nodes = max(d["train"]["nodes"], 1)
+    return [
+        environment("flip-cpu", a["cpu_instance_type"], a["cpu_instance_vcpus"] * 4),
+        environment(
+            "flip-gpu",
+            a["gpu_instance_type"],
+            a["gpu_instance_vcpus"] * gpu_nodes,
+            placementGroup=a["placement_group"],
+        ),
+    ]
+
+
+def batch_job_queues(d: dict) -> list[dict]:
+    """``aws batch create-job-queue --cli-input-json`` for each."""
+    return [
+        {
+            "jobQueueName": f"{name}-queue",
+            "state": "ENABLED",
+            "priority": 1,
+            "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": name}],
+        }
+        for name in ("flip-cpu", "flip-gpu")
+    ]
+
+
+def batch_submit_script(d: dict) -> str:
+    e = d["eval"]
+    return (
+        "#!/bin/sh\n"
+        + HEADER
+        + "# Order: the pipeline, then training, then the evaluation array (one task per\n"
+        + "# checkpoint). Register the job definitions first (aws batch register-job-definition\n"
+        + "# --cli-input-json file://…), and create the compute environments and queues once.\n"
+        + "set -eu\n"
+        + "aws batch submit-job --job-name flip-pipeline --job-queue flip-cpu-queue "
+        + "--job-definition flip-pipeline\n"
+        + "aws batch submit-job --job-name flip-train --job-queue flip-gpu-queue "
+        + "--job-definition flip-train\n"
+        + "aws batch submit-job --job-name flip-eval --job-queue flip-gpu-queue "
+        + f"--job-definition flip-eval --array-properties size={e['checkpoints']}\n"
+    )
+
+
+def dataproc_submit(d: dict) -> str:
+    """Managed Spark on Google Cloud: the pipeline as a Dataproc PySpark job. The cluster's
+    nodes must hold the project at /app (a custom image built from the pipeline image)."""
+    g = d["gcp"]
+    properties = ",".join(f"{k}={v}" for k, v in spark_conf(d, {}).items())
+    command = [
+        "gcloud",
+        "dataproc",
+        "jobs",
+        "submit",
+        "pyspark",
+        f"file://{APP}/pipeline/__main__.py",
+        f"--cluster={g['dataproc_cluster']}",
+        f"--region={g['region']}",
+        f"--properties={properties}",
+        "--",
+        d["pipeline"]["config"],
+        *pipeline_overrides(d),
+    ]
+    return "#!/bin/sh\n" + HEADER + " ".join(shlex.quote(a) for a in command) + "\n"
+
+
 def emr_steps(d: dict) -> list[dict]:
     """``aws emr add-steps --cluster-id ID --steps file://emr-steps.json`` (managed Spark)."""
     return [
@@ -423,25 +560,27 @@ def _yaml_docs(objects: list[dict]) -> str:
     return HEADER + "---\n".join(yaml.safe_dump(o, sort_keys=False, width=100) for o in objects)
 
 
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2) + "\n"
+
+
 def render_all(d: dict) -> dict[str, str]:
     """Relative path under infra/generated/ → file content."""
-    e = d["eval"]
     return {
         "kubernetes/pipeline-job.yaml": _yaml_docs(k8s_pipeline(d)),
         "kubernetes/train-job.yaml": _yaml_docs(k8s_train(d)),
         "kubernetes/eval-job.yaml": _yaml_docs(k8s_eval(d)),
         "slurm/train.sbatch": slurm_train(d),
         "slurm/eval-array.sbatch": slurm_eval(d),
-        "aws-batch/pipeline-job-definition.json": json.dumps(batch_pipeline(d), indent=2) + "\n",
-        "aws-batch/train-job-definition.json": json.dumps(batch_train(d), indent=2) + "\n",
-        "aws-batch/eval-job-definition.json": json.dumps(batch_eval(d), indent=2) + "\n",
-        "aws-batch/submit-eval-array.sh": (
-            "#!/bin/sh\n"
-            + HEADER
-            + 'aws batch submit-job --job-name flip-eval --job-queue "$JOB_QUEUE" '
-            + f"--job-definition flip-eval --array-properties size={e['checkpoints']}\n"
-        ),
-        "emr/pipeline-steps.json": json.dumps(emr_steps(d), indent=2) + "\n",
+        "aws-batch/pipeline-job-definition.json": _json(batch_pipeline(d)),
+        "aws-batch/train-job-definition.json": _json(batch_train(d)),
+        "aws-batch/eval-job-definition.json": _json(batch_eval(d)),
+        "aws-batch/compute-environments.json": _json(batch_compute_environments(d)),
+        "aws-batch/job-queues.json": _json(batch_job_queues(d)),
+        "aws-batch/submit.sh": batch_submit_script(d),
+        "emr/pipeline-steps.json": _json(emr_steps(d)),
+        "dataproc/submit-pipeline.sh": dataproc_submit(d),
+        "kubernetes/train-pytorchjob.yaml": _yaml_docs(k8s_train_pytorchjob(d)),
     }
 
 

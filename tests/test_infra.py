@@ -1,6 +1,6 @@
 """The cloud-job files cannot drift: they equal a fresh render of infra/deploy.yaml, parse, match
-their schemas (Kubernetes API models, AWS's own service models), and every command in them is a
-valid invocation of a stage CLI with a config that exists.
+their schemas (Kubernetes API models, the Kubeflow training operator's models, AWS's own service
+models), and every command in them is a valid invocation of a stage CLI with a config that exists.
 
 What this does not exercise: no image is built (no docker engine here) and nothing is submitted
 to a cluster; see docs/deployment.md.
@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 
 import botocore.session
+import kubeflow.training.models as kubeflow
 import kubernetes.client as k8s
 import pytest
 import yaml
@@ -28,7 +29,7 @@ from training.config import TrainConfig
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "infra" / "generated"
 STAGES = {"pipeline": PipelineConfig, "training": TrainConfig, "evaluation": EvalConfig}
-KINDS = {"Job": "V1Job", "Service": "V1Service"}
+KINDS = {"Job": "V1Job", "Service": "V1Service", "PyTorchJob": "KubeflowOrgV1PyTorchJob"}
 
 
 def _render_module():
@@ -71,7 +72,7 @@ def _check_k8s(value, type_name: str, where: str) -> None:
     elif type_name == "object":
         assert isinstance(value, (str, int)), f"{where}: expected int or string"
     else:
-        model = getattr(k8s, type_name)
+        model = getattr(k8s, type_name, None) or getattr(kubeflow, type_name)
         assert isinstance(value, dict), f"{where}: expected a {type_name} mapping"
         fields = {json_key: name for name, json_key in model.attribute_map.items()}
         unknown = sorted(set(value) - set(fields))
@@ -90,7 +91,7 @@ def _k8s_objects() -> list[tuple[str, dict]]:
 
 def test_kubernetes_manifests_match_the_api_models():
     objects = _k8s_objects()
-    assert {doc["kind"] for _, doc in objects} == {"Job", "Service"}
+    assert {doc["kind"] for _, doc in objects} == set(KINDS)
     for name, doc in objects:
         _check_k8s(doc, KINDS[doc["kind"]], f"{name}:{doc['kind']}")
         for container in _containers(doc):
@@ -102,12 +103,56 @@ def _aws_shape(service: str, operation: str):
     return model.operation_model(operation).input_shape
 
 
-@pytest.mark.parametrize("path", sorted((GENERATED / "aws-batch").glob("*.json")), ids=str)
+JOB_DEFINITIONS = sorted((GENERATED / "aws-batch").glob("*-job-definition.json"))
+
+
+@pytest.mark.parametrize("path", JOB_DEFINITIONS, ids=str)
 def test_batch_job_definitions_match_aws_service_model(path):
     report = ParamValidator().validate(
         json.loads(path.read_text()), _aws_shape("batch", "RegisterJobDefinition")
     )
     assert not report.has_errors(), report.generate_report()
+
+
+def _batch_resources() -> tuple[list[dict], list[dict]]:
+    batch = GENERATED / "aws-batch"
+    return (
+        json.loads((batch / "compute-environments.json").read_text()),
+        json.loads((batch / "job-queues.json").read_text()),
+    )
+
+
+def test_batch_compute_environments_and_queues_match_aws_service_model():
+    environments, queues = _batch_resources()
+    for environment in environments:
+        shape = _aws_shape("batch", "CreateComputeEnvironment")
+        report = ParamValidator().validate(environment, shape)
+        assert not report.has_errors(), report.generate_report()
+    for queue in queues:
+        report = ParamValidator().validate(queue, _aws_shape("batch", "CreateJobQueue"))
+        assert not report.has_errors(), report.generate_report()
+    # every queue the submit script names exists, and feeds from an environment that exists
+    names = {e["computeEnvironmentName"] for e in environments}
+    assert {o["computeEnvironment"] for q in queues for o in q["computeEnvironmentOrder"]} <= names
+    submitted = re.findall(
+        r"--job-queue (\S+)", (GENERATED / "aws-batch" / "submit.sh").read_text()
+    )
+    assert submitted and set(submitted) <= {q["jobQueueName"] for q in queues}
+
+
+def test_batch_environments_fit_the_jobs():
+    deploy = yaml.safe_load((ROOT / "infra" / "deploy.yaml").read_text())
+    environments = {e["computeEnvironmentName"]: e for e in _batch_resources()[0]}
+    gpu = environments["flip-gpu"]["computeResources"]
+    train = json.loads((GENERATED / "aws-batch" / "train-job-definition.json").read_text())
+    node = train["nodeProperties"]["nodeRangeProperties"][0]["container"]
+    vcpus = int(next(r["value"] for r in node["resourceRequirements"] if r["type"] == "VCPU"))
+    assert vcpus <= deploy["aws"]["gpu_instance_vcpus"]
+    assert gpu["maxvCpus"] >= deploy["aws"]["gpu_instance_vcpus"] * deploy["train"]["nodes"]
+    pipeline = json.loads((GENERATED / "aws-batch" / "pipeline-job-definition.json").read_text())
+    requirements = pipeline["containerProperties"]["resourceRequirements"]
+    vcpus = int(next(r["value"] for r in requirements if r["type"] == "VCPU"))
+    assert vcpus <= deploy["aws"]["cpu_instance_vcpus"]
 
 
 def test_emr_steps_match_aws_service_model():
@@ -121,8 +166,11 @@ def test_emr_steps_match_aws_service_model():
 
 
 def _containers(doc: dict) -> list[dict]:
-    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-    return spec.get("containers", [])
+    templates = [doc.get("spec", {}).get("template", {})] + [
+        replica["template"]
+        for replica in doc.get("spec", {}).get("pytorchReplicaSpecs", {}).values()
+    ]
+    return [c for t in templates for c in t.get("spec", {}).get("containers", [])]
 
 
 def _commands() -> list[tuple[str, list[str]]]:
@@ -130,7 +178,7 @@ def _commands() -> list[tuple[str, list[str]]]:
     found = []
     for name, doc in _k8s_objects():
         found += [(name, c["command"]) for c in _containers(doc)]
-    for path in sorted((GENERATED / "aws-batch").glob("*.json")):
+    for path in JOB_DEFINITIONS:
         definition = json.loads(path.read_text())
         containers = [definition.get("containerProperties")] + [
             r["container"]
@@ -143,6 +191,10 @@ def _commands() -> list[tuple[str, list[str]]]:
             found.append((path.name, command))
     for step in json.loads((GENERATED / "emr" / "pipeline-steps.json").read_text()):
         found.append(("emr", step["HadoopJarStep"]["Args"]))
+    for line in (GENERATED / "dataproc" / "submit-pipeline.sh").read_text().splitlines():
+        if line.startswith("gcloud dataproc jobs submit pyspark "):
+            argv = shlex.split(line)
+            found.append(("dataproc", argv))
     for path in sorted((GENERATED / "slurm").glob("*.sbatch")):
         for line in path.read_text().splitlines():
             if line.startswith("srun bash -c "):
@@ -158,7 +210,8 @@ def _stage_invocation(argv: list[str]) -> tuple[str, list[str]]:
         if arg == "-m" and i + 1 < len(argv) and argv[i + 1] in STAGES:
             return argv[i + 1], argv[i + 2 :]
         if arg.endswith("pipeline/__main__.py"):
-            return "pipeline", argv[i + 1 :]
+            rest = argv[i + 1 :]  # gcloud puts its own flags first, the job's after "--"
+            return "pipeline", rest[rest.index("--") + 1 :] if "--" in rest else rest
     raise AssertionError(f"no stage invocation in {argv}")
 
 
@@ -174,7 +227,7 @@ def test_every_command_is_a_valid_stage_invocation():
         assert not any("$" in o for o in overrides), f"{where}: unexpanded variable in {overrides}"
         load_config(STAGES[stage], ROOT / config, overrides)  # raises on an unknown key or type
     assert stages == set(STAGES)
-    assert len(commands) == 9
+    assert len(commands) == 12
 
 
 def test_launchers_agree_with_deploy_yaml():
@@ -183,8 +236,13 @@ def test_launchers_agree_with_deploy_yaml():
     for where, argv in _commands():
         if argv[0] == "torchrun":
             assert f"--nnodes={nodes}" in argv and f"--nproc-per-node={gpus}" in argv, where
+        conf = {}
         if argv[0] == "spark-submit":
             conf = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--conf")
+        if argv[0] == "gcloud":
+            properties = next(a for a in argv if a.startswith("--properties="))
+            conf = dict(p.split("=", 1) for p in properties.split("=", 1)[1].split(","))
+        if conf:
             assert conf["spark.executor.instances"] == str(deploy["pipeline"]["executors"])
             assert conf["spark.dynamicAllocation.enabled"] == "false"
 
@@ -216,9 +274,17 @@ def test_the_schema_checks_catch_mistakes():
     broken["spec"]["completions"] = "8"
     with pytest.raises(AssertionError, match="expected int"):
         _check_k8s(broken, "V1Job", "job")
+    _, pytorchjob = next((n, d) for n, d in _k8s_objects() if d["kind"] == "PyTorchJob")
+    pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["replica"] = 1
+    with pytest.raises(AssertionError, match="no field"):
+        _check_k8s(pytorchjob, KINDS["PyTorchJob"], "pytorchjob")
     definition = json.loads((GENERATED / "aws-batch" / "eval-job-definition.json").read_text())
     definition["containerProperties"]["command"] = "python -m evaluation"
     shape = _aws_shape("batch", "RegisterJobDefinition")
     assert ParamValidator().validate(definition, shape).has_errors()
+    environment = _batch_resources()[0][0]
+    environment["computeResources"]["maxvCpus"] = "256"
+    shape = _aws_shape("batch", "CreateComputeEnvironment")
+    assert ParamValidator().validate(environment, shape).has_errors()
     with pytest.raises(Exception, match="unknown key"):
         load_config(EvalConfig, ROOT / "configs/eval/paper.yaml", ["checkpont=x"])

@@ -15,7 +15,9 @@ open_clip, and train_state.pt), checkpoints/LATEST, tensorboard/, metrics.jsonl,
 training_curves.png.
 
 Scale out: torchrun --nnodes N --nproc-per-node G -m training CONFIG (DDP; the contrastive loss
-gathers features across all ranks; batch_size is the global batch).
+gathers features across all ranks; batch_size is the global batch). parallelism=fsdp shards
+weights, gradients and optimizer state across ranks (ViT-H/14 and larger). A phase with
+seconds=S instead of samples runs for S seconds of training time (equal-compute comparisons).
 
 Examples:
   python -m training configs/train/flip_tiny.yaml
