@@ -11,17 +11,17 @@ from training.model import build_model
 
 
 def train_flops_per_sample(
-    model_name: str, variant: str, ratios: list[float], batch: int = 4
+    model_name: str, variant: str, ratios: list[float], batch: int = 4, device: str = "cpu"
 ) -> dict[float, dict[str, float]]:
     """FLOPs of one training sample's forward and backward pass, image tower and whole model,
     for each mask ratio. Counted by torch's FLOP counter (matrix products and attention, which
     are nearly all of a ViT's compute) on a batch of random inputs."""
     torch.manual_seed(0)
     model, cfg, _ = build_model(model_name, variant)
-    model.train()
+    model.to(device).train()
     size = cfg["vision_cfg"]["image_size"]
-    images = torch.randn(batch, 3, size, size)
-    tokens = torch.randint(1, 49407, (batch, cfg["text_cfg"]["context_length"]))
+    images = torch.randn(batch, 3, size, size, device=device)
+    tokens = torch.randint(1, 49407, (batch, cfg["text_cfg"]["context_length"]), device=device)
     counts = {}
     for ratio in ratios:
         set_mask_ratio(model, ratio)

@@ -1,0 +1,168 @@
+"""GPU training-step throughput and MFU by mask ratio, ours beside open_clip's, in bf16.
+
+For each model and mask ratio: samples/s of a whole training step (forward, contrastive loss,
+backward, AdamW) under bf16 autocast, for our model (patch removal drawn on the GPU) and for
+open_clip's own model with ``force_patch_dropout`` at the same ratio, interleaved in rounds;
+model FLOPs utilisation from the FLOPs of one training sample counted on the real model
+(torch's FLOP counter); peak memory of a step. Prints a Markdown table, and writes it with the
+raw figures to $OUT (or --out) as train_step_mfu.{md,json}.
+
+    python benchmarks/gpu/train_step_mfu.py                  # ViT-B/16 and ViT-L/14, H200 peak
+    python benchmarks/gpu/train_step_mfu.py --models flip_micro --device cpu --steps 1  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from experiment.flops import train_flops_per_sample  # noqa: E402
+from training.loss import contrastive_loss  # noqa: E402
+from training.masking import set_mask_ratio  # noqa: E402
+from training.model import build_model, model_cfg, register  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
+
+# dense bf16 tensor-core peak of one H100/H200 SXM (NVIDIA's data sheets): the MFU denominator
+H200_BF16_PEAK_FLOPS = 989e12
+
+
+def timed_steps(model, optimizer, images, tokens, steps: int, device: torch.device) -> float:
+    """Seconds per whole training step, after the device has finished its work."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            image_features, text_features, _ = model(images, tokens)
+            loss = contrastive_loss(
+                image_features.float(), text_features.float(), model.logit_scale
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def build_pair(name: str, ratio: float, device: torch.device):
+    """Our model and open_clip's, same weights, both at mask ratio ``ratio``."""
+    torch.manual_seed(0)
+    ours, cfg, _ = build_model(name)
+    set_mask_ratio(ours, ratio)
+    register(f"{name}-plain", model_cfg(name))
+    theirs = open_clip.create_model(f"{name}-plain", force_patch_dropout=ratio or None)
+    theirs.load_state_dict(ours.state_dict())
+    pair = {"ours": ours.to(device).train(), "open_clip": theirs.to(device).train()}
+    return pair, cfg
+
+
+def measure_model(name: str, batch: int, ratios: list[float], args, device) -> list[dict]:
+    flops = train_flops_per_sample(name, "openclip", ratios, batch=2, device=str(device))
+    rows = []
+    for ratio in ratios:
+        pair, cfg = build_pair(name, ratio, device)
+        size, context = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
+        images = torch.randn(batch, 3, size, size, device=device)
+        tokens = torch.randint(1, 49407, (batch, context), device=device)
+        optimizers = {k: build_optimizer(m, 1e-5, 0.2, (0.9, 0.95)) for k, m in pair.items()}
+        times: dict[str, list[float]] = {k: [] for k in pair}
+        peak: dict[str, float] = {}
+        for key, model in pair.items():  # warm-up, and the peak memory of a step
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            timed_steps(model, optimizers[key], images, tokens, args.warmup, device)
+            if device.type == "cuda":
+                peak[key] = torch.cuda.max_memory_allocated(device) / 2**30
+        for _ in range(args.rounds):
+            for key, model in pair.items():
+                times[key].append(
+                    timed_steps(model, optimizers[key], images, tokens, args.steps, device)
+                )
+        for key in pair:
+            seconds = statistics.median(times[key])
+            samples_per_s = batch / seconds
+            rows.append(
+                {
+                    "model": name,
+                    "implementation": key,
+                    "mask_ratio": ratio,
+                    "batch": batch,
+                    "s_per_step": seconds,
+                    "samples_per_s": samples_per_s,
+                    "train_gflops_per_sample": flops[ratio]["total"] / 1e9,
+                    "mfu": samples_per_s * flops[ratio]["total"] / args.peak_flops,
+                    "peak_memory_gib": peak.get(key),
+                }
+            )
+        del pair, optimizers
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | impl | mask | batch | samples/s | speed-up vs 0% | MFU | peak GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = {
+        (r["model"], r["implementation"]): r["samples_per_s"] for r in rows if r["mask_ratio"] == 0
+    }
+    for r in rows:
+        speedup = r["samples_per_s"] / base[(r["model"], r["implementation"])]
+        memory = "–" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+        lines.append(
+            f"| {r['model']} | {r['implementation']} | {r['mask_ratio']:.0%} | {r['batch']} | "
+            f"{r['samples_per_s']:.0f} | {speedup:.2f}× | {100 * r['mfu']:.1f}% | {memory} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["vit_b16", "vit_l14"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[256, 128])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.0, 0.5, 0.75])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peak-flops", type=float, default=H200_BF16_PEAK_FLOPS)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = parser.parse_args()
+    if len(args.batches) == 1:
+        args.batches = args.batches * len(args.models)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    rows = []
+    for name, batch in zip(args.models, args.batches, strict=True):
+        rows += measure_model(name, batch, args.ratios, args, device)
+        print(markdown(rows), flush=True)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    header = f"{device_name}, torch {torch.__version__}, open_clip {open_clip.__version__}, bf16"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_step_mfu.md").write_text(header + "\n\n" + markdown(rows) + "\n")
+    (out / "train_step_mfu.json").write_text(json.dumps({"device": header, "rows": rows}, indent=2))
+    print(header)
+
+
+if __name__ == "__main__":
+    main()
