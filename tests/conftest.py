@@ -77,6 +77,23 @@ def micro_run(tmp_path_factory, shard_set) -> Path:
     return run_dir
 
 
+def micro_training_args(run_dir, shards, *overrides: str) -> list[str]:
+    """``-m training …`` arguments for a micro run on a test shard set, through the CLI."""
+    return [
+        "-m",
+        "training",
+        str(Path(__file__).parent.parent / "configs/train/flip_tiny.yaml"),
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        "model.name=flip_micro",
+        "batch_size=8",
+        "data.workers=0",
+        "data.shuffle_buffer=16",
+        "device=cpu",
+        *overrides,
+    ]
+
+
 def micro_train_config(run_dir: str, shards: str, **overrides):
     from training.config import DataConfig, ModelConfig, PhaseConfig, TrainConfig
 

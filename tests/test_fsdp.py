@@ -11,6 +11,7 @@ import open_clip
 import pytest
 import torch
 
+from tests.conftest import micro_training_args
 from training import checkpoint as ckpt
 from training.model import register
 
@@ -34,18 +35,7 @@ def _torchrun(run_dir: Path, shards: Path, *overrides: str) -> None:
         "torch.distributed.run",
         "--standalone",
         "--nproc-per-node=2",
-        "-m",
-        "training",
-        str(REPO / "configs/train/flip_tiny.yaml"),
-        f"run_dir={run_dir}",
-        f"data.shards={shards}",
-        "model.name=flip_micro",
-        "batch_size=8",
-        "data.workers=0",
-        "data.shuffle_buffer=16",
-        "checkpoint_every_steps=0",
-        "device=cpu",
-        *overrides,
+        *micro_training_args(run_dir, shards, "checkpoint_every_steps=0", *overrides),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import micro_train_config
+from tests.conftest import micro_train_config, micro_training_args
 from training import checkpoint as ckpt
 from training.config import PhaseConfig
 from training.trainer import train
@@ -32,19 +32,9 @@ def _cli_args(run_dir: Path, shards: Path) -> list[str]:
     phases = json.dumps([p.__dict__ for p in PHASES])
     return [
         sys.executable,
-        "-m",
-        "training",
-        str(REPO / "configs/train/flip_tiny.yaml"),
-        f"run_dir={run_dir}",
-        f"data.shards={shards}",
-        "model.name=flip_micro",
-        "batch_size=8",
-        "data.workers=0",
-        "data.shuffle_buffer=16",
-        "checkpoint_every_steps=4",
-        "log_every_steps=1",
-        "device=cpu",
-        f"phases={phases}",
+        *micro_training_args(
+            run_dir, shards, "checkpoint_every_steps=4", "log_every_steps=1", f"phases={phases}"
+        ),
     ]
 
 

@@ -244,3 +244,32 @@ def test_loader_skips_and_counts_broken_samples(tmp_path, shard_set):
         skipped += n_skipped
         seen += 2
     assert seen == 40 and skipped > 0
+
+
+def test_train_state_round_trips_in_both_optimizer_layouts():
+    """Checkpoints name optimizer state by parameter (what FSDP needs); those written before,
+    keyed by position, still resume."""
+    torch.manual_seed(0)
+    model, cfg, _ = build_model("flip_micro")
+    optimizer = build_optimizer(model, 1e-3, 0.2, (0.9, 0.95))
+    images = torch.randn(4, 3, 32, 32)
+    tokens = torch.randint(1, 49407, (4, cfg["text_cfg"]["context_length"]))
+    image_features, text_features, scale = model(images, tokens)
+    contrastive_loss(image_features, text_features, scale).backward()
+    optimizer.step()
+    weights, by_name = ckpt.full_state(model, optimizer)
+    assert all(isinstance(key, str) for key in by_name["state"])
+    for saved in (by_name, optimizer.state_dict()):
+        fresh, _, _ = build_model("flip_micro")
+        fresh_optimizer = build_optimizer(fresh, 1e-3, 0.2, (0.9, 0.95))
+        ckpt.restore_full_state(fresh, fresh_optimizer, dict(weights), saved, "test")
+        for name, tensor in fresh.state_dict().items():
+            torch.testing.assert_close(tensor, weights[name], msg=name)
+        moments = [s["exp_avg"] for s in fresh_optimizer.state.values()]
+        expected = [s["exp_avg"] for s in optimizer.state.values()]
+        assert len(moments) == len(expected)
+        for got, want in zip(moments, expected, strict=True):
+            torch.testing.assert_close(got, want)
+    del weights["logit_scale"]
+    with pytest.raises(ckpt.CheckpointError, match="do not match"):
+        ckpt.restore_full_state(fresh, fresh_optimizer, weights, by_name, "test")

@@ -110,6 +110,14 @@ def restore_full_state(
     # Every rank must walk the tensors in the same order (each is a collective under FSDP);
     # safetensors returns them in an order that differs from process to process.
     weights = {name: weights[name] for name in sorted(weights)}
+    # set_model_state_dict does not refuse a missing tensor: a partial load is checked here
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: weights do not match the model config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     try:
         set_model_state_dict(model, weights, options=options)
     except (RuntimeError, KeyError, ValueError) as exc:
