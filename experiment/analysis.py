@@ -52,6 +52,7 @@ class ArmSummary:
     seeds: int
     train_seconds: Stat
     samples_seen: Stat
+    steps: Stat  # optimizer steps taken in the budget
     metrics: dict[str, Stat]  # TASK:METRIC -> over seeds, at each run's final point
 
 
@@ -68,6 +69,7 @@ def summarise(runs: list[dict], keys: list[str]) -> list[ArmSummary]:
                 seeds=len(arm_runs),
                 train_seconds=stat([r["points"][-1]["train_seconds"] for r in arm_runs]),
                 samples_seen=stat([r["points"][-1]["samples_seen"] for r in arm_runs]),
+                steps=stat([r["points"][-1].get("step") or math.nan for r in arm_runs]),
                 metrics={k: stat([final_metric(r, k) for r in arm_runs]) for k in keys},
             )
         )
@@ -151,3 +153,22 @@ def verdict(versus_unmasked: list[Comparison]) -> str:
     losers = [c.arm for c in versus_unmasked if c.outcome == "worse"]
     tail = f" ({', '.join(losers)} scored lower)" if losers else ""
     return "FLIP did not beat CLIP at equal training time: no masked arm scored higher" + tail
+
+
+def budget_use(summaries: list[ArmSummary]) -> list[str]:
+    """How each masked arm spent the same time, against the unmasked baseline: samples seen and
+    optimizer steps taken (a larger batch sees more samples in fewer steps)."""
+    baseline = next((s for s in summaries if s.mask_ratio == 0 and not s.unmasked_tuning), None)
+    if baseline is None:
+        return []
+    lines = []
+    for s in summaries:
+        if s is baseline:
+            continue
+        samples = s.samples_seen.mean / baseline.samples_seen.mean
+        steps = s.steps.mean / baseline.steps.mean
+        lines.append(
+            f"{s.arm}: {samples:.2f}× {baseline.arm}'s samples in {steps:.2f}× its optimizer "
+            f"steps (batch {s.batch_size} vs {baseline.batch_size})"
+        )
+    return lines

@@ -12,6 +12,7 @@ from experiment.analysis import (
     ArmSummary,
     Comparison,
     Stat,
+    budget_use,
     comparisons,
     curve,
     runs_by_arm,
@@ -35,7 +36,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def results_table(summaries: list[ArmSummary], keys: list[str]) -> str:
-    header = ["arm", "mask", "batch", "seeds", "samples seen", "train s", *keys]
+    header = ["arm", "mask", "batch", "seeds", "samples seen", "steps", "train s", *keys]
     rows = [
         [
             s.arm,
@@ -43,6 +44,7 @@ def results_table(summaries: list[ArmSummary], keys: list[str]) -> str:
             str(s.batch_size),
             str(s.seeds),
             f"{s.samples_seen.mean:,.0f}",
+            f"{s.steps.mean:.0f}",
             f"{s.train_seconds.mean:.0f}",
             *(pct(s.metrics[k]) for k in keys),
         ]
@@ -203,6 +205,10 @@ def writeup(
         "",
         "FLOPs are counted by torch's FLOP counter on one training step (forward and backward) "
         "of the real model; time per sample is the arms' own training clock over their samples.",
+        "",
+        "## How the arms spent the budget",
+        "",
+        *(f"- {line}" for line in budget_use(summaries)),
         "",
         "## Comparisons",
         "",

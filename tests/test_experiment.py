@@ -8,7 +8,15 @@ import sys
 
 import pytest
 
-from experiment.analysis import Stat, comparisons, curve, stat, summarise, verdict
+from experiment.analysis import (
+    Stat,
+    budget_use,
+    comparisons,
+    curve,
+    stat,
+    summarise,
+    verdict,
+)
 from experiment.arms import arm_train_config, validate
 from experiment.config import ArmConfig, ExperimentConfig
 from training.config import TrainConfig
@@ -55,7 +63,12 @@ def test_bad_experiment_configs_are_refused(change, message):
 
 def _run(arm: str, seed: int, finals: list[float], ratio=0.0, tuning=False) -> dict:
     points = [
-        {"train_seconds": 10.0 * (i + 1), "samples_seen": 100 * (i + 1), "metrics": {"t:m": v}}
+        {
+            "train_seconds": 10.0 * (i + 1),
+            "samples_seen": 100 * (i + 1) * (2 if ratio else 1),
+            "step": 10 * (i + 1),
+            "metrics": {"t:m": v},
+        }
         for i, v in enumerate(finals)
     ]
     return {
@@ -86,6 +99,7 @@ def test_summary_is_mean_and_std_over_seeds_at_the_final_point():
     assert clip.mean == pytest.approx(0.2) and clip.std == pytest.approx(0.1) and clip.n == 3
     assert summaries[1].metrics["t:m"].std == pytest.approx(0.0)
     assert stat([0.5]).n == 1 and math.isnan(stat([0.5]).std) and math.isnan(Stat(1, 0, 1).stderr)
+    assert budget_use(summaries)[0].startswith("flip50: 2.00× clip's samples in 1.00× its")
 
 
 def test_verdict_states_whichever_way_the_result_falls():
