@@ -89,16 +89,31 @@ def curve(arm_runs: list[dict], key: str, x: str = "train_seconds") -> list[tupl
     ]
 
 
+def chance_level(runs: list[dict], key: str) -> float:
+    chances = [r["points"][-1].get("chance", {}).get(key) for r in runs]
+    chances = [c for c in chances if c is not None]
+    return max(chances) if chances else 0.0
+
+
+def near_chance(value: Stat, chance: float) -> bool:
+    """Below twice the chance level: a model that has learned next to nothing of the task."""
+    return value.mean < 2 * chance
+
+
 @dataclass(frozen=True)
 class Comparison:
     arm: str
     baseline: str
     difference: float  # arm − baseline, in metric units
     stderr: float  # of the difference (Welch), nan with one seed on either side
+    both_near_chance: bool = False  # then any difference is noise, whatever the error bars
 
     @property
     def outcome(self) -> str:
-        """better / worse beyond two standard errors, else tie; undecided without error bars."""
+        """better / worse beyond two standard errors, else tie; undecided without error bars;
+        a tie whenever both sides are near chance."""
+        if self.both_near_chance:
+            return "tie"
         if math.isnan(self.stderr):
             return "undecided"
         if self.difference > 2 * self.stderr:
@@ -108,19 +123,22 @@ class Comparison:
         return "tie"
 
 
-def compare(arm: ArmSummary, baseline: ArmSummary, key: str) -> Comparison:
+def compare(arm: ArmSummary, baseline: ArmSummary, key: str, chance: float = 0.0) -> Comparison:
     a, b = arm.metrics[key], baseline.metrics[key]
     stderr = math.sqrt(a.std**2 / a.n + b.std**2 / b.n) if a.n > 1 and b.n > 1 else math.nan
-    return Comparison(arm.arm, baseline.arm, a.mean - b.mean, stderr)
+    noise = chance > 0 and near_chance(a, chance) and near_chance(b, chance)
+    return Comparison(arm.arm, baseline.arm, a.mean - b.mean, stderr, noise)
 
 
-def comparisons(summaries: list[ArmSummary], key: str) -> dict[str, list[Comparison]]:
+def comparisons(
+    summaries: list[ArmSummary], key: str, chance: float = 0.0
+) -> dict[str, list[Comparison]]:
     """Each masked arm against the unmasked baseline (the first arm with mask ratio 0), and
     each +tuning arm against the same ratio without tuning."""
     baseline = next((s for s in summaries if s.mask_ratio == 0 and not s.unmasked_tuning), None)
     versus_clip = []
     if baseline is not None:
-        versus_clip = [compare(s, baseline, key) for s in summaries if s.mask_ratio > 0]
+        versus_clip = [compare(s, baseline, key, chance) for s in summaries if s.mask_ratio > 0]
     versus_untuned = []
     for tuned in (s for s in summaries if s.unmasked_tuning):
         untuned = next(
@@ -134,7 +152,7 @@ def comparisons(summaries: list[ArmSummary], key: str) -> dict[str, list[Compari
             None,
         )
         if untuned is not None:
-            versus_untuned.append(compare(tuned, untuned, key))
+            versus_untuned.append(compare(tuned, untuned, key, chance))
     return {"versus_unmasked": versus_clip, "tuning": versus_untuned}
 
 

@@ -13,8 +13,10 @@ from experiment.analysis import (
     Comparison,
     Stat,
     budget_use,
+    chance_level,
     comparisons,
     curve,
+    near_chance,
     runs_by_arm,
     summarise,
     verdict,
@@ -136,7 +138,8 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     keys = [config.headline, *[k for k in config.table_metrics if k != config.headline]]
     summaries = summarise(runs, keys)
-    compared = comparisons(summaries, config.headline)
+    chance = chance_level(runs, config.headline)
+    compared = comparisons(summaries, config.headline, chance)
     files = {
         "results.md": results_table(summaries, keys),
         "masking_table.md": masking_table(summaries, flops, config.headline),
@@ -149,7 +152,7 @@ def write_outputs(
     (out / "accuracy_vs_samples.png").write_bytes(
         plot_curves(runs, config.headline, "samples_seen", "samples seen")
     )
-    (out / "writeup.md").write_text(writeup(config, summaries, compared, files, model))
+    (out / "writeup.md").write_text(writeup(config, summaries, compared, files, model, chance))
     write_json_atomic(
         str(out / "results.json"),
         {
@@ -170,8 +173,17 @@ def writeup(
     compared: dict[str, list[Comparison]],
     tables: dict[str, str],
     model: str,
+    chance: float,
 ) -> str:
     seeds = len(config.seeds)
+    at_chance = [s.arm for s in summaries if near_chance(s.metrics[config.headline], chance)]
+    chance_line = (
+        f"- Near chance (below twice the chance level of {100 * chance:.2f}%): "
+        f"{', '.join(at_chance)}. A comparison between two such arms is a tie, whatever its "
+        "error bars: neither has learned the task."
+        if at_chance
+        else f"- Every arm ends clearly above twice the chance level ({100 * chance:.2f}%)."
+    )
     lines = [
         "# FLIP vs CLIP at equal training time",
         "",
@@ -214,6 +226,7 @@ def writeup(
         "",
         *_comparison_lines(compared["versus_unmasked"], "vs"),
         *_comparison_lines(compared["tuning"], "vs"),
+        chance_line,
         "",
         "![accuracy vs training time](accuracy_vs_time.png)",
         "![accuracy vs samples seen](accuracy_vs_samples.png)",

@@ -117,6 +117,10 @@ def test_verdict_states_whichever_way_the_result_falls():
     assert verdict(tie["versus_unmasked"]).startswith("FLIP did not beat CLIP")
     one_seed = outcome([0.1], [0.2], [0.3])
     assert verdict(one_seed["versus_unmasked"]).startswith("undecided")
+    near_chance = comparisons(
+        summarise(_runs([0.010, 0.011], [0.02, 0.021], [0.1, 0.1]), ["t:m"]), "t:m", chance=0.02
+    )
+    assert [c.outcome for c in near_chance["versus_unmasked"]] == ["tie", "better"]
     (tuning,) = better["tuning"]
     assert (tuning.arm, tuning.baseline) == ("flip50+tuning", "flip50")
     assert tuning.difference == pytest.approx(-0.01)
