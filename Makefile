@@ -30,7 +30,7 @@ help:
 	@echo "make shards            build the shard set      (PIPELINE_CONFIG=$(PIPELINE_CONFIG))"
 	@echo "make train MODEL=...   train a FLIP model        (configs/train/MODEL.yaml)"
 	@echo "make eval              evaluate a checkpoint on a suite (SUITE=demo CHECKPOINT=newest)"
-	@echo "make experiment        FLIP vs CLIP at equal training time, 3 seeds (~1 h on 2 cores)"
+	@echo "make experiment        FLIP vs CLIP at equal training time, 3 seeds (~75 min on 2 cores)"
 	@echo "make manifests         render infra/generated/ from infra/deploy.yaml"
 	@echo "make cluster-demo      rehearse the cloud jobs here (standalone Spark, torchrun x2)"
 	@echo "extra key=value overrides go in ARGS='...'"
