@@ -1,5 +1,6 @@
 """The sharded (FSDP) option: two gloo processes under torchrun train the same weights as DDP,
-write a whole, open_clip-loadable checkpoint, and resume from it exactly."""
+write a whole, open_clip-loadable checkpoint, and resume from it exactly; a timed phase ends on
+every rank at the same step."""
 
 import json
 import os
@@ -47,7 +48,7 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_fsdp_trains_like_ddp_and_resumes_exactly(tmp_path, shard_set):
+def test_fsdp_trains_like_ddp_resumes_exactly_and_keeps_ranks_on_one_clock(tmp_path, shard_set):
     phases = f"phases={json.dumps(PHASES)}"
     _torchrun(tmp_path / "fsdp", shard_set, phases, "parallelism=fsdp")
     _torchrun(tmp_path / "ddp", shard_set, phases, "parallelism=ddp")
@@ -65,6 +66,12 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(tmp_path, shard_set):
     state = ckpt.read_train_state(ckpt.latest_checkpoint(str(resumed)))
     assert state["train_state"]["step"] == 9 and state["train_state"]["samples_seen"] == 72
     assert all(isinstance(key, str) for key in state["optimizer"]["state"])  # keyed by name
+
+    # a timed phase under torchrun: the ranks agree on the clock, so they stop together
+    timed = [{"name": "pretrain", "mask_ratio": 0.5, "seconds": 3.0, "base_lr": 1e-3}]
+    _torchrun(tmp_path / "timed", shard_set, f"phases={json.dumps(timed)}", "parallelism=fsdp")
+    info = ckpt.read_config(ckpt.latest_checkpoint(str(tmp_path / "timed")))["flip"]
+    assert info["train_seconds"] >= 3.0
 
     # the sharded run's checkpoint is whole and loads into open_clip as written
     latest = ckpt.latest_checkpoint(str(tmp_path / "fsdp"))

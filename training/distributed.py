@@ -38,3 +38,14 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     if choice == "cuda":
         return torch.device("cuda", local_rank)
     return torch.device(choice)
+
+
+def agreed_max(value: float, device: torch.device) -> float:
+    """The largest of the ranks' values, the same on every rank (one scalar all-reduce): ranks
+    that decide by a clock must decide alike, or one waits forever in a collective the others
+    have left."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())

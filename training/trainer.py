@@ -15,7 +15,7 @@ from tqdm import tqdm
 from training import checkpoint as ckpt
 from training.config import TrainConfig
 from training.data import make_loader, open_shard_set, train_transform
-from training.distributed import init_distributed, resolve_device
+from training.distributed import agreed_max, init_distributed, resolve_device
 from training.loss import clamp_logit_scale
 from training.masking import set_mask_ratio
 from training.model import build_model, preprocess_cfg
@@ -126,6 +126,9 @@ def train(config: TrainConfig) -> str:
 
     metrics = MetricsLog(config.run_dir, enabled=dist_info.is_main)
     info = {"model_name": config.model.name, "variant": config.model.variant, "smoke": smoke}
+    # Decisions taken by the clock (a timed phase's end, checkpoint_every_s) must be the same on
+    # every rank: there the ranks agree on each step's time (a host sync per step, else none).
+    clocked = any(p.seconds for p in plans) or config.checkpoint_every_s > 0
     # a timed phase's step count is unknown until it ends: the bar then counts without a total
     total_steps = None if any(p.seconds for p in plans) else sum(p.steps for p in plans)
     bar = tqdm(
@@ -165,6 +168,8 @@ def train(config: TrainConfig) -> str:
             optimizer.step()
             clamp_logit_scale(model.logit_scale)
             step_seconds = time.perf_counter() - t0
+            if clocked and dist_info.world_size > 1:
+                step_seconds = agreed_max(step_seconds, device)
             clock_before = state.train_seconds
             state.train_seconds += step_seconds
             state.phase_seconds += step_seconds
