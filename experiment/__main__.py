@@ -48,6 +48,7 @@ def _run(config: ExperimentConfig, _args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("python -m experiment", HELP, "budget_s=60")
     from evaluation.datasets import DatasetMissing
+    from experiment.arms import ExperimentConfigError
     from experiment.runner import ArmFailed
     from training.checkpoint import CheckpointError
 
@@ -56,7 +57,13 @@ def main(argv: list[str] | None = None) -> None:
         ExperimentConfig,
         _run,
         argv,
-        user_errors=(ValueError, DatasetMissing, CheckpointError, ArmFailed, FileNotFoundError),
+        user_errors=(
+            ExperimentConfigError,
+            DatasetMissing,
+            CheckpointError,
+            ArmFailed,
+            FileNotFoundError,
+        ),
     )
 
 

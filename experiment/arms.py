@@ -10,6 +10,10 @@ from flipcommon.storage import url_join
 from training.config import PhaseConfig, TrainConfig
 
 
+class ExperimentConfigError(ValueError):
+    """An experiment config, or an output folder, that cannot be run as asked."""
+
+
 def arm_dir(config: ExperimentConfig, arm: ArmConfig, seed: int) -> str:
     return url_join(config.output_dir, "arms", arm.name, f"seed{seed}")
 
@@ -58,20 +62,24 @@ def arm_train_config(
 
 def validate(config: ExperimentConfig) -> None:
     if config.budget_s <= 0 or config.eval_points < 1:
-        raise ValueError("budget_s must be > 0 and eval_points >= 1")
+        raise ExperimentConfigError("budget_s must be > 0 and eval_points >= 1")
     if not config.seeds or not config.arms:
-        raise ValueError("the experiment needs at least one seed and one arm")
+        raise ExperimentConfigError("the experiment needs at least one seed and one arm")
     names = [a.name for a in config.arms]
     if len(set(names)) != len(names):
-        raise ValueError(f"arm names must be unique: {names}")
+        raise ExperimentConfigError(f"arm names must be unique: {names}")
     for arm in config.arms:
         if not 0.0 <= arm.mask_ratio < 1.0 or arm.batch_scale < 1:
-            raise ValueError(f"arm {arm.name}: mask_ratio in [0, 1) and batch_scale >= 1")
+            raise ExperimentConfigError(
+                f"arm {arm.name}: mask_ratio in [0, 1) and batch_scale >= 1"
+            )
         if "/" in arm.name or not arm.name:
-            raise ValueError(f"arm name {arm.name!r} names a folder: no '/' and not empty")
+            raise ExperimentConfigError(
+                f"arm name {arm.name!r} names a folder: no '/' and not empty"
+            )
     if not 0.0 < config.tuning_fraction < 1.0:
-        raise ValueError("tuning_fraction must be in (0, 1)")
+        raise ExperimentConfigError("tuning_fraction must be in (0, 1)")
     if config.keep_checkpoints not in ("final", "all"):
-        raise ValueError("keep_checkpoints is final or all")
+        raise ExperimentConfigError("keep_checkpoints is final or all")
     if ":" not in config.headline:
-        raise ValueError("headline is TASK:METRIC, e.g. emoji_heldout/name:top1")
+        raise ExperimentConfigError("headline is TASK:METRIC, e.g. emoji_heldout/name:top1")

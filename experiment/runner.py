@@ -20,7 +20,7 @@ import yaml
 from evaluation.config import EvalConfig
 from evaluation.report import write_results
 from evaluation.stage import evaluate_checkpoint
-from experiment.arms import arm_dir, arm_train_config, validate
+from experiment.arms import ExperimentConfigError, arm_dir, arm_train_config, validate
 from experiment.config import ArmConfig, ExperimentConfig
 from flipcommon.config import load_config
 from flipcommon.storage import read_json, write_json_atomic
@@ -39,11 +39,11 @@ def run_arms(config: ExperimentConfig) -> list[dict]:
     """Train and evaluate every (seed, arm); return one record per run with its points."""
     validate(config)
     if "://" in config.output_dir:
-        raise ValueError("output_dir is the experiment's local work folder (no URL)")
+        raise ExperimentConfigError("output_dir is the experiment's local work folder (no URL)")
     base = load_config(TrainConfig, config.train_config, config.train_overrides)
     suite = load_config(EvalConfig, config.eval_config)
     if not suite.tasks:
-        raise ValueError(f"{config.eval_config} lists no tasks")
+        raise ExperimentConfigError(f"{config.eval_config} lists no tasks")
     runs = []
     total = len(config.seeds) * len(config.arms)
     for seed in config.seeds:
@@ -99,7 +99,7 @@ def check_same_setup(record: dict, config: ExperimentConfig, arm: ArmConfig, see
     }
     differing = {k: (record.get(k), v) for k, v in expected.items() if record.get(k) != v}
     if differing:
-        raise ValueError(
+        raise ExperimentConfigError(
             f"{arm_dir(config, arm, seed)} holds a run of another setup (was, now: {differing}): "
             "give the experiment another output_dir, or delete that folder"
         )
