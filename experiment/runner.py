@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -129,7 +129,7 @@ def evaluate(suite: EvalConfig, checkpoints: list[str], output_dir: str) -> list
     records = []
     points = []
     for ckpt_dir in checkpoints:
-        results = evaluate_checkpoint(ckpt_dir, replace(suite, output_dir=output_dir), device)
+        results = evaluate_checkpoint(ckpt_dir, suite, device)
         records += results
         model = results[0]["model"]
         points.append(

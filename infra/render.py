@@ -374,18 +374,25 @@ def batch_pipeline(d: dict) -> dict:
         "python",
         *stage_args("pipeline", p["config"], ["spark.master=local[*]", *overrides]),
     ]
+    resources = {"VCPU": p["executor_cores"] * 4, "MEMORY": 256 * 1024}
+    return _batch_container_job("flip-pipeline", d["images"]["pipeline"], command, 3, resources, d)
+
+
+def _batch_container_job(
+    name: str, image: str, command: list[str], attempts: int, resources: dict, d: dict
+) -> dict:
+    """A single-container Batch job definition on EC2 with the job role."""
     return {
-        "jobDefinitionName": "flip-pipeline",
+        "jobDefinitionName": name,
         "type": "container",
         "platformCapabilities": ["EC2"],
-        "retryStrategy": {"attempts": 3},
+        "retryStrategy": {"attempts": attempts},
         "containerProperties": {
-            "image": d["images"]["pipeline"],
+            "image": image,
             "command": command,
             "jobRoleArn": d["aws"]["job_role_arn"],
             "resourceRequirements": [
-                {"type": "VCPU", "value": str(p["executor_cores"] * 4)},
-                {"type": "MEMORY", "value": str(256 * 1024)},
+                {"type": kind, "value": str(value)} for kind, value in resources.items()
             ],
         },
     }
@@ -437,21 +444,8 @@ def batch_eval(d: dict) -> dict:
             eval_overrides(d, "AWS_BATCH_JOB_ARRAY_INDEX"),
         ),
     ]
-    return {
-        "jobDefinitionName": "flip-eval",
-        "type": "container",
-        "retryStrategy": {"attempts": 2},
-        "containerProperties": {
-            "image": d["images"]["gpu"],
-            "command": command,
-            "jobRoleArn": d["aws"]["job_role_arn"],
-            "resourceRequirements": [
-                {"type": "GPU", "value": "1"},
-                {"type": "VCPU", "value": "8"},
-                {"type": "MEMORY", "value": str(60 * 1024)},
-            ],
-        },
-    }
+    resources = {"GPU": 1, "VCPU": 8, "MEMORY": 60 * 1024}
+    return _batch_container_job("flip-eval", d["images"]["gpu"], command, 2, resources, d)
 
 
 def batch_compute_environments(d: dict) -> list[dict]:
