@@ -36,6 +36,15 @@ def test_image_folder_missing_split_is_a_clear_error(folder_set):
         image_folder(str(folder_set), "train")
 
 
+def test_empty_class_folder_is_a_clear_error(tmp_path):
+    data = fashion_mnist("test", limit=2)
+    (tmp_path / "val" / "shirt").mkdir(parents=True)
+    data.images[0].save(tmp_path / "val" / "shirt" / "0.png")
+    (tmp_path / "val" / "sandal").mkdir()  # no images: its recall would be undefined
+    with pytest.raises(ValueError, match="sandal is empty"):
+        image_folder(str(tmp_path), "val")
+
+
 def test_broken_image_is_skipped_and_counted(folder_set, micro_run, demo_corpus_dir, tmp_path):
     from evaluation.stage import run
 
