@@ -7,7 +7,7 @@ import functools
 import logging
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from pyspark.sql import SparkSession
 
@@ -60,12 +60,12 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
     if config.clip_score.enabled:
         from pipeline.clip_score import run_clip_score  # torch only when the filter is on
 
-        if not config.clip_score.output_dir:
-            config.clip_score.output_dir = config.output_dir.rstrip("/") + "-clip"
-        filtered = run_clip_score(
-            spark or get_spark(config.spark), config.output_dir, config.clip_score
+        scoring = replace(  # the caller's config stays as given
+            config.clip_score,
+            output_dir=config.clip_score.output_dir or config.output_dir.rstrip("/") + "-clip",
         )
-        log.info("CLIP-score filtered set %s: %s", config.clip_score.output_dir, filtered["counts"])
+        filtered = run_clip_score(spark or get_spark(config.spark), config.output_dir, scoring)
+        log.info("CLIP-score filtered set %s: %s", scoring.output_dir, filtered["counts"])
     return manifest
 
 

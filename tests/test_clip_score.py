@@ -120,3 +120,26 @@ def test_rerun_is_a_no_op(filtered, spark, shard_set):
     tars = {p.name: p.stat().st_mtime_ns for p in Path(config.output_dir).glob("*.tar")}
     assert run_clip_score(spark, str(shard_set), config) == manifest
     assert {p.name: p.stat().st_mtime_ns for p in Path(config.output_dir).glob("*.tar")} == tars
+
+
+def test_pipeline_stage_runs_the_filter_into_its_default_folder(
+    spark, shard_set, micro_run, demo_corpus_dir, tmp_path
+):
+    """The stage's wiring: a finished shard set is kept, the filter writes "<output_dir>-clip",
+    and the caller's config is left as given."""
+    import shutil
+
+    from pipeline.stage import run
+    from tests.conftest import small_pipeline_config
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_set, shards)
+    config = small_pipeline_config(str(shards), demo_corpus_dir)
+    config.clip_score = ClipScoreConfig(
+        enabled=True, checkpoint=latest_checkpoint(str(micro_run)), min_similarity=-1.0
+    )
+    manifest = run(config, spark)
+    assert manifest == json.loads((shard_set / "manifest.json").read_text())
+    sizes = json.loads((tmp_path / "shards-clip" / "sizes.json").read_text())
+    assert sum(sizes.values()) == manifest["counts"]["kept"]  # similarity >= -1 keeps all
+    assert config.clip_score.output_dir == ""
