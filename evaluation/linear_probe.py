@@ -1,6 +1,7 @@
 """Linear probe: multinomial logistic regression on frozen, L2-normalised features.
 
-The L2 penalty is swept on a validation split carved from the training features; the best is
+The regularisation is swept on a validation split carved from the training features over CLIP's
+range (its paper, appendix A.3: scikit-learn's inverse strength C from 1e-6 to 1e6); the best is
 refit on all training features and scored on the test features. Full-batch L-BFGS on the
 features' device (CPU or GPU): features are small, so each fit takes well under a second.
 """
@@ -14,7 +15,13 @@ import torch.nn.functional as F
 
 from evaluation.metrics import classification_metrics
 
-DEFAULT_PENALTIES = tuple(10.0**e for e in range(-6, 1))
+# scikit-learn's C (loss C·ΣCE + ½‖W‖²), one value per decade of CLIP's range
+DEFAULT_C_GRID = tuple(10.0**e for e in range(-6, 7))
+
+
+def penalty_for(c: float, n_samples: int) -> float:
+    """Our loss is mean(CE) + penalty·‖W‖²: the same minimiser as scikit-learn's at C."""
+    return 1.0 / (2.0 * c * n_samples)
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,16 @@ def fit_logistic(
     num_classes: int,
     penalty: float,
     max_iter: int = 200,
+    start: LinearModel | None = None,
 ) -> LinearModel:
-    weight = torch.zeros(features.shape[1], num_classes, device=features.device, requires_grad=True)
-    bias = torch.zeros(num_classes, device=features.device, requires_grad=True)
+    """The penalised multinomial logistic regression, from zero weights or from ``start``."""
+    if start is None:
+        start = LinearModel(
+            torch.zeros(features.shape[1], num_classes, device=features.device),
+            torch.zeros(num_classes, device=features.device),
+        )
+    weight = start.weight.clone().requires_grad_(True)
+    bias = start.bias.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [weight, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
     )
@@ -63,24 +77,33 @@ def linear_probe(
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
     num_classes: int,
-    penalties: tuple[float, ...] = DEFAULT_PENALTIES,
+    c_grid: tuple[float, ...] = DEFAULT_C_GRID,
     val_fraction: float = 0.2,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Metrics on the test features, plus the penalty chosen on the validation split."""
+    """Metrics on the test features, plus the C (and penalty) chosen on the validation split."""
     if len(torch.unique(train_labels)) < 2:
         raise ValueError("a linear probe needs training samples of at least 2 classes")
     train_x = F.normalize(train_features.float(), dim=-1)
     test_x = F.normalize(test_features.float(), dim=-1)
     fit_idx, val_idx = split_validation(train_labels, val_fraction, seed)
-    scores = {}
-    for penalty in penalties:
-        model = fit_logistic(train_x[fit_idx], train_labels[fit_idx], num_classes, penalty)
-        predicted = model.logits(train_x[val_idx]).argmax(dim=1)
-        scores[penalty] = (predicted == train_labels[val_idx]).float().mean().item()
-    best = max(penalties, key=lambda p: (scores[p], p))  # ties: the stronger penalty
-    model = fit_logistic(train_x, train_labels, num_classes, best)
+    fit_x, fit_y = train_x[fit_idx], train_labels[fit_idx]
+    # Strong to weak, each fit starting from the previous solution: from zero weights, 200
+    # L-BFGS iterations leave the weakly regularised fits far from their optimum (on the demo's
+    # Fashion-MNIST features: 68% validation accuracy at C=1e6 instead of 75%).
+    scores, fits, previous = {}, {}, None
+    for c in sorted(c_grid):
+        previous = fit_logistic(
+            fit_x, fit_y, num_classes, penalty_for(c, len(fit_idx)), start=previous
+        )
+        predicted = previous.logits(train_x[val_idx]).argmax(dim=1)
+        scores[c] = (predicted == train_labels[val_idx]).float().mean().item()
+        fits[c] = previous
+    best = max(c_grid, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
+    penalty = penalty_for(best, len(train_labels))
+    model = fit_logistic(train_x, train_labels, num_classes, penalty, start=fits[best])
     metrics = classification_metrics(model.logits(test_x).cpu(), test_labels.cpu())
     metrics["val_top1"] = scores[best]
-    metrics["penalty"] = best
+    metrics["C"] = best
+    metrics["penalty"] = penalty
     return metrics

@@ -161,6 +161,7 @@ def run_task(
             len(data.classnames),
         )
         details.update(
+            C=values.pop("C"),
             penalty=values.pop("penalty"),
             val_top1=values.pop("val_top1"),
             skipped_train_images=len(train_skipped),

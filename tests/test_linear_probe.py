@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.linear_probe import fit_logistic, linear_probe
+from evaluation.linear_probe import DEFAULT_C_GRID, fit_logistic, linear_probe, penalty_for
 
 
 def _clusters(n_per_class: int, classes: int, dim: int, spread: float, seed: int):
@@ -20,7 +20,8 @@ def test_probe_separates_clusters_and_reports_its_choice():
     test_x, test_y = _clusters(20, 5, 16, 0.3, seed=0)
     metrics = linear_probe(train_x, train_y, test_x, test_y, num_classes=5)
     assert metrics["top1"] > 0.95 and metrics["top5"] == 1.0
-    assert metrics["penalty"] in (10.0**e for e in range(-6, 1))
+    assert metrics["C"] in DEFAULT_C_GRID
+    assert metrics["penalty"] == pytest.approx(penalty_for(metrics["C"], len(train_y)))
     assert 0.0 <= metrics["val_top1"] <= 1.0
 
 
@@ -36,6 +37,22 @@ def test_fit_matches_scikit_learn_logistic_regression():
     ours_pred = ours.logits(x).argmax(dim=1).numpy()
     assert (ours_pred == theirs.predict(x.numpy())).mean() > 0.98
     np.testing.assert_allclose(ours.weight.T.numpy(), theirs.coef_, atol=2e-2)
+
+
+def test_a_warm_started_fit_reaches_the_same_minimum():
+    """The sweep starts each fit from the previous (stronger) one's solution: only the path
+    changes, not the minimiser."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _clusters(80, 4, 12, 1.2, seed=2)
+    penalty = 1e-3
+    start = fit_logistic(x, y, 4, 1e-1)
+    start_weight = start.weight.clone()
+    ours = fit_logistic(x, y, 4, penalty, start=start)
+    theirs = LogisticRegression(C=1 / (2 * penalty * len(y)), max_iter=5000, tol=1e-10)
+    theirs.fit(x.numpy(), y.numpy())
+    np.testing.assert_allclose(ours.weight.T.numpy(), theirs.coef_, atol=2e-2)
+    assert torch.equal(start.weight, start_weight)  # the start is left as it was
 
 
 def test_one_class_training_set_is_a_clear_error():
@@ -61,4 +78,4 @@ def test_linear_probe_task_in_the_stage(micro_run, demo_corpus_dir, tmp_path):
     record = records[0]
     assert record["counts"] == {"train_samples": 200, "samples": 100, "classes": 10}
     assert 0.0 <= record["metrics"]["top1"] <= 1.0
-    assert "penalty" in record["details"]
+    assert {"C", "penalty", "val_top1"} <= set(record["details"])
