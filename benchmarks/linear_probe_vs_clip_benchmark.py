@@ -2,6 +2,8 @@
 and test accuracy, alternating rounds in one process.
 
     python benchmarks/linear_probe_vs_clip_benchmark.py CHECKPOINT [--train 5000] [--test 2000]
+    python benchmarks/linear_probe_vs_clip_benchmark.py --features FILE   # probe only, saved
+                                                                            # by --save-features
 
 Two comparisons, both on Fashion-MNIST (train split for fitting, test split for scoring):
 
@@ -34,14 +36,13 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from evaluation import datasets
-from evaluation.config import TaskConfig
-from evaluation.features import image_features
 from evaluation.linear_probe import linear_probe, split_validation
-from evaluation.models import load_checkpoint
-from evaluation.tasks import run_task
+
+# --features needs only torch, numpy, clip_benchmark and sklearn (the GPU machine's image lacks
+# webdataset and the datasets): the model and dataset modules are imported where used.
 
 VAL_FRACTION = 0.2  # what evaluation.linear_probe carves off by default
 SEED = 0
@@ -76,11 +77,50 @@ class _Images(torch.utils.data.Dataset):
         return self.preprocess(self.images[i]), int(self.labels[i])
 
 
+def fit_val_split(labels) -> tuple[np.ndarray, np.ndarray]:
+    """The validation fifth our probe carves off, handed to clip_benchmark as its val split."""
+    fit_idx, val_idx = split_validation(torch.as_tensor(labels), VAL_FRACTION, SEED)
+    return fit_idx.numpy(), val_idx.numpy()
+
+
+def extract_probe_inputs(model, preprocess, args, device: str) -> dict:
+    """Normalised image features and labels of the train and test images, on the CPU."""
+    from evaluation import datasets
+    from evaluation.features import image_features
+
+    train = datasets.fashion_mnist("train", args.train)
+    test = datasets.fashion_mnist("test", args.test)
+    train_x, train_bad = image_features(model, train.images, preprocess, device, args.batch, "tr")
+    test_x, test_bad = image_features(model, test.images, preprocess, device, args.batch, "te")
+    assert not train_bad and not test_bad, "Fashion-MNIST images always decode"
+    return {
+        "train_x": train_x,
+        "train_y": torch.from_numpy(train.labels),
+        "test_x": test_x,
+        "test_y": torch.from_numpy(test.labels),
+        "classes": len(train.classnames),
+        "source": args.checkpoint,
+    }
+
+
+def write_feature_cache(inputs: dict, folder: Path) -> None:
+    """The probe inputs in clip_benchmark's feature-cache layout (it skips featurising then)."""
+    folder.mkdir(parents=True)
+    fit_idx, val_idx = fit_val_split(inputs["train_y"])
+    for split, x, y in (
+        ("train", inputs["train_x"][fit_idx], inputs["train_y"][fit_idx]),
+        ("val", inputs["train_x"][val_idx], inputs["train_y"][val_idx]),
+        ("test", inputs["test_x"], inputs["test_y"]),
+    ):
+        torch.save(x, folder / f"features_{split}.pt")
+        torch.save(y, folder / f"targets_{split}.pt")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", nargs="?", default="")
     parser.add_argument("--train", type=int, default=5000, help="training images (first N)")
     parser.add_argument("--test", type=int, default=2000, help="test images (first N)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -89,12 +129,103 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="clip_benchmark's probe epochs")
     parser.add_argument("--probe-batch", type=int, default=64, help="clip_benchmark's batch")
     parser.add_argument("--probe-only", action="store_true", help="skip the end-to-end comparison")
+    parser.add_argument("--save-features", default="", help="write the probe inputs to FILE")
+    parser.add_argument(
+        "--features", default="", help="probe only, on inputs --save-features wrote (no model)"
+    )
     args = parser.parse_args()
+    if bool(args.checkpoint) == bool(args.features):
+        parser.error("give a CHECKPOINT or --features FILE")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     theirs = clip_benchmark_probe(device)
-    model, preprocess, tokenizer, _ = load_checkpoint(args.checkpoint)
-    model = model.to(device).eval()
+    work = Path(tempfile.mkdtemp(prefix="probe_bench_"))
+    jobs = {}  # each side takes the round's index (clip_benchmark's end to end needs a fresh cache)
+
+    if args.features:
+        inputs = torch.load(args.features)
+    else:
+        from evaluation.models import load_checkpoint
+
+        model, preprocess, tokenizer, _ = load_checkpoint(args.checkpoint)
+        model = model.to(device).eval()
+        inputs = extract_probe_inputs(model, preprocess, args, device)
+        if args.save_features:
+            torch.save(inputs, args.save_features)
+        if not args.probe_only:
+            jobs["end to end"] = end_to_end_jobs(
+                model, preprocess, tokenizer, args, device, theirs, work
+            )
+    write_feature_cache(inputs, work / "features_only")
+
+    def ours_probe(_round: int) -> float:
+        values = linear_probe(
+            inputs["train_x"].to(device),
+            inputs["train_y"].to(device),
+            inputs["test_x"].to(device),
+            inputs["test_y"].to(device),
+            inputs["classes"],
+        )
+        return 100.0 * values["top1"]
+
+    def theirs_probe(_round: int) -> float:
+        result = theirs.evaluate(
+            None,  # never used: the features are cached
+            None,
+            None,
+            fewshot_k=-1,
+            batch_size=args.probe_batch,
+            num_workers=0,
+            lr=args.lr,
+            epochs=args.epochs,
+            model_id="features_only",
+            seed=SEED,
+            feature_root=str(work),
+            device=device,
+            val_dataloader=True,  # only tested against None once the cache exists
+            amp=False,
+        )
+        return 100.0 * result["lp_acc1"]
+
+    jobs["probe only"] = (ours_probe, theirs_probe)
+    times = {(k, who): [] for k in jobs for who in ("ours", "clip_benchmark")}
+    accuracy = {(k, who): [] for k in jobs for who in ("ours", "clip_benchmark")}
+    for round_index in range(args.rounds):
+        for kind, sides in jobs.items():
+            for who, fn in zip(("ours", "clip_benchmark"), sides, strict=True):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):  # its per-epoch log lines
+                    accuracy[(kind, who)].append(fn(round_index))
+                times[(kind, who)].append(time.perf_counter() - start)
+                print(f"round {round_index} {kind} {who}: {times[(kind, who)][-1]:.2f} s")
+
+    n_val = len(fit_val_split(inputs["train_y"])[1])
+    print(
+        f"\nfeatures of {inputs['source']}, device {device}, Fashion-MNIST "
+        f"{len(inputs['train_y'])} train ({n_val} of them validation) / {len(inputs['test_y'])} "
+        f"test images; medians of {args.rounds} rounds; clip_benchmark's probe: lr {args.lr}, "
+        f"{args.epochs} epochs, batch {args.probe_batch}"
+    )
+    for kind in jobs:
+        ours_s = statistics.median(times[(kind, "ours")])
+        theirs_s = statistics.median(times[(kind, "clip_benchmark")])
+        ours_acc = statistics.median(accuracy[(kind, "ours")])
+        theirs_acc = statistics.median(accuracy[(kind, "clip_benchmark")])
+        print(
+            f"{kind:10s} ours {ours_s:7.2f} s top-1 {ours_acc:5.2f}%   clip_benchmark "
+            f"{theirs_s:7.2f} s top-1 {theirs_acc:5.2f}%   time ratio (ours / theirs) "
+            f"{ours_s / theirs_s:.2f}×"
+        )
+
+
+def end_to_end_jobs(model, preprocess, tokenizer, args, device: str, theirs, work: Path):
+    """Both sides from the images: dataset load, features and probe, as each runs it."""
+    from evaluation import datasets
+    from evaluation.config import TaskConfig
+    from evaluation.tasks import run_task
+
     task = TaskConfig(
         "fashion_mnist/linear_probe",
         "fashion_mnist",
@@ -103,17 +234,12 @@ def main() -> None:
         limit=args.test,
         train_limit=args.train,
     )
-    work = Path(tempfile.mkdtemp(prefix="probe_bench_"))
 
-    def fit_val_split(labels):
-        fit_idx, val_idx = split_validation(torch.as_tensor(labels), VAL_FRACTION, SEED)
-        return fit_idx.numpy(), val_idx.numpy()
-
-    def ours_end_to_end() -> float:
+    def ours(_round: int) -> float:
         record = run_task(task, model, preprocess, tokenizer, device, args.batch, "")
         return 100.0 * record["metrics"]["top1"]
 
-    def theirs_end_to_end(round_index: int) -> float:
+    def clip_benchmark(round_index: int) -> float:
         train = datasets.fashion_mnist("train", args.train)
         test = datasets.fashion_mnist("test", args.test)
         fit_idx, val_idx = fit_val_split(train.labels)
@@ -139,81 +265,7 @@ def main() -> None:
         )
         return 100.0 * result["lp_acc1"]
 
-    # The probe-only inputs: one feature extraction, shared by both sides.
-    train = datasets.fashion_mnist("train", args.train)
-    test = datasets.fashion_mnist("test", args.test)
-    train_x, train_bad = image_features(model, train.images, preprocess, device, args.batch, "tr")
-    test_x, test_bad = image_features(model, test.images, preprocess, device, args.batch, "te")
-    assert not train_bad and not test_bad, "Fashion-MNIST images always decode"
-    train_y, test_y = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
-    fit_idx, val_idx = fit_val_split(train.labels)
-    cached = work / "features_only"
-    cached.mkdir()
-    for split, x, y in (
-        ("train", train_x[fit_idx], train_y[fit_idx]),
-        ("val", train_x[val_idx], train_y[val_idx]),
-        ("test", test_x, test_y),
-    ):
-        torch.save(x, cached / f"features_{split}.pt")
-        torch.save(y, cached / f"targets_{split}.pt")
-
-    def ours_probe() -> float:
-        x, y = train_x.to(device), train_y.to(device)
-        values = linear_probe(x, y, test_x.to(device), test_y.to(device), len(train.classnames))
-        return 100.0 * values["top1"]
-
-    def theirs_probe() -> float:
-        result = theirs.evaluate(
-            model,
-            None,  # never read: the features are cached
-            None,
-            fewshot_k=-1,
-            batch_size=args.probe_batch,
-            num_workers=0,
-            lr=args.lr,
-            epochs=args.epochs,
-            model_id="features_only",
-            seed=SEED,
-            feature_root=str(work),
-            device=device,
-            val_dataloader=True,  # only tested against None once the cache exists
-            amp=False,
-        )
-        return 100.0 * result["lp_acc1"]
-
-    jobs = {  # each side takes the round's index (clip_benchmark's end to end needs a fresh cache)
-        "end to end": (lambda r: ours_end_to_end(), theirs_end_to_end),
-        "probe only": (lambda r: ours_probe(), lambda r: theirs_probe()),
-    }
-    if args.probe_only:
-        del jobs["end to end"]
-    times = {(k, who): [] for k in jobs for who in ("ours", "clip_benchmark")}
-    accuracy = {(k, who): [] for k in jobs for who in ("ours", "clip_benchmark")}
-    for round_index in range(args.rounds):
-        for kind, sides in jobs.items():
-            for who, fn in zip(("ours", "clip_benchmark"), sides, strict=True):
-                start = time.perf_counter()
-                with contextlib.redirect_stdout(io.StringIO()):  # its per-epoch log lines
-                    accuracy[(kind, who)].append(fn(round_index))
-                times[(kind, who)].append(time.perf_counter() - start)
-                print(f"round {round_index} {kind} {who}: {times[(kind, who)][-1]:.2f} s")
-
-    print(
-        f"\ncheckpoint {args.checkpoint}, device {device}, Fashion-MNIST {len(train.labels)} "
-        f"train ({len(val_idx)} of them validation) / {len(test.labels)} test images; "
-        f"medians of {args.rounds} rounds; clip_benchmark's probe: lr {args.lr}, "
-        f"{args.epochs} epochs, batch {args.probe_batch}"
-    )
-    for kind in jobs:
-        ours_s = statistics.median(times[(kind, "ours")])
-        theirs_s = statistics.median(times[(kind, "clip_benchmark")])
-        ours_acc = statistics.median(accuracy[(kind, "ours")])
-        theirs_acc = statistics.median(accuracy[(kind, "clip_benchmark")])
-        print(
-            f"{kind:10s} ours {ours_s:7.2f} s top-1 {ours_acc:5.2f}%   clip_benchmark "
-            f"{theirs_s:7.2f} s top-1 {theirs_acc:5.2f}%   time ratio (ours / theirs) "
-            f"{ours_s / theirs_s:.2f}×"
-        )
+    return ours, clip_benchmark
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Run ON the device machine (device `run`, carry [".whl"], timeout_s 540): installs the carried
-# wheels beside the image's torch, then measures; the table and raw figures land in $OUT.
-#   here:   bash benchmarks/gpu/fetch_wheels.sh
-#   device: bash benchmarks/gpu/run_on_device.sh [extra train_step_mfu.py arguments]
+# Run ON the device machine (device `run`, carry [".device_inputs"], timeout_s 540), after
+# benchmarks/gpu/prepare_device_inputs.sh here. Installs the carried wheels beside the image's
+# torch, then measures: the training step (train_step_mfu.py: ViT-B/16 and L/14, 0/50/75%,
+# ours and open_clip) and the linear probe against clip_benchmark's, unmodified, on CUDA.
+# Tables, raw figures and logs land in $OUT.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+    --target /tmp/site .device_inputs/wheels/*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 OUT=${OUT:-.}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PYTHON" -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
+if [ -f .device_inputs/probe_features.pt ]; then
+    "$PYTHON" benchmarks/linear_probe_vs_clip_benchmark.py \
+        --features .device_inputs/probe_features.pt --rounds 3 2>&1 | tee "$OUT/linear_probe.log"
+fi
 "$PYTHON" benchmarks/gpu/train_step_mfu.py "$@" 2>&1 | tee "$OUT/train_step_mfu.log"
