@@ -62,23 +62,23 @@ def timed_steps(model, optimizer, images, tokens, steps: int, device: torch.devi
     return (time.perf_counter() - start) / steps
 
 
-def build_pair(name: str, ratio: float, device: torch.device):
+def build_pair(name: str, variant: str, ratio: float, device: torch.device):
     """Our model and open_clip's, same weights, both at mask ratio ``ratio``."""
     torch.manual_seed(0)
-    ours, cfg, _ = build_model(name)
+    ours, cfg, _ = build_model(name, variant)
     set_mask_ratio(ours, ratio)
-    register(f"{name}-plain", model_cfg(name))
-    theirs = open_clip.create_model(f"{name}-plain", force_patch_dropout=ratio or None)
+    register(f"{name}-{variant}-plain", model_cfg(name, variant))
+    theirs = open_clip.create_model(f"{name}-{variant}-plain", force_patch_dropout=ratio or None)
     theirs.load_state_dict(ours.state_dict())
     pair = {"ours": ours.to(device).train(), "open_clip": theirs.to(device).train()}
     return pair, cfg
 
 
 def measure_model(name: str, batch: int, ratios: list[float], args, device) -> list[dict]:
-    flops = train_flops_per_sample(name, "openclip", ratios, batch=2, device=str(device))
+    flops = train_flops_per_sample(name, args.variant, ratios, batch=2, device=str(device))
     rows = []
     for ratio in ratios:
-        pair, cfg = build_pair(name, ratio, device)
+        pair, cfg = build_pair(name, args.variant, ratio, device)
         size, context = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
         images = torch.randn(batch, 3, size, size, device=device)
         tokens = torch.randint(1, 49407, (batch, context), device=device)
@@ -153,6 +153,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["vit_b16", "vit_l14"])
     parser.add_argument("--batches", nargs="+", type=int, default=[256, 128])
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.0, 0.5, 0.75])
+    parser.add_argument(
+        "--variant", default="openclip", help="openclip (CLS, 77 tokens) or paper (GAP, 32)"
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
@@ -170,7 +173,10 @@ def main() -> None:
         rows += measure_model(name, batch, args.ratios, args, device)
         print(markdown(rows), flush=True)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    header = f"{device_name}, torch {torch.__version__}, open_clip {open_clip.__version__}, bf16"
+    header = (
+        f"{device_name}, torch {torch.__version__}, open_clip {open_clip.__version__}, bf16, "
+        f"{args.variant} variant"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_step_mfu.md").write_text(header + "\n\n" + markdown(rows) + "\n")
