@@ -2,8 +2,8 @@
 and test accuracy, alternating rounds in one process.
 
     python benchmarks/linear_probe_vs_clip_benchmark.py CHECKPOINT [--train 5000] [--test 2000]
-    python benchmarks/linear_probe_vs_clip_benchmark.py --features FILE   # probe only, saved
-                                                                            # by --save-features
+    python benchmarks/linear_probe_vs_clip_benchmark.py CHECKPOINT --save-features FILE
+    python benchmarks/linear_probe_vs_clip_benchmark.py --features FILE  # probe only, no model
 
 Two comparisons, both on Fashion-MNIST (train split for fitting, test split for scoring):
 
@@ -12,10 +12,10 @@ Two comparisons, both on Fashion-MNIST (train split for fitting, test split for 
 - probe only: the same cached features handed to both (clip_benchmark reads them from its
   feature cache folder, in its own file layout), so only the fitting and scoring differ.
 
-The data play the same roles on both sides: our probe chooses its penalty on a validation fifth
-of the training images and refits on all of them; clip_benchmark gets that fifth as its
-validation loader, sweeps its weight decay on it and refits on train + validation. Its probe
-runs with its command line's defaults (AdamW, lr 0.1, 10 epochs, batch 64).
+The data play the same roles on both sides: our probe chooses its regularisation (C) on a
+validation fifth of the training images and refits on all of them; clip_benchmark gets that
+fifth as its validation loader, sweeps its weight decay on it and refits on train + validation.
+Its probe runs with its command line's defaults (AdamW, lr 0.1, 10 epochs, batch 64).
 
 clip_benchmark 1.6.2 places its probe with hard-coded `.cuda()` calls and asserts
 `device == "cuda"`. Without CUDA this script executes clip_benchmark's installed module source
