@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import fsspec
+from tqdm import tqdm
 
 from flipcommon.storage import url_join
 
@@ -47,6 +49,45 @@ class MetricsLog:
         self.flush()
         if self.writer is not None:
             self.writer.close()
+
+
+class Progress:
+    """The progress bar (steps, loss, samples/s) and the metrics log of one training run, shown
+    and written by the main rank only."""
+
+    def __init__(
+        self, run_dir: str, total_steps: int | None, step: int, samples_seen: int, enabled: bool
+    ) -> None:
+        # total_steps is None while a timed phase's step count is unknown: the bar then counts
+        self.bar = tqdm(
+            total=total_steps, initial=step, unit="step", disable=not enabled, dynamic_ncols=True
+        )
+        self.metrics = MetricsLog(run_dir, enabled=enabled)
+        self.last_report = (time.perf_counter(), samples_seen)
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def report(
+        self, step: int, samples_seen: int, phase: str, loss: float, scalars: dict[str, float]
+    ) -> None:
+        """Log the loss and ``scalars``, with the throughput over the interval since the last
+        report: measured after the caller read the loss (a device sync), it is exact, where
+        one asynchronous step's time would not be."""
+        now = time.perf_counter()
+        samples_per_s = (samples_seen - self.last_report[1]) / (now - self.last_report[0])
+        self.last_report = (now, samples_seen)
+        self.bar.set_postfix(phase=phase, loss=f"{loss:.3f}", samples_s=f"{samples_per_s:.0f}")
+        self.metrics.log(
+            step, samples_seen, {"loss": loss, "samples_per_s": samples_per_s, **scalars}
+        )
+
+    def flush(self) -> None:
+        self.metrics.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics.close()
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:

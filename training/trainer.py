@@ -10,7 +10,6 @@ from dataclasses import asdict
 
 import open_clip
 import torch
-from tqdm import tqdm
 
 from training import checkpoint as ckpt
 from training.config import TrainConfig
@@ -19,7 +18,7 @@ from training.distributed import agreed_max, init_distributed, resolve_device
 from training.loss import clamp_logit_scale
 from training.masking import set_mask_ratio
 from training.model import build_model, preprocess_cfg
-from training.observe import MetricsLog, plot_curves
+from training.observe import Progress, plot_curves
 from training.optim import build_optimizer, set_lr
 from training.phases import plan_phases
 from training.sharding import average_replicated_grads, shard_model
@@ -124,23 +123,19 @@ def train(config: TrainConfig) -> str:
 
     autocast = bf16_autocast(device) if config.precision == "bf16" else nullcontext_autocast
 
-    metrics = MetricsLog(config.run_dir, enabled=dist_info.is_main)
     info = {"model_name": config.model.name, "variant": config.model.variant, "smoke": smoke}
     # Decisions taken by the clock (a timed phase's end, checkpoint_every_s) must be the same on
     # every rank: there the ranks agree on each step's time (a host sync per step, else none).
     clocked = any(p.seconds for p in plans) or config.checkpoint_every_s > 0
-    # a timed phase's step count is unknown until it ends: the bar then counts without a total
-    total_steps = None if any(p.seconds for p in plans) else sum(p.steps for p in plans)
-    bar = tqdm(
-        total=total_steps,
-        initial=state.step,
-        unit="step",
-        disable=not dist_info.is_main,
-        dynamic_ncols=True,
+    progress = Progress(
+        config.run_dir,
+        None if any(p.seconds for p in plans) else sum(p.steps for p in plans),
+        state.step,
+        state.samples_seen,
+        enabled=dist_info.is_main,
     )
     last_ckpt = ckpt.latest_checkpoint(config.run_dir) if config.resume else None
     model.train()
-    last_log = (time.perf_counter(), state.samples_seen)
     for phase_index in range(state.phase_index, len(plans)):
         plan = plans[phase_index]
         set_mask_ratio(model, plan.mask_ratio)
@@ -176,27 +171,17 @@ def train(config: TrainConfig) -> str:
             state.step += 1
             state.phase_step += 1
             state.samples_seen += global_batch
-            bar.update(1)
-            # .item() waits for the device: read the loss only on logging steps.
+            progress.advance()
             at_phase_end = plan.finished(state.phase_step, state.phase_seconds)
             if state.step % config.log_every_steps == 0 or at_phase_end:
-                loss_value = loss.item()
-                # throughput over the whole interval since the last log: after the sync above
-                # it is exact, where one asynchronous step's time would not be
-                now = time.perf_counter()
-                samples_per_s = (state.samples_seen - last_log[1]) / (now - last_log[0])
-                last_log = (now, state.samples_seen)
-                bar.set_postfix(
-                    phase=plan.name, loss=f"{loss_value:.3f}", samples_s=f"{samples_per_s:.0f}"
-                )
-                metrics.log(
+                progress.report(
                     state.step,
                     state.samples_seen,
+                    plan.name,
+                    loss.item(),  # waits for the device: read only on logging steps
                     {
-                        "loss": loss_value,
                         "lr": lr,
                         "temperature": 1 / model.logit_scale.exp().item(),
-                        "samples_per_s": samples_per_s,
                         "data_time_s": data_time,
                         "mask_ratio": plan.mask_ratio,
                         "skipped_samples": state.skipped_samples,
@@ -227,7 +212,7 @@ def train(config: TrainConfig) -> str:
                     write=dist_info.is_main,
                 )
                 last_ckpt = written or last_ckpt
-                metrics.flush()
+                progress.flush()
             # Restarting the stream at a checkpoint makes a resumed run see the same batches.
             # A timed phase cannot resume bit for bit anyway, and the restart (refilling the
             # shuffle buffer) would be charged to its clock: it keeps its stream.
@@ -237,8 +222,7 @@ def train(config: TrainConfig) -> str:
                 batches = open_batches(state.step)
             if at_phase_end:
                 break
-    bar.close()
-    metrics.close()
+    progress.close()
     if dist_info.is_main:
         if state.skipped_samples:
             log.warning("skipped %d broken samples or tar records", state.skipped_samples)
