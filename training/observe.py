@@ -77,7 +77,8 @@ class Progress:
         now = time.perf_counter()
         samples_per_s = (samples_seen - self.last_report[1]) / (now - self.last_report[0])
         self.last_report = (now, samples_seen)
-        self.bar.set_postfix(phase=phase, loss=f"{loss:.3f}", samples_s=f"{samples_per_s:.0f}")
+        rate = f"{samples_per_s:.0f}" if samples_per_s >= 10 else f"{samples_per_s:.2f}"
+        self.bar.set_postfix(phase=phase, loss=f"{loss:.3f}", samples_s=rate)
         self.metrics.log(
             step, samples_seen, {"loss": loss, "samples_per_s": samples_per_s, **scalars}
         )
