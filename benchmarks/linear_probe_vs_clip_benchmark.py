@@ -39,13 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.linear_probe import linear_probe, split_validation
+from evaluation.linear_probe import SPLIT_SEED, VAL_FRACTION, linear_probe, split_validation
 
 # --features needs only torch, numpy, clip_benchmark and sklearn (the GPU machine's image lacks
 # webdataset and the datasets): the model and dataset modules are imported where used.
 
-VAL_FRACTION = 0.2  # what evaluation.linear_probe carves off by default
-SEED = 0
 CUDA_ASSERT = "assert device == 'cuda'"
 
 
@@ -79,8 +77,34 @@ class _Images(torch.utils.data.Dataset):
 
 def fit_val_split(labels) -> tuple[np.ndarray, np.ndarray]:
     """The validation fifth our probe carves off, handed to clip_benchmark as its val split."""
-    fit_idx, val_idx = split_validation(torch.as_tensor(labels), VAL_FRACTION, SEED)
+    fit_idx, val_idx = split_validation(torch.as_tensor(labels), VAL_FRACTION, SPLIT_SEED)
     return fit_idx.numpy(), val_idx.numpy()
+
+
+def run_their_probe(
+    theirs, args, device: str, work: Path, model_id: str, model=None, loaders=(None, None, None)
+) -> float:
+    """clip_benchmark's probe with its command line's settings; top-1 in percent. Without a
+    model and loaders it reads the features cached under work/model_id."""
+    train_loader, val_loader, test_loader = loaders
+    result = theirs.evaluate(
+        model,
+        train_loader,
+        test_loader,
+        fewshot_k=-1,
+        batch_size=args.probe_batch,
+        num_workers=0,
+        lr=args.lr,
+        epochs=args.epochs,
+        model_id=model_id,
+        seed=SPLIT_SEED,
+        feature_root=str(work),
+        device=device,
+        # with the features cached it only tests this against None
+        val_dataloader=True if val_loader is None else val_loader,
+        amp=False,
+    )
+    return 100.0 * result["lp_acc1"]
 
 
 def extract_probe_inputs(model, preprocess, args, device: str) -> dict:
@@ -129,7 +153,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="clip_benchmark's probe epochs")
     parser.add_argument("--probe-batch", type=int, default=64, help="clip_benchmark's batch")
     parser.add_argument("--probe-only", action="store_true", help="skip the end-to-end comparison")
-    parser.add_argument("--save-features", default="", help="write the probe inputs to FILE")
+    parser.add_argument(
+        "--save-features", default="", help="only write the probe inputs to FILE, then stop"
+    )
     parser.add_argument(
         "--features", default="", help="probe only, on inputs --save-features wrote (no model)"
     )
@@ -139,9 +165,12 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     theirs = clip_benchmark_probe(device)
-    work = Path(tempfile.mkdtemp(prefix="probe_bench_"))
-    jobs = {}  # each side takes the round's index (clip_benchmark's end to end needs a fresh cache)
+    with tempfile.TemporaryDirectory(prefix="probe_bench_") as work:
+        compare(args, device, theirs, Path(work))
 
+
+def compare(args, device: str, theirs, work: Path) -> None:
+    jobs = {}  # each side takes the round's index (clip_benchmark's end to end needs a fresh cache)
     if args.features:
         inputs = torch.load(args.features)
     else:
@@ -152,6 +181,8 @@ def main() -> None:
         inputs = extract_probe_inputs(model, preprocess, args, device)
         if args.save_features:
             torch.save(inputs, args.save_features)
+            print(f"wrote the probe inputs to {args.save_features}")
+            return
         if not args.probe_only:
             jobs["end to end"] = end_to_end_jobs(
                 model, preprocess, tokenizer, args, device, theirs, work
@@ -169,23 +200,7 @@ def main() -> None:
         return 100.0 * values["top1"]
 
     def theirs_probe(_round: int) -> float:
-        result = theirs.evaluate(
-            None,  # never used: the features are cached
-            None,
-            None,
-            fewshot_k=-1,
-            batch_size=args.probe_batch,
-            num_workers=0,
-            lr=args.lr,
-            epochs=args.epochs,
-            model_id="features_only",
-            seed=SEED,
-            feature_root=str(work),
-            device=device,
-            val_dataloader=True,  # only tested against None once the cache exists
-            amp=False,
-        )
-        return 100.0 * result["lp_acc1"]
+        return run_their_probe(theirs, args, device, work, "features_only")
 
     jobs["probe only"] = (ours_probe, theirs_probe)
     times = {(k, who): [] for k in jobs for who in ("ours", "clip_benchmark")}
@@ -247,23 +262,15 @@ def end_to_end_jobs(model, preprocess, tokenizer, args, device: str, theirs, wor
         def loader(images, labels):
             return torch.utils.data.DataLoader(_Images(images, labels, preprocess), args.batch)
 
-        result = theirs.evaluate(
-            model,
+        loaders = (
             loader([train.images[i] for i in fit_idx], train.labels[fit_idx]),
+            loader([train.images[i] for i in val_idx], train.labels[val_idx]),
             loader(test.images, test.labels),
-            fewshot_k=-1,
-            batch_size=args.probe_batch,
-            num_workers=0,
-            lr=args.lr,
-            epochs=args.epochs,
-            model_id=f"end_to_end_{round_index}",  # a fresh cache: it extracts its features
-            seed=SEED,
-            feature_root=str(work),
-            device=device,
-            val_dataloader=loader([train.images[i] for i in val_idx], train.labels[val_idx]),
-            amp=False,
         )
-        return 100.0 * result["lp_acc1"]
+        # a fresh cache folder per round: it extracts its features
+        return run_their_probe(
+            theirs, args, device, work, f"end_to_end_{round_index}", model, loaders
+        )
 
     return ours, clip_benchmark
 

@@ -53,6 +53,11 @@ def test_a_warm_started_fit_reaches_the_same_minimum():
     theirs.fit(x.numpy(), y.numpy())
     np.testing.assert_allclose(ours.weight.T.numpy(), theirs.coef_, atol=2e-2)
     assert torch.equal(start.weight, start_weight)  # the start is left as it was
+    # and the start is used: one iteration from the optimum stays there, one from zero does not
+    from_optimum = fit_logistic(x, y, 4, penalty, max_iter=1, start=ours)
+    from_zero = fit_logistic(x, y, 4, penalty, max_iter=1)
+    assert torch.allclose(from_optimum.weight, ours.weight, atol=1e-3)
+    assert not torch.allclose(from_zero.weight, ours.weight, atol=1e-1)
 
 
 def test_one_class_training_set_is_a_clear_error():

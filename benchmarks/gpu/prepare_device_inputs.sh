@@ -15,8 +15,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux2014_x86_64 -d .device_inputs/wheels \
     open_clip_torch==2.32.0 ftfy==6.3.1 wcwidth==0.9.4 clip-benchmark==1.6.2
 if [ -n "$CHECKPOINT" ]; then
-    .venv/bin/python benchmarks/linear_probe_vs_clip_benchmark.py "$CHECKPOINT" --rounds 1 \
-        --probe-only --save-features .device_inputs/probe_features.pt
+    .venv/bin/python benchmarks/linear_probe_vs_clip_benchmark.py "$CHECKPOINT" \
+        --save-features .device_inputs/probe_features.pt
 else
     echo "no checkpoint (run make demo, or give one): the probe comparison will be skipped"
 fi
