@@ -53,7 +53,8 @@ class FilterConfig:
 class FetchConfig:
     """How each URL is fetched (``pipeline.fetch``): bounded, polite, and never inward."""
 
-    deadline_s: float = 20.0  # wall clock per attempt, redirects and body included
+    # Wall clock per attempt, every phase included: DNS, connect, TLS, headers, body, redirects.
+    deadline_s: float = 20.0
     socket_timeout_s: float = 10.0  # per socket operation, within the deadline
     max_bytes: int = 32 * 1024 * 1024
     retries: int = 2  # extra attempts on 408/429/5xx and transport errors
@@ -64,6 +65,8 @@ class FetchConfig:
     max_redirects: int = 5
     # Networks exempt from the SSRF guard (CIDRs). Empty: only public addresses are fetched.
     allowed_networks: list[str] = field(default_factory=list)
+    ca_file: str = ""  # extra CA certificates (PEM) to trust, beside the system's
+    dns_cache_s: float = 300.0  # how long a host's resolved addresses are reused, per task
     user_agent_token: str = "flip-pipeline"
     disallowed_directives: list[str] = field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]

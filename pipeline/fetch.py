@@ -5,7 +5,9 @@ operation, not the request: a server that drips one byte every few seconds holds
 forever. It also retries at once without backoff, ignores Retry-After, has no per-domain limit
 and follows redirects to any address. This module replaces that step only:
 
-- a wall-clock deadline per attempt, body included, and a cap on body bytes;
+- one wall-clock deadline per attempt that bounds every phase (name resolution, connect, TLS
+  handshake, status line, headers, body, every redirect hop; see ``pipeline.deadline_net``),
+  ended early by the shard's budget; caps on body bytes and (http.client's) on header lines;
 - retries with exponential backoff (jittered) on 408/429/5xx and transport errors, honouring
   Retry-After, which also pauses the whole domain for this task;
 - a per-domain minimum interval between requests (per download task);
@@ -33,6 +35,14 @@ from email.message import Message
 from urllib.parse import urljoin, urlsplit
 
 from pipeline.config import FetchConfig
+from pipeline.deadline_net import (
+    Deadline,
+    DeadlineExceeded,
+    Resolver,
+    connect,
+    tls_context,
+    wrap_tls,
+)
 
 CHUNK_BYTES = 64 * 1024
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -120,38 +130,12 @@ class AddressGuard:
             return True
         return ip.is_global and not ip.is_multicast
 
-    def resolve(self, host: str, port: int) -> str:
-        """The first permitted address of ``host``; FetchError if it has none."""
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as err:
-            raise FetchError("dns failure", retryable=True) from err
-        addresses = [info[4][0] for info in infos]
+    def choose(self, addresses: list[str]) -> str:
+        """The first permitted address; FetchError if there is none."""
         for address in addresses:
             if self.permits(address):
                 return address
         raise FetchError("blocked: non-public address")
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to an already checked address while sending the URL's Host header."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float):
-        super().__init__(host, port, timeout=timeout)
-        self._address = address
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
-
-    def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
 
 
 def robots_disallows(headers: Message, ua_token: str, directives: frozenset[str]) -> bool:
@@ -174,9 +158,16 @@ def robots_disallows(headers: Message, ua_token: str, directives: frozenset[str]
 class Fetcher:
     """Fetches image bytes under a FetchConfig. One per download task; thread-safe."""
 
-    def __init__(self, config: FetchConfig, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        config: FetchConfig,
+        sleep: Callable[[float], None] = time.sleep,
+        resolver: Resolver | None = None,
+    ):
         self.config = config
         self.guard = AddressGuard(list(config.allowed_networks))
+        self.resolver = resolver or Resolver(cache_s=config.dns_cache_s)
+        self.tls = tls_context(config.ca_file)
         self.throttle = DomainThrottle(config.per_domain_interval_s)
         self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
         self.ua_token = config.user_agent_token.strip().lower()
@@ -209,31 +200,29 @@ class Fetcher:
 
     def _attempt(self, url: str, stop_at: float) -> bytes:
         # Waiting for the domain's turn is queueing, not the request: the deadline starts after.
-        self._wait_turn(urlsplit(url).hostname or "", stop_at)
-        deadline = time.monotonic() + self.config.deadline_s
+        self._wait_turn(urlsplit(url).hostname or "", stop_at, "shard deadline exceeded")
+        deadline = Deadline.within(self.config.deadline_s, self.config.socket_timeout_s, stop_at)
         seen: set[str] = set()
         for hop in range(self.config.max_redirects + 1):
             if url in seen:
                 raise FetchError("redirect loop")
             seen.add(url)
             if hop:
-                self._wait_turn(urlsplit(url).hostname or "", deadline, "deadline exceeded")
+                self._wait_turn(urlsplit(url).hostname or "", deadline.at, deadline.reason)
             outcome = self._request(url, deadline)
             if isinstance(outcome, bytes):
                 return outcome
             url = outcome  # a redirect target, checked on the next hop
         raise FetchError("too many redirects")
 
-    def _wait_turn(
-        self, host: str, stop_at: float, reason: str = "shard deadline exceeded"
-    ) -> None:
+    def _wait_turn(self, host: str, stop_at: float, reason: str) -> None:
         wait = self.throttle.reserve(host)
         if time.monotonic() + wait > stop_at:
             raise FetchError(reason, retryable=True)
         if wait > 0:
             self._sleep(wait)
 
-    def _request(self, url: str, deadline: float) -> bytes | str:
+    def _request(self, url: str, deadline: Deadline) -> bytes | str:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise FetchError("unsupported url")
@@ -242,50 +231,35 @@ class Fetcher:
         except ValueError as err:
             raise FetchError("unsupported url") from err
         host = parts.hostname
-        address = self.guard.resolve(host, port)
-        connection_class = (
-            _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-        )
-        conn = connection_class(host, port, address, timeout=self._remaining(deadline))
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        conn: http.client.HTTPConnection | None = None
         try:
+            address = self.guard.choose(self.resolver.addresses(host, port, deadline))
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(host, port, context=self.tls)
+                conn.sock = wrap_tls(connect(address, port, deadline), self.tls, host)
+            else:
+                conn = http.client.HTTPConnection(host, port)
+                conn.sock = connect(address, port, deadline)  # pinned: no second lookup
             conn.request(
                 "GET",
                 path,
                 headers={"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.5"},
             )
             response = conn.getresponse()
-            return self._handle(url, host, response, conn, deadline)
+            return self._handle(url, host, response, deadline)
         except FetchError:
             raise
-        except TimeoutError as err:
-            raise FetchError("timeout", retryable=True) from err
-        except (http.client.RemoteDisconnected, BrokenPipeError) as err:
-            raise FetchError("connection closed", retryable=True) from err
-        except ConnectionResetError as err:
-            raise FetchError("connection reset", retryable=True) from err
-        except ConnectionRefusedError as err:
-            raise FetchError("connection refused", retryable=True) from err
-        except http.client.IncompleteRead as err:
-            raise FetchError("incomplete body", retryable=True) from err
-        except ssl.SSLError as err:
-            raise FetchError("tls error") from err
-        except http.client.HTTPException as err:
-            raise FetchError("bad http response") from err
-        except OSError as err:
-            raise FetchError("network error", retryable=True) from err
+        except Exception as err:  # noqa: BLE001 - every transport failure gets a reason
+            raise transport_error(err, deadline) from err
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def _handle(
-        self,
-        url: str,
-        host: str,
-        response: http.client.HTTPResponse,
-        conn: http.client.HTTPConnection,
-        deadline: float,
+        self, url: str, host: str, response: http.client.HTTPResponse, deadline: Deadline
     ) -> bytes | str:
         status = response.status
         if status in REDIRECT_STATUS:
@@ -303,25 +277,16 @@ class Fetcher:
         declared = response.getheader("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
             raise FetchError("body too large")
-        return self._read_body(response, conn, deadline)
+        return self._read_body(response, deadline)
 
-    def _read_body(
-        self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection, deadline: float
-    ) -> bytes:
+    def _read_body(self, response: http.client.HTTPResponse, deadline: Deadline) -> bytes:
         chunks, total = [], 0
         while True:
-            # The socket timeout is re-armed with what is left of the deadline before every
-            # read, so a body that drips forever ends at the deadline, not never.
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FetchError("deadline exceeded", retryable=True)
-            if conn.sock is not None:
-                conn.sock.settimeout(min(remaining, self.config.socket_timeout_s))
-            try:
-                chunk = response.read1(CHUNK_BYTES)
-            except TimeoutError as err:
-                reason = "deadline exceeded" if time.monotonic() >= deadline else "timeout"
-                raise FetchError(reason, retryable=True) from err
+            # Every socket read is armed with what is left of the deadline (DeadlineSocket),
+            # so a body that drips forever ends at the deadline, not never.
+            if deadline.passed():
+                raise FetchError(deadline.reason, retryable=True)
+            chunk = response.read1(CHUNK_BYTES)
             if not chunk:
                 break
             total += len(chunk)
@@ -336,8 +301,35 @@ class Fetcher:
             raise FetchError("empty body")
         return b"".join(chunks)
 
-    def _remaining(self, deadline: float) -> float:
-        return max(0.001, min(deadline - time.monotonic(), self.config.socket_timeout_s))
+
+def transport_error(err: Exception, deadline: Deadline) -> FetchError:
+    """A short reason for what went wrong below HTTP, or in parsing it."""
+    if isinstance(err, DeadlineExceeded) or (isinstance(err, TimeoutError) and deadline.passed()):
+        return FetchError(deadline.reason, retryable=True)
+    if isinstance(err, TimeoutError):
+        return FetchError("timeout", retryable=True)  # one operation stalled; time was left
+    if isinstance(err, socket.gaierror):
+        return FetchError("dns failure", retryable=True)
+    if isinstance(err, (http.client.RemoteDisconnected, BrokenPipeError)):
+        return FetchError("connection closed", retryable=True)
+    if isinstance(err, ConnectionResetError):
+        return FetchError("connection reset", retryable=True)
+    if isinstance(err, ConnectionRefusedError):
+        return FetchError("connection refused", retryable=True)
+    if isinstance(err, http.client.IncompleteRead):
+        return FetchError("incomplete body", retryable=True)
+    if isinstance(err, ssl.SSLError):
+        return FetchError("tls error")
+    # http.client's own caps: 64 KiB per status or header line, 100 header lines.
+    if isinstance(err, http.client.LineTooLong):
+        return FetchError("headers too large")
+    if isinstance(err, http.client.HTTPException) and "more than" in str(err):
+        return FetchError("too many headers")
+    if isinstance(err, http.client.HTTPException):
+        return FetchError("bad http response")
+    if isinstance(err, OSError):
+        return FetchError("network error", retryable=True)
+    raise err
 
 
 def parse_retry_after(value: str | None) -> float | None:

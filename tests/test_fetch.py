@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.config import FetchConfig
 from pipeline.fetch import DomainThrottle, Fetcher, parse_retry_after, robots_disallows
+from tests import phase_faults
 from tests.hostile_web import EXPECTED, PRIVATE_URL, HostileWeb
 
 LOOPBACK = ["127.0.0.0/8"]
@@ -142,23 +143,27 @@ def test_stage_survives_the_hostile_web(tmp_path, spark):
     from pipeline.config import PipelineConfig
     from pipeline.stage import build_shard_set
 
-    with HostileWeb() as web:
+    with HostileWeb() as web, phase_faults.PhaseFaults(tmp_path) as faults:
         urls = web.urls()
+        phase_urls = faults.urls()
         config = PipelineConfig(output_dir=str(tmp_path / "shards"))
         config.download.image_size = 32
         config.download.samples_per_shard = 8
         config.download.threads = 4
         config.download.max_pixels = 10_000_000
-        config.fetch = quick_fetch()
-        meta = _metadata(tmp_path / "hostile.parquet", list(urls))
+        # A per-operation timeout longer than the deadline: only the deadline ends a stall.
+        config.fetch = quick_fetch(socket_timeout_s=5.0, ca_file=faults.ca_file)
+        meta = _metadata(tmp_path / "hostile.parquet", list(urls) + list(phase_urls))
         manifest = build_shard_set(spark, config, [([meta], "parquet")])
         requests = {path: list(times) for path, times in web.requests.items()}
 
     out = tmp_path / "shards"
     rows = pd.concat([pd.read_parquet(p) for p in sorted(out.glob("*.parquet"))])
     columns = zip(rows["url"], rows["status"], rows["error_message"], strict=True)
-    outcome = {urls[u]: (s, e) for u, s, e in columns}
-    assert len(rows) == len(urls)
+    outcome = {(urls | phase_urls)[u]: (s, e) for u, s, e in columns}
+    assert len(rows) == len(urls) + len(phase_urls)
+    for behaviour, (_, status, reason) in phase_faults.EXPECTED.items():
+        assert outcome.pop(behaviour) == (status, reason), behaviour
     assert outcome.pop("private") == ("failed_to_download", "blocked: non-public address")
     for path, (status, reason) in EXPECTED.items():
         got_status, got_reason = outcome[path]
@@ -171,9 +176,10 @@ def test_stage_survives_the_hostile_web(tmp_path, spark):
     counts = manifest["counts"]
     dl = counts["download"]
     succeeded = sum(1 for s, _ in EXPECTED.values() if s == "success")
+    succeeded += sum(1 for _, s, _ in phase_faults.EXPECTED.values() if s == "success")
     assert (
         counts["rows_in"]
-        == len(urls)
+        == len(urls) + len(phase_urls)
         == counts["kept"] + dl["failed_to_download"] + dl["failed_to_resize"]
     )
     assert counts["kept"] == succeeded

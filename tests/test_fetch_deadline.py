@@ -1,0 +1,123 @@
+"""One deadline per attempt, whatever phase the server stalls in (and the shard's budget).
+
+Every fault here would hold a per-operation timeout forever (trickles) or past the deadline
+(silence, with the per-operation timeout set longer than the deadline on purpose), so a pass
+means the deadline itself ended the attempt.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pipeline.config import FetchConfig
+from pipeline.deadline_net import Resolver
+from pipeline.fetch import Fetcher
+from tests.hostile_web import HostileWeb
+from tests.phase_faults import EXPECTED, PhaseFaults, never_answering_lookup, timed
+
+DEADLINE_S = 2.0
+SLACK_S = 1.0  # the goal: no attempt outlives its deadline by more than this
+
+
+def strict_fetch(**overrides) -> FetchConfig:
+    config = FetchConfig(
+        deadline_s=DEADLINE_S,
+        socket_timeout_s=60.0,  # longer than the deadline: only the deadline can end a stall
+        retries=0,
+        allowed_networks=["127.0.0.0/8"],
+        max_bytes=1 << 20,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    with PhaseFaults(tmp_path_factory.mktemp("tls")) as servers:
+        yield servers
+
+
+@pytest.mark.parametrize("behaviour", sorted(EXPECTED))
+def test_every_phase_fault_ends_within_the_deadline(faults, behaviour):
+    url = {name: url for url, name in faults.urls().items()}[behaviour]
+    fetcher = Fetcher(strict_fetch(ca_file=faults.ca_file))
+    result, elapsed = timed(lambda: fetcher.fetch(url))
+    _, status, reason = EXPECTED[behaviour]
+    assert elapsed <= DEADLINE_S + SLACK_S, (behaviour, elapsed, result.error)
+    if status == "success":
+        assert result.data is not None and result.error is None
+    else:
+        assert result.data is None and result.error == reason, (behaviour, result.error)
+
+
+def test_trust_comes_from_the_config(faults):
+    url = {name: url for url, name in faults.urls().items()}["tls-ok"]
+    assert Fetcher(strict_fetch()).fetch(url).error == "tls error"  # system store only
+    assert Fetcher(strict_fetch(ca_file=faults.ca_file)).fetch(url).data is not None
+
+
+def test_a_resolver_that_never_answers_ends_at_the_deadline():
+    release = threading.Event()
+    resolver = Resolver(lookup=never_answering_lookup(release))
+    try:
+        fetcher = Fetcher(strict_fetch(), resolver=resolver)
+        result, elapsed = timed(lambda: fetcher.fetch("http://images.example.com/a.jpg"))
+    finally:
+        release.set()
+    assert result.error == "deadline exceeded" and result.retryable
+    assert DEADLINE_S - 0.1 <= elapsed <= DEADLINE_S + SLACK_S
+
+
+def test_stuck_lookups_hold_a_bounded_number_of_threads():
+    release = threading.Event()
+    resolver = Resolver(lookup=never_answering_lookup(release), max_pending=2)
+    fetcher = Fetcher(strict_fetch(deadline_s=0.3), resolver=resolver)
+    before = threading.active_count()
+    try:
+        for i in range(6):
+            assert fetcher.fetch(f"http://host{i}.example.com/").error == "deadline exceeded"
+        assert threading.active_count() - before <= 2
+    finally:
+        release.set()
+
+
+def test_answers_are_cached_and_failures_are_not():
+    calls = []
+
+    def lookup(host, port, **_):
+        calls.append(host)
+        return [(2, 1, 6, "", ("127.0.0.1", port))]
+
+    now = [0.0]
+    resolver = Resolver(lookup=lookup, cache_s=10, clock=lambda: now[0])
+    from pipeline.deadline_net import Deadline
+
+    deadline = Deadline.within(5, 5)
+    assert resolver.addresses("a.example", 80, deadline) == ["127.0.0.1"]
+    assert resolver.addresses("a.example", 80, deadline) == ["127.0.0.1"]
+    now[0] = 11.0
+    resolver.addresses("a.example", 80, deadline)
+    assert calls == ["a.example", "a.example"]
+
+
+def test_the_shard_budget_ends_a_request_in_flight():
+    with HostileWeb() as web:
+        fetcher = Fetcher(strict_fetch(deadline_s=30.0))
+        stop_at = time.monotonic() + 1.0
+        result, elapsed = timed(lambda: fetcher.fetch(web.base_url + "/drip", stop_at))
+    assert result.error == "shard deadline exceeded" and result.retryable
+    assert elapsed <= 1.0 + SLACK_S
+
+
+def test_retries_never_outlive_the_shard_budget(faults):
+    url = {name: url for url, name in faults.urls().items()}["trickled-headers"]
+    fetcher = Fetcher(strict_fetch(retries=5, backoff_base_s=0.01))
+    stop_at = time.monotonic() + 3.0
+    result, elapsed = timed(lambda: fetcher.fetch(url, stop_at))
+    # two full attempts fit (2 s each would not): the second is cut by the budget
+    assert result.error == "shard deadline exceeded" and result.attempts == 2
+    assert elapsed <= 3.0 + SLACK_S
