@@ -12,16 +12,21 @@ Build a webdataset shard set from image-text metadata, on Spark.
 
 Steps: read metadata (LAION-400M parquet schema, or csv/json with URL and TEXT columns) →
 rule filters (caption length …) → exact dedup on (URL, TEXT) → URL list → download, one Spark
-task per shard (img2dataset's sharding, resizer and writer; our fetch step: a wall-clock
-deadline per request, backoff on 429/5xx honouring Retry-After, a per-domain rate limit, the
-X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap) → a final pass re-fetching samples
-that failed retryably → sizes.json and manifest.json (written last). Optional: decontamination
+task per shard (img2dataset's sharding, resizer and writer; our fetch step: one wall-clock
+deadline per attempt over every phase — DNS, connect, TLS, headers, body, redirects —, backoff on
+429/5xx honouring Retry-After, a per-site interval that holds for the whole cluster
+(fetch.per_domain_interval_s), the X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap; a
+shard budget, download.shard_deadline_s, that ends requests in flight) → a final pass
+re-fetching samples that failed retryably → sizes.json and manifest.json (written last). While
+it downloads, the driver prints samples done, images/s, success rate and the top failure
+reasons every download.progress_interval_s. Optional: decontamination
 against evaluation images (decontamination.sources), and a CLIP-score filter into a new shard set
 (clip_score.enabled=true clip_score.checkpoint=CKPT clip_score.top_percent=50).
 
 Writes into output_dir: {shard:05d}.tar (KEY.jpg, KEY.txt, KEY.json), {shard}.parquet (every
 sample with its status and failure reason), {shard}_stats.json (written last per shard: its
-commit marker), sizes.json, manifest.json, report.html; _work/ holds the URL list and staging.
+commit marker), sizes.json, manifest.json, report.html; _work/ holds the URL list (with its
+domain_spread.json), staging and the tasks' progress files.
 A rerun keeps finished shards and redoes unfinished ones. Private, loopback and link-local
 addresses are refused unless listed in fetch.allowed_networks (the demo allows 127.0.0.0/8).
 

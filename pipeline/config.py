@@ -86,6 +86,8 @@ class DownloadConfig:
     # so one pathological shard cannot hold a whole Spark job.
     shard_deadline_s: float = 3600.0
     retry_pass: bool = True  # after all shards, re-fetch samples that failed retryably
+    # Each task publishes its counts this often; the driver prints the sum just as often.
+    progress_interval_s: float = 10.0
 
 
 @dataclass

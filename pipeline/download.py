@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import fsspec
 import pyarrow.parquet as pq
@@ -20,7 +21,14 @@ from pyspark.sql import SparkSession
 from flipcommon.storage import url_join
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.manifest import read_shard_stats
-from pipeline.shard_download import BlocklistRef, ShardDownloader, ShardRetrier, staging_root
+from pipeline.progress import DownloadProgress
+from pipeline.shard_download import (
+    BlocklistRef,
+    ShardDownloader,
+    ShardRetrier,
+    SitePacing,
+    staging_root,
+)
 from pipeline.url_shards import URL_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -37,7 +45,9 @@ def download_shards(
     download: DownloadConfig,
     fetch: FetchConfig,
     blocklist: BlocklistRef | None = None,
-) -> None:
+) -> dict[str, Any]:
+    """Download every shard not done yet, then the final retry pass; returns the run's
+    progress summary (``pipeline.progress``)."""
     fs, root = fsspec.core.url_to_fs(output_dir)
     fs.makedirs(root, exist_ok=True)
     # What an interrupted run left half-written; committed shards are never in here.
@@ -59,33 +69,39 @@ def download_shards(
         done,
         feather_dir,
     )
-    downloader = ShardDownloader(output_dir, download, fetch, OOM_SHARD_COUNT, blocklist)
+    spark = SparkSession.getActiveSession()
+    # The most shard tasks that can run at once: a domain's shards beyond that never overlap.
+    pacing = SitePacing(url_list, max(download.processes, spark.sparkContext.defaultParallelism))
+    downloader = ShardDownloader(output_dir, download, fetch, OOM_SHARD_COUNT, blocklist, pacing)
     log.info("downloading (%d shards already done)", len(done))
-    pyspark_distributor(download.processes, downloader, reader, SUBJOB_SHARDS, MAX_SHARD_RETRY)
-    missing = expected_shards(reader, download.samples_per_shard) - len(
-        read_shard_stats(output_dir)
-    )
+    shards, rows = url_list_size(reader, download.samples_per_shard)
+    to_do = rows - sum(int(s["count"]) for s in read_shard_stats(output_dir).values())
+    with DownloadProgress(output_dir, to_do, download.progress_interval_s) as progress:
+        pyspark_distributor(download.processes, downloader, reader, SUBJOB_SHARDS, MAX_SHARD_RETRY)
+    missing = shards - len(read_shard_stats(output_dir))
     if missing:
         raise IncompleteDownloadError(
             f"{missing} shard(s) failed twice (see the executor logs for the traceback); "
             "run the stage again: finished shards are kept, these are redone"
         )
     if download.retry_pass:
-        retry_failed_samples(output_dir, download, fetch, blocklist)
+        retry_failed_samples(output_dir, download, fetch, blocklist, pacing)
+    return progress.summary()
 
 
 class IncompleteDownloadError(RuntimeError):
     pass
 
 
-def expected_shards(reader: Reader, samples_per_shard: int) -> int:
-    """Shards the Reader cuts from the URL list (per file, as it does), from parquet footers."""
-    total = 0
+def url_list_size(reader: Reader, samples_per_shard: int) -> tuple[int, int]:
+    """(shards the Reader cuts from the URL list, per file as it does; rows), from footers."""
+    shards = total = 0
     for path in reader.input_files:
         with reader.fs.open(path, "rb") as handle:
             rows = pq.ParquetFile(handle).metadata.num_rows
-        total += math.ceil(rows / samples_per_shard)
-    return total
+        shards += math.ceil(rows / samples_per_shard)
+        total += rows
+    return shards, total
 
 
 def retry_failed_samples(
@@ -93,6 +109,7 @@ def retry_failed_samples(
     download: DownloadConfig,
     fetch: FetchConfig,
     blocklist: BlocklistRef | None = None,
+    pacing: SitePacing | None = None,
 ) -> None:
     """Re-fetch, once, every sample that failed with a retryable error, shard by shard."""
     pending = [
@@ -104,7 +121,7 @@ def retry_failed_samples(
         return
     log.info("final pass: retrying failed samples of %d shards", len(pending))
     spark = SparkSession.getActiveSession()
-    retrier = ShardRetrier(output_dir, download, fetch, blocklist)
+    retrier = ShardRetrier(output_dir, download, fetch, blocklist, pacing)
     results = []
     for start in range(0, len(pending), SUBJOB_SHARDS):
         batch = pending[start : start + SUBJOB_SHARDS]

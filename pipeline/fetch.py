@@ -10,7 +10,8 @@ and follows redirects to any address. This module replaces that step only:
   ended early by the shard's budget; caps on body bytes and (http.client's) on header lines;
 - retries with exponential backoff (jittered) on 408/429/5xx and transport errors, honouring
   Retry-After, which also pauses the whole domain for this task;
-- a per-domain minimum interval between requests (per download task);
+- a per-site minimum interval between requests, kept cluster-wide with the URL list's domain
+  spread (``pipeline.domains``);
 - an SSRF guard: the host is resolved once, every resolved address must be public (or inside an
   allowed network), and the connection goes to that checked address, so DNS cannot change it
   between check and use; every redirect hop is checked the same way;
@@ -29,7 +30,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from urllib.parse import urljoin, urlsplit
@@ -43,6 +44,7 @@ from pipeline.deadline_net import (
     tls_context,
     wrap_tls,
 )
+from pipeline.domains import domain_of_url
 
 CHUNK_BYTES = 64 * 1024
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -89,28 +91,37 @@ def is_retryable(reason: str | None) -> bool:
 
 
 class DomainThrottle:
-    """A minimum interval between requests to one host, shared by a task's threads."""
+    """A minimum interval between requests to one site (registrable domain), shared by a
+    task's threads. A domain whose URLs span ``spread[domain]`` shards is paced that many
+    times slower, so all of its shards together keep to ``interval_s``."""
 
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        interval_s: float,
+        spread: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.interval_s = interval_s
+        self.spread = spread or {}
         self._clock = clock
         self._next_free: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def reserve(self, host: str) -> float:
-        """Book the next slot for ``host``; return how long to wait for it."""
+    def reserve(self, domain: str) -> float:
+        """Book the next slot for ``domain``; return how long to wait for it."""
+        interval = self.interval_s * self.spread.get(domain, 1)
         with self._lock:
             now = self._clock()
-            slot = max(now, self._next_free.get(host, 0.0))
-            self._next_free[host] = slot + self.interval_s
+            slot = max(now, self._next_free.get(domain, 0.0))
+            self._next_free[domain] = slot + interval
             return slot - now
 
-    def pause(self, host: str, seconds: float) -> None:
-        """The host asked us to come back later (Retry-After): nobody in this task calls it
+    def pause(self, domain: str, seconds: float) -> None:
+        """The site asked us to come back later (Retry-After): nobody in this task calls it
         before then."""
         with self._lock:
             until = self._clock() + seconds
-            self._next_free[host] = max(self._next_free.get(host, 0.0), until)
+            self._next_free[domain] = max(self._next_free.get(domain, 0.0), until)
 
 
 @dataclass
@@ -163,12 +174,13 @@ class Fetcher:
         config: FetchConfig,
         sleep: Callable[[float], None] = time.sleep,
         resolver: Resolver | None = None,
+        spread: Mapping[str, int] | None = None,
     ):
         self.config = config
         self.guard = AddressGuard(list(config.allowed_networks))
         self.resolver = resolver or Resolver(cache_s=config.dns_cache_s)
         self.tls = tls_context(config.ca_file)
-        self.throttle = DomainThrottle(config.per_domain_interval_s)
+        self.throttle = DomainThrottle(config.per_domain_interval_s, spread)
         self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
         self.ua_token = config.user_agent_token.strip().lower()
         self.user_agent = f"{BROWSER_UA} (compatible; {config.user_agent_token})"
@@ -200,7 +212,7 @@ class Fetcher:
 
     def _attempt(self, url: str, stop_at: float) -> bytes:
         # Waiting for the domain's turn is queueing, not the request: the deadline starts after.
-        self._wait_turn(urlsplit(url).hostname or "", stop_at, "shard deadline exceeded")
+        self._wait_turn(domain_of_url(url), stop_at, "shard deadline exceeded")
         deadline = Deadline.within(self.config.deadline_s, self.config.socket_timeout_s, stop_at)
         seen: set[str] = set()
         for hop in range(self.config.max_redirects + 1):
@@ -208,7 +220,7 @@ class Fetcher:
                 raise FetchError("redirect loop")
             seen.add(url)
             if hop:
-                self._wait_turn(urlsplit(url).hostname or "", deadline.at, deadline.reason)
+                self._wait_turn(domain_of_url(url), deadline.at, deadline.reason)
             outcome = self._request(url, deadline)
             if isinstance(outcome, bytes):
                 return outcome
@@ -249,7 +261,7 @@ class Fetcher:
                 headers={"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.5"},
             )
             response = conn.getresponse()
-            return self._handle(url, host, response, deadline)
+            return self._handle(url, response, deadline)
         except FetchError:
             raise
         except Exception as err:  # noqa: BLE001 - every transport failure gets a reason
@@ -259,7 +271,7 @@ class Fetcher:
                 conn.close()
 
     def _handle(
-        self, url: str, host: str, response: http.client.HTTPResponse, deadline: Deadline
+        self, url: str, response: http.client.HTTPResponse, deadline: Deadline
     ) -> bytes | str:
         status = response.status
         if status in REDIRECT_STATUS:
@@ -270,7 +282,8 @@ class Fetcher:
         if status != 200:
             retry_after = parse_retry_after(response.getheader("Retry-After"))
             if retry_after is not None:
-                self.throttle.pause(host, min(retry_after, self.config.max_retry_after_s))
+                pause = min(retry_after, self.config.max_retry_after_s)
+                self.throttle.pause(domain_of_url(url), pause)
             raise FetchError(f"http {status}", status in RETRYABLE_STATUS, retry_after)
         if self.directives and robots_disallows(response.headers, self.ua_token, self.directives):
             raise FetchError("X-Robots-Tag disallows use")

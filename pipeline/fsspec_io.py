@@ -104,16 +104,28 @@ def arrow_schema(schema: T.StructType) -> pa.Schema:
     return pa.schema([(f.name, ARROW_TYPES[f.dataType]) for f in schema.fields])
 
 
+def reset_folder(url: str) -> None:
+    """An empty folder at ``url``, replacing what was there."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    fs.makedirs(root, exist_ok=True)
+
+
+def write_part(url: str, index: int, table: pa.Table) -> None:
+    """``part-NNNNN.parquet`` under ``url``, atomically (names sort in partition order)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(url_join(url, f"part-{index:05d}.parquet"), buffer.getvalue())
+
+
 def write_parquet_parts(df: DataFrame, url: str) -> int:
     """Write each partition of ``df`` as ``part-NNNNN.parquet`` under ``url`` (replacing what
     was there), in partition order, each file atomic. Returns the number of files written.
 
     Partitions arrive as Arrow record batches (``mapInArrow``), so rows never become Python
     objects on the executors."""
-    fs, root = fsspec.core.url_to_fs(url)
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-    fs.makedirs(root, exist_ok=True)
+    reset_folder(url)
     schema = arrow_schema(df.schema)
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -123,10 +135,7 @@ def write_parquet_parts(df: DataFrame, url: str) -> int:
         if not received or not sum(b.num_rows for b in received):
             return
         table = pa.Table.from_batches(received).cast(schema)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        index = TaskContext.get().partitionId()
-        write_bytes_atomic(url_join(url, f"part-{index:05d}.parquet"), buffer.getvalue())
+        write_part(url, TaskContext.get().partitionId(), table)
         yield pa.RecordBatch.from_pydict({"files": [1]})
 
     written = df.mapInArrow(write, "files long").collect()

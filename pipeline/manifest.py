@@ -98,9 +98,14 @@ def write_manifest(
     counts: dict[str, Any],
     parameters: dict[str, Any],
     sources: list[str],
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``run``: the download's progress summary (throughput, success rate, top failures and
+    timeline of this run; a resumed run's covers only the shards it downloaded)."""
     stats = read_shard_stats(output_dir)
     counts = {**counts, "download": download_summary(stats)}
+    if run is not None:
+        counts["download"]["run"] = run
     reconcile(counts)
     from pipeline.report import write_report  # matplotlib only when a set is closed
 

@@ -80,6 +80,26 @@ def _bar_png(labels: list[str], values: list[float], title: str, xlabel: str) ->
     return buffer.getvalue()
 
 
+def _throughput_png(timeline: list[list[float]]) -> bytes:
+    """Images kept per second between the download's progress snapshots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    times = np.array([p[0] for p in timeline], float)
+    kept = np.array([p[2] for p in timeline], float)
+    rates = np.diff(kept) / np.maximum(np.diff(times), 1e-9)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(times[1:], rates, color="tab:blue")
+    ax.set_title("Download throughput (images kept per second)")
+    ax.set_xlabel("seconds since the download started")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
@@ -106,6 +126,9 @@ def render_html(stats: ShardSetStats, counts: dict[str, Any]) -> str:
             shard_names, [stats.per_shard[s] for s in shard_names], "Samples per shard", "shard"
         ),
     ]
+    timeline = (counts.get("download") or {}).get("run", {}).get("timeline") or []
+    if len(timeline) >= 2:
+        plots.append(_throughput_png(timeline))
     return "\n".join(
         [
             "<!doctype html><html><head><meta charset='utf-8'><title>Shard set report</title>",

@@ -36,8 +36,10 @@ from img2dataset.writer import WebDatasetSampleWriter
 from flipcommon.storage import url_join, write_json_atomic
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
+from pipeline.domains import interleave_by_domain, load_spread
 from pipeline.fetch import Fetcher, FetchResult, is_retryable
 from pipeline.image_header import declared_size
+from pipeline.progress import TaskProgress
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +149,29 @@ def failure(status: str, reason: str | None, retryable: bool = False) -> dict[st
 
 
 @dataclass(frozen=True)
+class SitePacing:
+    """Where the URL list's domain spread is, and how many tasks may run at once: a domain is
+    paced at ``per_domain_interval_s × min(spread, concurrency)`` per task."""
+
+    url_list: str | None = None
+    concurrency: int = 1
+
+    def multipliers(self) -> dict[str, int]:
+        spread = load_spread(self.url_list) if self.url_list else {}
+        return {domain: min(k, self.concurrency) for domain, k in spread.items()}
+
+
+@dataclass(frozen=True)
 class BlocklistRef:
     url: str
     max_distance: int
 
 
 def make_processor(
-    download: DownloadConfig, fetch: FetchConfig, blocklist: BlocklistRef | None = None
+    download: DownloadConfig,
+    fetch: FetchConfig,
+    blocklist: BlocklistRef | None = None,
+    pacing: SitePacing | None = None,
 ) -> SampleProcessor:
     resizer = Resizer(
         image_size=download.image_size,
@@ -163,7 +181,8 @@ def make_processor(
         encode_format=ENCODE_FORMAT,
     )
     loaded = load_blocklist(blocklist.url, blocklist.max_distance) if blocklist else None
-    return SampleProcessor(Fetcher(fetch), resizer, download.max_pixels, loaded)
+    spread = pacing.multipliers() if pacing else {}
+    return SampleProcessor(Fetcher(fetch, spread=spread), resizer, download.max_pixels, loaded)
 
 
 def process_all(
@@ -174,14 +193,16 @@ def process_all(
 ) -> Iterator[tuple[int, bytes | None, dict[str, Any]]]:
     """(index, image, result) for every (index, url), in completion order.
 
-    At most ``2 × threads`` results wait to be written (memory stays flat). URLs not started by
-    ``stop_at`` come out as retryable ``shard deadline exceeded`` failures.
+    URLs start round-robin over their sites. At most ``2 × threads`` results wait to be
+    written (memory stays flat). Requests still in flight at ``stop_at`` end then (their
+    deadline is cut to it), and URLs not started by then: all come out as retryable
+    ``shard deadline exceeded`` failures.
     """
     in_flight = Semaphore(threads * 2)
     started: set[int] = set()
 
     def feed() -> Iterator[tuple[int, str]]:
-        for index, url in urls:
+        for index, url in interleave_by_domain(urls):
             in_flight.acquire()
             if time.monotonic() >= stop_at:
                 in_flight.release()
@@ -287,12 +308,14 @@ class ShardDownloader:
         fetch: FetchConfig,
         oom_shard_count: int,
         blocklist: BlocklistRef | None = None,
+        pacing: SitePacing | None = None,
     ):
         self.output_dir = output_dir
         self.download = download
         self.fetch = fetch
         self.oom_shard_count = oom_shard_count
         self.blocklist = blocklist
+        self.pacing = pacing
 
     def __call__(self, row: tuple[int, str]) -> tuple[bool, tuple[int, str]]:
         try:
@@ -312,13 +335,16 @@ class ShardDownloader:
             self.output_dir, shard_id, self.oom_shard_count, result_schema(table.schema)
         )
         digits = math.ceil(math.log10(self.download.samples_per_shard))
-        processor = make_processor(self.download, self.fetch, self.blocklist)
+        processor = make_processor(self.download, self.fetch, self.blocklist, self.pacing)
         stop_at = time.monotonic() + self.download.shard_deadline_s
         urls = [(index, row["url"]) for index, row in enumerate(rows)]
+        progress = TaskProgress(self.output_dir, writer.name, self.download.progress_interval_s)
         for index, image, result in process_all(urls, processor, self.download.threads, stop_at):
             key = compute_key(index, shard_id, digits, self.oom_shard_count)
             writer.write(image, {**rows[index], "key": key, **result})
+            progress.update(writer.counts, writer.status)
         stats = writer.commit(start_time)
+        progress.update(writer.counts, writer.status, done=True)
         fs.rm(arrow_path)
         return stats
 
@@ -336,11 +362,13 @@ class ShardRetrier:
         download: DownloadConfig,
         fetch: FetchConfig,
         blocklist: BlocklistRef | None = None,
+        pacing: SitePacing | None = None,
     ):
         self.output_dir = output_dir
         self.download = download
         self.fetch = fetch
         self.blocklist = blocklist
+        self.pacing = pacing
 
     def __call__(self, name: str) -> dict[str, Any]:
         start_time = time.time()
@@ -353,7 +381,7 @@ class ShardRetrier:
             for i, r in enumerate(rows)
             if r["status"] != "success" and (r.get("retryable") or is_retryable(r["error_message"]))
         ]
-        processor = make_processor(self.download, self.fetch, self.blocklist)
+        processor = make_processor(self.download, self.fetch, self.blocklist, self.pacing)
         stop_at = time.monotonic() + self.download.shard_deadline_s
         fresh = {
             i: (image, result)

@@ -105,7 +105,9 @@ def build_shard_set(
         # Built once per shard set, so shards done before a restart saw the same list.
         if not exists(blocklist.url):
             build_blocklist(spark, list(config.decontamination.sources), blocklist.url)
-    download_shards(url_list, config.output_dir, config.download, config.fetch, blocklist)
+    run_summary = download_shards(
+        url_list, config.output_dir, config.download, config.fetch, blocklist
+    )
     counts = {
         "rows_in": rows_in,
         "filters": drops,
@@ -119,6 +121,6 @@ def build_shard_set(
         "fetch": asdict(config.fetch),
         "decontamination": asdict(config.decontamination),
     }
-    result = manifest.write_manifest(config.output_dir, counts, parameters, sources)
+    result = manifest.write_manifest(config.output_dir, counts, parameters, sources, run_summary)
     log.info("shard set complete: %s", result["counts"])
     return result

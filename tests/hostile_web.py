@@ -67,17 +67,18 @@ def png_bomb(side: int) -> bytes:
 
 
 class HostileWeb:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.requests: dict[str, list[float]] = defaultdict(list)
         self.files: dict[str, bytes] = {}  # served as-is under /file/NAME
         self._lock = threading.Lock()
         self._bomb = png_bomb(BOMB_SIDE)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer((host, 0), self._handler())
         self._server.daemon_threads = True
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
 
     def urls(self) -> dict[str, str]:
         return {self.base_url + path: path for path in EXPECTED} | {PRIVATE_URL: "private"}

@@ -1,0 +1,154 @@
+"""Live progress of a download: each task publishes its counts, the driver sums and prints them.
+
+Spark's accumulators reach the driver only when a task ends, and a shard task runs for many
+minutes, so each task instead rewrites a small JSON file under ``_work/progress/`` every few
+seconds (any fsspec storage; one file per shard, rewritten in place). A thread on the driver
+lists that folder on the same period, reads only the files that changed, and logs one line:
+samples done, images/s, success rate and the top failure reasons so far. Its summary, with a
+thinned timeline, goes into the manifest and the report.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import fsspec
+
+from flipcommon.storage import url_join, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+TOP_REASONS = 5
+TIMELINE_POINTS = 120  # kept in the manifest: enough for a plot, small at any run length
+
+
+def progress_dir(output_dir: str) -> str:
+    return url_join(output_dir, "_work", "progress")
+
+
+class TaskProgress:
+    """A shard task's side: its counts so far, written at most every ``interval_s``."""
+
+    def __init__(self, output_dir: str, name: str, interval_s: float):
+        self.url = url_join(progress_dir(output_dir), f"{name}.json")
+        self.interval_s = interval_s
+        self._last = float("-inf")
+
+    def update(self, counts: dict[str, int], reasons: Any, done: bool = False) -> None:
+        """``reasons``: the shard's counter of outcomes (``dump()`` → reason: count), read
+        only when a write is due."""
+        now = time.monotonic()
+        if not done and now - self._last < self.interval_s:
+            return
+        self._last = now
+        failures = {r: n for r, n in reasons.dump().items() if r != "success"}
+        record = {"count": counts["count"], "successes": counts["successes"]}
+        record |= {"reasons": failures, "done": done, "updated": time.time()}
+        try:
+            write_json_atomic(self.url, record)
+        except OSError as err:  # progress is advisory: never fail a shard over it
+            log.warning("progress of %s not written: %s", self.url, err)
+
+
+def _change_token(info: dict[str, Any]) -> Any:
+    """What tells a file's new version from its old one, on local disk or an object store."""
+    return (info.get("mtime"), info.get("LastModified"), info.get("ETag"), info.get("size"))
+
+
+class DownloadProgress:
+    """The driver's side: ``with DownloadProgress(output_dir, total, interval_s):`` logs a
+    line every ``interval_s``; ``summary()`` after the block gives the run's figures."""
+
+    def __init__(self, output_dir: str, total: int, interval_s: float):
+        self.folder = progress_dir(output_dir)
+        self.total = total
+        self.interval_s = interval_s
+        self._shards: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, Any] = {}
+        self._timeline: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="download-progress", daemon=True)
+        self._start = 0.0
+
+    def __enter__(self) -> DownloadProgress:
+        fs, root = fsspec.core.url_to_fs(self.folder)
+        if fs.exists(root):  # a previous run's files would count twice
+            fs.rm(root, recursive=True)
+        fs.makedirs(root, exist_ok=True)
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+        log.info("download: %s", self.line())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+                log.info("download: %s", self.line())
+            except Exception as err:  # noqa: BLE001 - a flaky listing must not stop the job
+                log.warning("download progress unavailable: %s", err)
+
+    def poll(self) -> None:
+        """Read the task files that changed since the last poll."""
+        fs, root = fsspec.core.url_to_fs(self.folder)
+        fs.invalidate_cache(root)
+        for info in fs.ls(root, detail=True):
+            name = info["name"].rsplit("/", 1)[-1]
+            token = _change_token(info)
+            if not name.endswith(".json") or self._seen.get(name) == token:
+                continue
+            try:
+                with fs.open(info["name"], "r") as handle:
+                    self._shards[name] = json.load(handle)
+                self._seen[name] = token
+            except (OSError, ValueError):
+                continue  # replaced while read: next poll
+        done, ok = self.totals()[:2]
+        self._timeline.append((time.monotonic() - self._start, done, ok))
+
+    def totals(self) -> tuple[int, int, collections.Counter]:
+        reasons: collections.Counter = collections.Counter()
+        for shard in self._shards.values():
+            reasons.update(shard.get("reasons", {}))
+        done = sum(s["count"] for s in self._shards.values())
+        ok = sum(s["successes"] for s in self._shards.values())
+        return done, ok, reasons
+
+    def line(self) -> str:
+        done, ok, reasons = self.totals()
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        percent = 100 * done / self.total if self.total else 100.0
+        rate = 100 * ok / done if done else 0.0
+        top = " · ".join(f"{r} {n:,}" for r, n in reasons.most_common(TOP_REASONS)) or "none"
+        finished = sum(1 for s in self._shards.values() if s.get("done"))
+        return (
+            f"{done:,}/{self.total:,} samples ({percent:.1f}%), {ok / elapsed:,.1f} images/s, "
+            f"{rate:.1f}% ok, {finished} shard(s) done; top failures: {top}"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        done, ok, reasons = self.totals()
+        seconds = self._timeline[-1][0] if self._timeline else 0.0
+        step = max(1, len(self._timeline) // TIMELINE_POINTS)
+        points = self._timeline[::step]
+        if self._timeline and points[-1] != self._timeline[-1]:
+            points.append(self._timeline[-1])
+        return {
+            "seconds": round(seconds, 1),
+            "samples": done,
+            "images_per_s": round(ok / seconds, 2) if seconds else 0.0,
+            "success_rate": round(ok / done, 4) if done else 0.0,
+            "top_failures": dict(reasons.most_common(TOP_REASONS)),
+            # (seconds since start, samples done, images kept)
+            "timeline": [[round(t, 1), d, k] for t, d, k in points],
+        }

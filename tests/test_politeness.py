@@ -1,0 +1,157 @@
+"""Politeness across the cluster: a site's URLs in few shards, its pace divided among them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.domains import (
+    SPREAD_FILE,
+    domain_of_url,
+    interleave_by_domain,
+    load_spread,
+    registrable_domain,
+)
+from pipeline.fetch import DomainThrottle
+from pipeline.url_shards import MAX_DOMAIN_SHARE, URL_COLUMNS, write_url_list
+from tests.hostile_web import HostileWeb
+
+
+def test_registrable_domains_from_the_bundled_suffix_list():
+    assert registrable_domain("i.pinimg.com") == "pinimg.com"
+    assert registrable_domain("a.b.example.co.uk") == "example.co.uk"
+    assert registrable_domain("IMG.Example.COM.") == "example.com"
+    assert registrable_domain("127.0.0.2") == "127.0.0.2"
+    assert registrable_domain("localhost") == "localhost"
+    assert domain_of_url("http://[::1]:8080/x.jpg") == "::1"
+    assert domain_of_url("http://cdn1.shop.example.com/a.jpg") == "example.com"
+    assert domain_of_url("not a url") == "" and domain_of_url(None) == ""
+    assert domain_of_url("http://[broken/x") == ""
+
+
+def test_a_shard_starts_round_robin_over_its_sites():
+    items = [(0, "http://a.com/1"), (1, "http://a.com/2"), (2, "http://b.com/1")]
+    items += [(3, "http://x.a.com/3"), (4, "http://c.org/1")]
+    assert [i for i, _ in interleave_by_domain(items)] == [0, 2, 4, 1, 3]
+
+
+def test_a_spread_domain_is_paced_that_many_times_slower():
+    now = [0.0]
+    throttle = DomainThrottle(0.5, {"big.com": 4}, clock=lambda: now[0])
+    assert [throttle.reserve("big.com") for _ in range(3)] == [0.0, 2.0, 4.0]
+    assert [throttle.reserve("small.com") for _ in range(3)] == [0.0, 0.5, 1.0]
+
+
+def _shards_per_domain(url_list: str, samples_per_shard: int) -> dict[str, set]:
+    """Cut the parts as img2dataset's Reader does (files in name order, each in runs of
+    ``samples_per_shard`` rows) and collect the shards each domain lands in."""
+    from pathlib import Path
+
+    shards: dict[str, set] = {}
+    for part in sorted(Path(url_list).glob("*.parquet")):
+        urls = pq.read_table(part, columns=["URL"]).column("URL").to_pylist()
+        for row, url in enumerate(urls):
+            shards.setdefault(domain_of_url(url), set()).add((part.name, row // samples_per_shard))
+    return shards
+
+
+def test_url_list_keeps_sites_together_and_records_their_spread(spark, tmp_path):
+    samples_per_shard = 40
+    sizes = {"big.example.com": 150, "mid.example.org": 30}  # the rest: 60 sites of 1-4 URLs
+    sizes |= {f"img.site{i}.net": 1 + i % 4 for i in range(60)}
+    rows = []
+    for host, n in sizes.items():
+        for i in range(n):
+            rows.append((len(rows), f"http://{host}/{i}.jpg", f"caption {len(rows)}"))
+    frame = pd.DataFrame(rows, columns=["SAMPLE_ID", "URL", "TEXT"])
+    for column in ("LICENSE", "NSFW"):
+        frame[column] = "?"
+    frame["similarity"] = 0.3
+    df = spark.createDataFrame(frame).select(*URL_COLUMNS)
+
+    first = write_url_list(df, str(tmp_path / "a"), len(rows), samples_per_shard)
+    second = write_url_list(df, str(tmp_path / "b"), len(rows), samples_per_shard)
+    shards = _shards_per_domain(first, samples_per_shard)
+    # every row once, no sort or hash column leaking into the files
+    parts = sorted((tmp_path / "a" / "_work" / "urls").glob("*.parquet"))
+    tables = [pq.read_table(p) for p in parts]
+    assert sum(t.num_rows for t in tables) == len(rows)
+    assert all(t.column_names == URL_COLUMNS for t in tables)
+    # deterministic: the same input gives the same files
+    for a, b in zip(
+        sorted((tmp_path / "a").rglob("*.parquet")),
+        sorted((tmp_path / "b").rglob("*.parquet")),
+        strict=True,
+    ):
+        assert pq.read_table(a).equals(pq.read_table(b))
+    assert load_spread(first) == load_spread(second)
+    # small sites sit in one shard, or two where a shard boundary cuts them
+    for i in range(60):
+        assert len(shards[f"site{i}.net"]) <= 2
+    # the big site is cut into runs of a quarter shard, spread, not one shard-filling block
+    run = int(samples_per_shard * MAX_DOMAIN_SHARE)
+    assert len(shards["example.com"]) >= 150 // samples_per_shard + 1
+    assert len(shards["example.com"]) <= 2 * -(-150 // run)
+    # the recorded spread is exactly what the reader's cut gives
+    expected = {domain: len(s) for domain, s in shards.items() if len(s) > 1}
+    assert dict(load_spread(first)) == expected
+    assert (tmp_path / "a" / "_work" / "urls" / SPREAD_FILE).exists()
+
+
+def _max_in_window(times: list[float], window_s: float) -> int:
+    """The most requests in any closed window of ``window_s`` seconds."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] > window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@pytest.mark.timeout(300)
+def test_a_site_gets_at_most_one_request_per_interval_from_all_tasks(spark, tmp_path, caplog):
+    """Three sites on loopback (127.0.0.2-4), their URLs spread over shards that run two at a
+    time; the interval must hold for all tasks together: in any window of T seconds a site sees
+    at most T/I requests, plus one per task running at once (the pacing's phase)."""
+    from pipeline.config import PipelineConfig
+    from pipeline.stage import build_shard_set
+    from tests.test_fetch import _metadata, quick_fetch
+
+    interval, tasks = 0.25, 2
+    with contextlib.ExitStack() as stack:
+        webs = [stack.enter_context(HostileWeb(f"127.0.0.{i}")) for i in (2, 3, 4)]
+        urls = [f"{web.base_url}/ok/{i}.jpg" for web in webs for i in range(24)]
+        config = PipelineConfig(output_dir=str(tmp_path / "shards"))
+        config.download.image_size = 32
+        config.download.samples_per_shard = 12
+        config.download.threads = 8
+        config.download.processes = tasks
+        config.download.progress_interval_s = 1.0
+        config.fetch = quick_fetch(per_domain_interval_s=interval)
+        meta = _metadata(tmp_path / "polite.parquet", urls)
+        with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+            manifest = build_shard_set(spark, config, [([meta], "parquet")])
+        times = [sorted(t for ts in web.requests.values() for t in ts) for web in webs]
+
+    assert manifest["counts"]["kept"] == len(urls)
+    spread = load_spread(str(tmp_path / "shards" / "_work" / "urls"))
+    assert all(spread[f"127.0.0.{i}"] >= tasks for i in (2, 3, 4)), spread
+    for site in times:
+        assert len(site) == 24
+        for window in (1.0, 2.0, 4.0):
+            assert _max_in_window(site, window) <= window / interval + tasks, (window, site)
+
+    # The paced run lasts many seconds: the driver printed progress while it ran, not only at
+    # the end, and the manifest keeps the run's figures.
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
+    partial = [line for line in lines if not line.startswith(f"download: {len(urls)}/")]
+    assert len(partial) >= 2 and "images/s" in partial[-1] and "% ok" in partial[-1], lines
+    assert lines[-1].startswith(f"download: {len(urls)}/{len(urls)} samples (100.0%)"), lines
+    run = manifest["counts"]["download"]["run"]
+    assert run["samples"] == len(urls) and run["success_rate"] == 1.0
+    assert run["images_per_s"] > 0 and len(run["timeline"]) >= 3
