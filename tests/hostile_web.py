@@ -66,13 +66,17 @@ def png_bomb(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # Python's default 5 drops SYNs under a burst of connects
+
+
 class HostileWeb:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.requests: dict[str, list[float]] = defaultdict(list)
         self.files: dict[str, bytes] = {}  # served as-is under /file/NAME
         self._lock = threading.Lock()
         self._bomb = png_bomb(BOMB_SIDE)
-        self._server = ThreadingHTTPServer((host, 0), self._handler())
+        self._server = _Server((host, 0), self._handler())
         self._server.daemon_threads = True
 
     @property

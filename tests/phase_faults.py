@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import trustme
 
@@ -39,6 +40,23 @@ EXPECTED: dict[str, tuple[str, str, str | None]] = {
     "tls-silent-handshake": ("https", "failed_to_download", "deadline exceeded"),
     "tls-trickled-handshake": ("https", "failed_to_download", "deadline exceeded"),
 }
+# Not in the matrix above: trickles at a place and pace the request path chooses
+# (``/trickle?phase=headers&lead=12&gap=0.3``), for randomised tests.
+PARAMETRIC = ("trickle",)
+
+
+def trickle_response(phase: str, lead: int) -> tuple[bytes, int]:
+    """A full response (its body under any byte cap) and the offset at which the ``trickle``
+    behaviour slows to a byte per gap: inside the status line, the headers or the body."""
+    status = b"HTTP/1.1 200 OK\r\n"
+    headers = b"Content-Type: image/jpeg\r\nX-Filler: 0123456789\r\nContent-Length: 500000\r\n\r\n"
+    body = b"\xff" * 500_000
+    start = {
+        "status": lead % len(status),
+        "headers": len(status) + lead % len(headers),
+        "body": len(status) + len(headers) + lead % len(body),
+    }[phase]
+    return status + headers + body, start
 
 
 class PhaseFaults:
@@ -68,10 +86,15 @@ class PhaseFaults:
         return {
             f"{EXPECTED[name][0]}://127.0.0.1:{sock.getsockname()[1]}/{name}.jpg": name
             for name, sock in self._listeners.items()
+            if name in EXPECTED
         }
 
+    def trickle_url(self, phase: str, lead: int, gap_s: float) -> str:
+        port = self._listeners["trickle"].getsockname()[1]
+        return f"http://127.0.0.1:{port}/trickle?phase={phase}&lead={lead}&gap={gap_s}"
+
     def __enter__(self) -> PhaseFaults:
-        for name in EXPECTED:
+        for name in (*EXPECTED, *PARAMETRIC):
             if name == "stalled-connect":
                 self._listeners[name] = self._full_backlog()
                 continue
@@ -116,7 +139,7 @@ class PhaseFaults:
     def _hold(self) -> None:
         self._stop.wait(HOLD_S)
 
-    def _trickle(self, conn: socket.socket, data: bytes, forever: bytes = b"") -> None:
+    def _send_slowly(self, conn: socket.socket, data: bytes, forever: bytes = b"") -> None:
         """Send ``data`` a byte at a time, then repeat ``forever`` the same way."""
         for i in range(len(data)):
             conn.sendall(data[i : i + 1])
@@ -129,15 +152,27 @@ class PhaseFaults:
                     return
 
     @staticmethod
-    def _read_request(conn: socket.socket | ssl.SSLSocket) -> None:
+    def _read_request(conn: socket.socket | ssl.SSLSocket) -> str:
+        """Read the request head; return its target (path and query)."""
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = conn.recv(4096)
             if not chunk:
                 raise ConnectionResetError("client left")
             data += chunk
+        return data.split(b" ", 2)[1].decode()
 
-    # -- behaviours, one per EXPECTED key --------------------------------------------------
+    # -- behaviours, one per EXPECTED key, and the parametric trickle ------------------------
+
+    def _trickle(self, conn: socket.socket) -> None:
+        query = parse_qs(urlsplit(self._read_request(conn)).query)
+        gap = float(query["gap"][0])
+        response, start = trickle_response(query["phase"][0], int(query["lead"][0]))
+        conn.sendall(response[:start])
+        for i in range(start, len(response)):
+            conn.sendall(response[i : i + 1])
+            if self._stop.wait(gap):
+                return
 
     def _silent_after_accept(self, conn: socket.socket) -> None:
         self._hold()
@@ -148,12 +183,12 @@ class PhaseFaults:
 
     def _trickled_status_line(self, conn: socket.socket) -> None:
         self._read_request(conn)
-        self._trickle(conn, b"HTTP/1.1 200 ", forever=b"OK")  # a line that never ends
+        self._send_slowly(conn, b"HTTP/1.1 200 ", forever=b"OK")  # a line that never ends
 
     def _trickled_headers(self, conn: socket.socket) -> None:
         self._read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\n")
-        self._trickle(conn, b"Content-Type: image/jpeg\r\n", forever=b"X-Slow: yes\r\n")
+        self._send_slowly(conn, b"Content-Type: image/jpeg\r\n", forever=b"X-Slow: yes\r\n")
 
     def _thousands_of_headers(self, conn: socket.socket) -> None:
         self._read_request(conn)
@@ -208,13 +243,13 @@ class PhaseFaults:
             except ssl.SSLWantReadError:
                 pending = outgoing.read()
                 if pending:
-                    self._trickle(conn, pending)
+                    self._send_slowly(conn, pending)
                     continue
                 data = conn.recv(4096)
                 if not data:
                     return
                 incoming.write(data)
-        self._trickle(conn, outgoing.read())
+        self._send_slowly(conn, outgoing.read())
 
 
 def never_answering_lookup(release: threading.Event) -> Callable[..., list]:

@@ -11,6 +11,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import FetchConfig
 from pipeline.deadline_net import Resolver
@@ -149,3 +151,19 @@ def test_a_shard_commits_at_its_budget_with_requests_in_flight(tmp_path, faults)
     assert stats["count"] == len(urls) and stats["successes"] == 1
     assert stats["status_dict"]["shard deadline exceeded"] == 11
     assert stats["retryable_failures"] == 11
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    phase=st.sampled_from(["status", "headers", "body"]),
+    lead=st.integers(min_value=0, max_value=100_000),
+    gap_s=st.floats(min_value=0.01, max_value=0.9),
+)
+def test_a_trickle_anywhere_at_any_pace_ends_at_the_deadline(faults, phase, lead, gap_s):
+    deadline_s = 1.0
+    fetcher = Fetcher(strict_fetch(deadline_s=deadline_s))
+    result, elapsed = timed(lambda: fetcher.fetch(faults.trickle_url(phase, lead, gap_s)))
+    assert result.error == "deadline exceeded", (phase, lead, gap_s, result.error)
+    assert elapsed <= deadline_s + SLACK_S, (phase, lead, gap_s, elapsed)
