@@ -42,7 +42,10 @@ def _run(config: PipelineConfig, _args) -> None:
     from pipeline.stage import run  # imported late: --help must not need Spark
 
     manifest = run(config)
-    print(json.dumps(manifest["counts"], indent=2))
+    counts = json.loads(json.dumps(manifest["counts"]))
+    # the progress timeline is for the report's plot, not the console
+    (counts.get("download", {}).get("run") or {}).pop("timeline", None)
+    print(json.dumps(counts, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -102,7 +102,11 @@ class DownloadProgress:
         """Read the task files that changed since the last poll."""
         fs, root = fsspec.core.url_to_fs(self.folder)
         fs.invalidate_cache(root)
-        for info in fs.ls(root, detail=True):
+        try:
+            listing = fs.ls(root, detail=True)
+        except FileNotFoundError:  # an object store has no folder until a task writes in it
+            listing = []
+        for info in listing:
             name = info["name"].rsplit("/", 1)[-1]
             token = _change_token(info)
             if not name.endswith(".json") or self._seen.get(name) == token:
@@ -127,12 +131,17 @@ class DownloadProgress:
     def line(self) -> str:
         done, ok, reasons = self.totals()
         elapsed = max(time.monotonic() - self._start, 1e-9)
+        recent = ""
+        if len(self._timeline) >= 2:
+            (t0, _, k0), (t1, _, k1) = self._timeline[-2:]
+            recent = f" (last {t1 - t0:.0f} s: {(k1 - k0) / max(t1 - t0, 1e-9):,.1f})"
         percent = 100 * done / self.total if self.total else 100.0
         rate = 100 * ok / done if done else 0.0
         top = " · ".join(f"{r} {n:,}" for r, n in reasons.most_common(TOP_REASONS)) or "none"
         finished = sum(1 for s in self._shards.values() if s.get("done"))
         return (
-            f"{done:,}/{self.total:,} samples ({percent:.1f}%), {ok / elapsed:,.1f} images/s, "
+            f"{done:,}/{self.total:,} samples ({percent:.1f}%), {ok / elapsed:,.1f} images/s"
+            f"{recent}, "
             f"{rate:.1f}% ok, {finished} shard(s) done; top failures: {top}"
         )
 

@@ -7,6 +7,7 @@ HTML page instead of an image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -89,6 +90,12 @@ def _make_handler(images_dir: Path, rates: FaultRates, hang_seconds: float):
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass  # thousands of requests; the pipeline's stats are the record
+
+        def handle(self) -> None:
+            # A client that stops reading (an error status, a deadline) closes with data
+            # unread, so its kernel resets the connection: normal on the web, no traceback.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                super().handle()
 
         def do_GET(self) -> None:  # noqa: N802
             name = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
