@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run HERE (where pip reaches PyPI) before the device call. Writes .device_inputs/ (git-ignored):
-# - wheels of the packages the GPU checks need that the device machine's image lacks (it has
+# Run where pip reaches PyPI, before the GPU machine's run. Writes .device_inputs/ (git-ignored):
+# - wheels of the packages the GPU checks need that the GPU machine's image lacks (it has
 #   torch, timm, huggingface_hub, safetensors, regex, tqdm, scikit-learn; nothing can be fetched
 #   there), pinned as in requirements.lock, all pure Python;
 # - probe_features.pt: Fashion-MNIST features of a checkpoint (default: the demo's newest), so

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run ON the device machine (device `run`, carry [".device_inputs"], timeout_s 540), after
-# benchmarks/gpu/prepare_device_inputs.sh here. Installs the carried wheels beside the image's
+# Run ON the GPU machine, from a copy of the checkout with .device_inputs/ beside it (allow
+# 540 s), after benchmarks/gpu/prepare_device_inputs.sh on a machine with package access. Installs the carried wheels beside the image's
 # torch, then measures: the training step (train_step_mfu.py: ViT-B/16 and L/14, 0/50/75%,
 # ours and open_clip) and the linear probe against clip_benchmark's, unmodified, on CUDA.
 # Tables, raw figures and logs land in $OUT.

@@ -10,9 +10,9 @@ raw figures to $OUT (or --out) as train_step_mfu.{md,json}.
     python benchmarks/gpu/train_step_mfu.py                  # ViT-B/16 and ViT-L/14, H200 peak
     python benchmarks/gpu/train_step_mfu.py --models flip_micro --device cpu --steps 1  # smoke
 
-On the device machine: `bash benchmarks/gpu/prepare_device_inputs.sh` here first, then device
-`run` with `bash benchmarks/gpu/run_on_device.sh`, carry [".device_inputs"] (the image lacks
-open_clip).
+On a GPU machine whose image lacks open_clip: `bash benchmarks/gpu/prepare_device_inputs.sh`
+where pip reaches PyPI first, then `bash benchmarks/gpu/run_on_device.sh` on the GPU machine
+with `.device_inputs/` copied beside the checkout.
 """
 
 from __future__ import annotations
