@@ -111,3 +111,35 @@ def test_batch_must_split_into_micro_batches():
     images, tokens = _inputs()
     with pytest.raises(ValueError, match="micro-batches"):
         forward_backward(model, model, images[:6], tokens[:6], nullcontext_autocast, accum_steps=4)
+
+
+def _seeding_rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+    """The trainer's order: the model from the run's seed, then the rank's own generators."""
+    from training import rng
+    from training.masking import remove_patches
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model, _, _ = build_model("flip_micro")
+    rng.seed_rank(0, rank)
+    tokens = torch.arange(17.0).repeat(4, 1).unsqueeze(-1)  # 4 images, CLS + 16 patches
+    mask = remove_patches(tokens, 0.5)[:, 1:, 0]
+    first_weight = next(model.parameters()).detach().flatten()[:64].clone()
+    states = rng.gather_states()  # every rank's generators, as a checkpoint stores them
+    gathered = [torch.zeros_like(mask) for _ in range(world)]
+    dist.all_gather(gathered, mask)
+    weights = [torch.zeros_like(first_weight) for _ in range(world)]
+    dist.all_gather(weights, first_weight)
+    if rank == 0:
+        torch.save({"masks": gathered, "weights": weights, "states": states}, f"{out_dir}/s.pt")
+    dist.destroy_process_group()
+
+
+def test_ranks_start_from_one_model_but_draw_their_own_masks(tmp_path):
+    mp.spawn(_seeding_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    out = torch.load(tmp_path / "s.pt", weights_only=False)
+    assert torch.equal(out["weights"][0], out["weights"][1])  # one initial model
+    assert not torch.equal(out["masks"][0], out["masks"][1])  # independent patch removal
+    assert len(out["states"]) == 2
+    assert not torch.equal(out["states"][0]["torch"], out["states"][1]["torch"])

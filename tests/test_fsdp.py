@@ -43,6 +43,16 @@ def _torchrun(run_dir: Path, shards: Path, *overrides: str) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 
+def _next_mask(rng_state: dict) -> torch.Tensor:
+    """The patches the next masked step would keep, from a rank's saved generator state."""
+    from training.masking import remove_patches
+
+    generator = torch.Generator().manual_seed(0)
+    generator.set_state(rng_state["torch"])
+    tokens = torch.arange(17.0).repeat(4, 1).unsqueeze(-1)  # 4 images, CLS + 16 patches
+    return remove_patches(tokens, 0.5, generator)[:, 1:, 0]
+
+
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt.read_weights(ckpt.latest_checkpoint(str(run_dir)))
 
@@ -65,6 +75,14 @@ def test_fsdp_trains_like_ddp_resumes_exactly_and_keeps_ranks_on_one_clock(tmp_p
         torch.testing.assert_close(tensor, fsdp[name], rtol=1e-5, atol=1e-6, msg=name)
     state = ckpt.read_train_state(ckpt.latest_checkpoint(str(resumed)))
     assert state["train_state"]["step"] == 9 and state["train_state"]["samples_seen"] == 72
+    # each rank draws its own patch masks, and resumes its own generators: the next step's
+    # masks differ between the ranks and match the uninterrupted run's, rank by rank
+    straight = ckpt.read_train_state(ckpt.latest_checkpoint(str(tmp_path / "fsdp")))["rng"]
+    after_resume = state["rng"]
+    assert len(straight) == len(after_resume) == 2
+    assert not torch.equal(_next_mask(after_resume[0]), _next_mask(after_resume[1]))
+    for rank in (0, 1):
+        assert torch.equal(_next_mask(after_resume[rank]), _next_mask(straight[rank])), rank
     assert all(isinstance(key, str) for key in state["optimizer"]["state"])  # keyed by name
 
     # a timed phase under torchrun: the ranks agree on the clock, so they stop together

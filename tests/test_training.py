@@ -5,6 +5,7 @@ import json
 import math
 import tarfile
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,6 +97,25 @@ def test_contrastive_loss_matches_a_direct_computation():
     torch.testing.assert_close(
         contrastive_loss(img, txt, scale), expected / 12, rtol=1e-5, atol=1e-5
     )
+
+
+def test_contrastive_loss_stays_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(64, 32), dim=-1)
+    txt = F.normalize(torch.randn(64, 32), dim=-1)
+    scale = torch.tensor(math.log(100.0), requires_grad=True)
+    reference = contrastive_loss(img, txt, scale)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # bf16 features, as the towers give them under autocast
+        loss = contrastive_loss(img.bfloat16(), txt.bfloat16(), scale)
+        unguarded = (img.bfloat16() @ txt.bfloat16().T * 100).float()
+    assert loss.dtype == torch.float32
+    expected = contrastive_loss(img.bfloat16().float(), txt.bfloat16().float(), scale)
+    assert torch.equal(loss, expected)  # the same fp32 arithmetic, only the inputs rounded
+    assert unguarded.dtype == torch.float32 and not torch.equal(
+        unguarded, img.bfloat16().float() @ txt.bfloat16().float().T * 100
+    )  # what autocast would otherwise do to the logits
+    assert abs(loss.item() - reference.item()) < 0.05
 
 
 def test_weight_decay_spares_biases_norms_embeddings_and_temperature():
@@ -273,3 +293,72 @@ def test_train_state_round_trips_in_both_optimizer_layouts():
     del weights["logit_scale"]
     with pytest.raises(ckpt.CheckpointError, match="do not match"):
         ckpt.restore_full_state(fresh, fresh_optimizer, weights, by_name, "test")
+
+
+@pytest.mark.parametrize("gpus", [8, 64, 256])
+@pytest.mark.parametrize("name", ["vit_b16", "vit_l14", "vit_l16", "vit_h14"])
+def test_shipped_gpu_configs_split_their_batch_at_any_scale(name, gpus):
+    from flipcommon.config import load_config
+    from training.batching import split_batch
+    from training.config import TrainConfig
+
+    config = load_config(TrainConfig, Path(__file__).parent.parent / f"configs/train/{name}.yaml")
+    assert config.micro_batch > 0
+    for phase in config.phases:
+        wanted = phase.micro_batch or config.micro_batch
+        split = split_batch(config.batch_size, gpus, wanted)
+        assert split.micro_batch <= wanted  # what one GPU holds is never exceeded
+        assert split.micro_batch * split.accum_steps * gpus == config.batch_size
+    assert config.grad_checkpointing == (name != "vit_b16")
+
+
+def test_a_batch_that_cannot_split_is_a_clear_error():
+    from training.batching import BatchSplitError, split_batch
+
+    assert split_batch(64, 2, 8).accum_steps == 4 and split_batch(64, 2).accum_steps == 1
+    with pytest.raises(BatchSplitError, match="does not divide among 3 processes"):
+        split_batch(64, 3, 8)
+    with pytest.raises(BatchSplitError, match="does not split into micro-batches of 12"):
+        split_batch(64, 2, 12)
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_train_state_that_would_run_code_is_refused(tmp_path):
+    """Whoever can write the checkpoint bucket must not run code on the training nodes."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "ckpt").mkdir()
+    torch.save(
+        {"train_state": {"step": 1}, "rng": _RunsCodeWhenUnpickled(str(marker))},
+        tmp_path / "ckpt" / ckpt.STATE_FILE,
+    )
+    with pytest.raises(ckpt.CheckpointError, match="refused"):
+        ckpt.read_train_state(str(tmp_path / "ckpt"))
+    assert not marker.exists()
+
+
+def test_random_state_survives_a_weights_only_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    from training import rng
+
+    rng.seed_rank(3, 1)
+    saved = rng.gather_states()
+    torch.save({"rng": saved}, tmp_path / "state.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)["rng"]
+    rng.seed_rank(0, 0)
+    assert rng.restore(loaded, 0, 1)
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(3), expected[2])
+    assert not rng.restore(loaded, 0, 2)  # written by one rank, read by two: said, not exact

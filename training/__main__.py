@@ -15,7 +15,9 @@ open_clip, and train_state.pt), checkpoints/LATEST, tensorboard/, metrics.jsonl,
 training_curves.png.
 
 Scale out: torchrun --nnodes N --nproc-per-node G -m training CONFIG (DDP; the contrastive loss
-gathers features across all ranks; batch_size is the global batch). parallelism=fsdp shards
+gathers features across all ranks; batch_size is the global batch, micro_batch what one process
+runs per forward pass: each step accumulates batch_size / (processes x micro_batch) of them, so
+one config runs on 8 or 256 GPUs unchanged; a phase may set its own). parallelism=fsdp shards
 weights, gradients and optimizer state across ranks (ViT-H/14 and larger). A phase with
 seconds=S instead of samples runs for S seconds of training time (equal-compute comparisons).
 
@@ -38,9 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's LATEST checkpoint"
     )
+    from training.batching import BatchSplitError
     from training.checkpoint import CheckpointError
 
-    run_stage(parser, TrainConfig, _run, argv, user_errors=(CheckpointError, FileNotFoundError))
+    user_errors = (CheckpointError, FileNotFoundError, BatchSplitError)
+    run_stage(parser, TrainConfig, _run, argv, user_errors=user_errors)
 
 
 if __name__ == "__main__":  # DataLoader workers spawn processes: keep the entry point guarded

@@ -11,12 +11,11 @@ checkpoint that a crash cut short is never picked up.
 from __future__ import annotations
 
 import json
-import random
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
-import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -50,23 +49,6 @@ class TrainState:
     skipped_samples: int = 0  # broken samples or tar records skipped by the loader
     train_seconds: float = 0.0  # time in the step loop over the whole run (checkpoints excluded)
     phase_seconds: float = 0.0  # the same, inside the current phase
-
-
-def rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def checkpoint_name(step: int) -> str:
@@ -140,9 +122,10 @@ def save_checkpoint(
     optimizer_state: dict[str, Any],
     state: TrainState,
     info: dict[str, Any],
+    rng_states: list[dict[str, Any]],
 ) -> str:
-    """Write a checkpoint (weights and optimizer state from ``full_state``) and then point
-    LATEST at it; returns its URL."""
+    """Write a checkpoint (weights and optimizer state from ``full_state``, every rank's random
+    state from ``training.rng.gather_states``) and then point LATEST at it; returns its URL."""
     ckpt_dir = url_join(run_dir, "checkpoints", checkpoint_name(state.step))
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "flip": info}
     # Stream each file to storage: a serialised copy in memory of a ViT-H/14's weights and
@@ -154,7 +137,7 @@ def save_checkpoint(
             {
                 "optimizer": optimizer_state,
                 "train_state": state.__dict__,
-                "rng": rng_state(),
+                "rng": rng_states,
             },
             handle,
         )
@@ -234,6 +217,16 @@ def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], where:
 
 
 def read_train_state(ckpt_dir: str) -> dict[str, Any]:
-    with fsspec.open(url_join(ckpt_dir, STATE_FILE), "rb") as handle:
-        # Our own file (optimizer tensors, numpy RNG state): not loadable with weights_only.
-        return torch.load(handle, map_location="cpu", weights_only=False)
+    """The train state, read with ``weights_only=True``: tensors, numbers, strings and
+    containers only. A file holding anything else is refused, not unpickled: whoever can write
+    the bucket must not be able to run code on every training node."""
+    url = url_join(ckpt_dir, STATE_FILE)
+    with fsspec.open(url, "rb") as handle:
+        try:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(
+                f"{url} holds objects other than tensors and plain values (or was written by "
+                "an earlier version of this trainer): refused, since loading it would run "
+                f"code from storage ({str(err).splitlines()[0]})"
+            ) from err

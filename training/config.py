@@ -20,6 +20,9 @@ class PhaseConfig:
     # resumes where its clock stopped, but not bit for bit (how far it gets depends on speed).
     seconds: float = 0.0
     warmup_seconds: float = 0.0
+    # Images per process per forward pass in this phase, when it differs from the run's
+    # micro_batch (0: the run's). Unmasked tuning holds about twice the activations of 50%.
+    micro_batch: int = 0
 
 
 @dataclass
@@ -63,7 +66,10 @@ class TrainConfig:
     parallelism: str = "ddp"
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     grad_checkpointing: bool = False
-    accum_steps: int = 1  # micro-batches per step; the contrastive batch stays batch_size
+    # Images per process per forward pass (0: the whole batch per process at once). Each step
+    # accumulates batch_size / (processes x micro_batch) of them; the contrastive batch stays
+    # batch_size (training.batching).
+    micro_batch: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every_steps: int = 0  # 0 = only at phase ends

@@ -12,6 +12,8 @@ import open_clip
 import torch
 
 from training import checkpoint as ckpt
+from training import rng
+from training.batching import split_batch
 from training.config import TrainConfig
 from training.data import make_loader, open_shard_set, train_transform
 from training.distributed import agreed_max, init_distributed, resolve_device
@@ -21,6 +23,7 @@ from training.model import build_model, preprocess_cfg
 from training.observe import Progress, plot_curves
 from training.optim import build_optimizer, set_lr
 from training.phases import plan_phases
+from training.rng import seed_rank
 from training.sharding import average_replicated_grads, shard_model
 from training.step import forward_backward
 
@@ -47,11 +50,12 @@ def train(config: TrainConfig) -> str:
     device = resolve_device(config.device, dist_info.local_rank)
     smoke = config.cpu_smoke.enabled and device.type == "cpu"
     global_batch = config.cpu_smoke.batch_size if smoke else config.batch_size
-    if global_batch % dist_info.world_size:
-        raise ValueError(
-            f"batch_size {global_batch} must divide by world size {dist_info.world_size}"
-        )
-    local_batch = global_batch // dist_info.world_size
+    # Checked for every phase before anything is built: a split that cannot work fails now.
+    splits = [
+        split_batch(global_batch, dist_info.world_size, phase.micro_batch or config.micro_batch)
+        for phase in config.phases
+    ]
+    local_batch = split_batch(global_batch, dist_info.world_size).local_batch
     if dist_info.is_main:
         log.info(
             "world size %d, global batch %d (%d per process), device %s",
@@ -71,8 +75,9 @@ def train(config: TrainConfig) -> str:
             config.cpu_smoke.steps_per_phase,
         )
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     model, model_cfg, reg_name = build_model(config.model.name, config.model.variant)
+    seed_rank(config.seed, dist_info.rank)  # then each rank its own masks (training.rng)
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -84,7 +89,7 @@ def train(config: TrainConfig) -> str:
     optimizer = build_optimizer(model, plans[0].peak_lr, config.weight_decay, tuple(config.betas))
     state = ckpt.TrainState()
     if config.resume:
-        state = _resume(config.run_dir, model, optimizer)
+        state = _resume(config.run_dir, model, optimizer, dist_info)
     train_model = model
     if dist_info.world_size > 1 and not sharded:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -140,11 +145,13 @@ def train(config: TrainConfig) -> str:
         plan = plans[phase_index]
         set_mask_ratio(model, plan.mask_ratio)
         log.info(
-            "phase %s: mask ratio %.2f, %s, peak lr %.2e",
+            "phase %s: mask ratio %.2f, %s, peak lr %.2e, %d micro-batch(es) of %d per step",
             plan.name,
             plan.mask_ratio,
             f"{plan.seconds:g} s of training time" if plan.seconds else f"{plan.steps} steps",
             plan.peak_lr,
+            splits[phase_index].accum_steps,
+            splits[phase_index].micro_batch,
         )
         while not plan.finished(state.phase_step, state.phase_seconds):
             lr = plan.lr(state.phase_step, state.phase_seconds)
@@ -156,7 +163,7 @@ def train(config: TrainConfig) -> str:
             images, tokens = images.to(device, non_blocking=True), tokens.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = forward_backward(
-                train_model, model, images, tokens, autocast, config.accum_steps
+                train_model, model, images, tokens, autocast, splits[phase_index].accum_steps
             )
             if sharded:
                 average_replicated_grads(model)
@@ -193,7 +200,9 @@ def train(config: TrainConfig) -> str:
             ) or crossed_interval(clock_before, state.train_seconds, config.checkpoint_every_s)
             if at_phase_end:
                 state.phase_index, state.phase_step, state.phase_seconds = phase_index + 1, 0, 0.0
-            # Under FSDP gathering the whole state is a collective: every rank takes part.
+            # Every rank's random state is gathered (a collective); under FSDP gathering the
+            # weights is one too, under DDP rank 0 holds them all.
+            rng_states = rng.gather_states() if at_phase_end or periodic else []
             if (at_phase_end or periodic) and (sharded or dist_info.is_main):
                 written = _checkpoint(
                     config.run_dir,
@@ -209,6 +218,7 @@ def train(config: TrainConfig) -> str:
                         "train_seconds": state.train_seconds,
                         "config": asdict(config),
                     },
+                    rng_states,
                     write=dist_info.is_main,
                 )
                 last_ckpt = written or last_ckpt
@@ -238,6 +248,7 @@ def _checkpoint(
     configs: tuple[dict, dict],
     state: ckpt.TrainState,
     info: dict,
+    rng_states: list[dict],
     write: bool,
 ) -> str | None:
     """Gather the whole state and (on the writing rank) save it. The CPU copy lives only for
@@ -246,17 +257,19 @@ def _checkpoint(
     if not write:
         return None
     model_cfg, pp_cfg = configs
-    return ckpt.save_checkpoint(run_dir, weights, model_cfg, pp_cfg, optimizer_state, state, info)
+    return ckpt.save_checkpoint(
+        run_dir, weights, model_cfg, pp_cfg, optimizer_state, state, info, rng_states
+    )
 
 
-def _resume(run_dir: str, model, optimizer) -> ckpt.TrainState:
+def _resume(run_dir: str, model, optimizer, dist_info) -> ckpt.TrainState:
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
         log.info("resume: no checkpoint in %s, starting fresh", run_dir)
         return ckpt.TrainState()
     saved = ckpt.read_train_state(latest)
     ckpt.restore_full_state(model, optimizer, ckpt.read_weights(latest), saved["optimizer"], latest)
-    ckpt.restore_rng_state(saved["rng"])
+    rng.restore(saved["rng"], dist_info.rank, dist_info.world_size)
     state = ckpt.TrainState(**saved["train_state"])
     log.info("resumed from %s at step %d (%d samples seen)", latest, state.step, state.samples_seen)
     return state
