@@ -143,3 +143,37 @@ def test_ranks_start_from_one_model_but_draw_their_own_masks(tmp_path):
     assert not torch.equal(out["masks"][0], out["masks"][1])  # independent patch removal
     assert len(out["states"]) == 2
     assert not torch.equal(out["states"][0]["torch"], out["states"][1]["torch"])
+
+
+def _timeout_rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+    import time
+
+    from training.distributed import barrier, close_distributed, init_distributed
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
+    init_distributed("cpu", timeout_s=1.0)
+    if rank == 0:
+        time.sleep(4)  # e.g. a checkpoint write that takes too long
+        close_distributed()
+        return
+    start = time.monotonic()
+    try:
+        barrier()
+        outcome = "returned"
+    except Exception as err:  # noqa: BLE001 - the test reads what happened
+        outcome = type(err).__name__
+    with open(f"{out_dir}/rank1.txt", "w") as handle:
+        handle.write(f"{outcome} {time.monotonic() - start:.1f}")
+    close_distributed()
+
+
+def test_a_collective_that_waits_past_the_configured_timeout_fails_instead_of_hanging(tmp_path):
+    mp.spawn(_timeout_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    outcome, seconds = (tmp_path / "rank1.txt").read_text().split()
+    assert outcome != "returned" and float(seconds) < 3.5, (outcome, seconds)

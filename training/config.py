@@ -72,6 +72,9 @@ class TrainConfig:
     micro_batch: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # How long any collective may wait (a checkpoint write to slow storage included) before the
+    # run fails instead of hanging.
+    dist_timeout_s: float = 3600.0
     checkpoint_every_steps: int = 0  # 0 = only at phase ends
     checkpoint_every_s: float = 0.0  # also every this many seconds of training time (0 = off)
     log_every_steps: int = 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -20,16 +21,34 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_kind: str) -> Dist:
+def init_distributed(device_kind: str, timeout_s: float = 3600.0) -> Dist:
+    """Join torchrun's process group. ``timeout_s`` bounds every collective: long enough for
+    rank 0 to write a ViT-H/14 checkpoint (~16 GB) to slow storage while the others wait at
+    the barrier after it (NCCL's default, 10 minutes, is not)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Dist()
-    backend = "nccl" if device_kind == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    timeout = datetime.timedelta(seconds=timeout_s)
     if device_kind == "cuda":
         torch.cuda.set_device(local_rank)
+        # device_id binds the group to this rank's GPU at once (no guessing at first use)
+        device = torch.device("cuda", local_rank)
+        dist.init_process_group(backend="nccl", timeout=timeout, device_id=device)
+    else:
+        dist.init_process_group(backend="gloo", timeout=timeout)
     return Dist(dist.get_rank(), world_size, local_rank)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def close_distributed() -> None:
+    """Leave the process group (torch warns, and NCCL may leak, when a process exits in it)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:

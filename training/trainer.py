@@ -16,7 +16,13 @@ from training import rng
 from training.batching import split_batch
 from training.config import TrainConfig
 from training.data import make_loader, open_shard_set, train_transform
-from training.distributed import agreed_max, init_distributed, resolve_device
+from training.distributed import (
+    agreed_max,
+    barrier,
+    close_distributed,
+    init_distributed,
+    resolve_device,
+)
 from training.loss import clamp_logit_scale
 from training.masking import set_mask_ratio
 from training.model import build_model, preprocess_cfg
@@ -46,7 +52,7 @@ def crossed_interval(before: float, after: float, every: float) -> bool:
 def train(config: TrainConfig) -> str:
     """Run all phases of ``config``; return the URL of the final checkpoint."""
     device = resolve_device(config.device)
-    dist_info = init_distributed(device.type)
+    dist_info = init_distributed(device.type, config.dist_timeout_s)
     device = resolve_device(config.device, dist_info.local_rank)
     smoke = config.cpu_smoke.enabled and device.type == "cpu"
     global_batch = config.cpu_smoke.batch_size if smoke else config.batch_size
@@ -223,6 +229,8 @@ def train(config: TrainConfig) -> str:
                 )
                 last_ckpt = written or last_ckpt
                 progress.flush()
+            if at_phase_end or periodic:
+                barrier()  # no rank runs on until the checkpoint is whole on storage
             # Restarting the stream at a checkpoint makes a resumed run see the same batches.
             # A timed phase cannot resume bit for bit anyway, and the restart (refilling the
             # shuffle buffer) would be charged to its clock: it keeps its stream.
@@ -238,6 +246,7 @@ def train(config: TrainConfig) -> str:
             log.warning("skipped %d broken samples or tar records", state.skipped_samples)
         log.info("training curves: %s", plot_curves(config.run_dir))
         log.info("final checkpoint: %s", last_ckpt)
+    close_distributed()
     return last_ckpt
 
 
