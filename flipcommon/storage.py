@@ -17,6 +17,15 @@ def url_join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def absolute(url: str) -> str:
+    """A plain local path made absolute (from this process's working directory); URLs with a
+    scheme as they are. A path handed to Spark executors or worker processes must not be
+    relative: each resolves it against its own working directory."""
+    if not url or "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
 def is_local(url: str) -> bool:
     fs, _ = fsspec.core.url_to_fs(url)
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol

@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 
 from pyspark.sql import SparkSession
 
-from flipcommon.storage import exists, read_json, remove_if_exists, url_join
+from flipcommon.storage import absolute, exists, read_json, remove_if_exists, url_join
 from pipeline import filters, ingest, manifest, url_shards
 from pipeline.config import DemoConfig, PipelineConfig
 from pipeline.decontaminate import build_blocklist
@@ -41,9 +41,33 @@ def demo_metadata(config: DemoConfig) -> Iterator[list[str]]:
         yield [path]
 
 
+def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
+    """A copy of ``config`` whose local paths are absolute: Spark executors resolve a relative
+    path against their own working directory (a worker's ``work/app-…/N/``), not the driver's."""
+    clip = config.clip_score
+    checkpoint = clip.checkpoint
+    if checkpoint.startswith("open_clip:") and "@" in checkpoint:
+        name, weights = checkpoint.split("@", 1)
+        checkpoint = f"{name}@{absolute(weights)}"
+    elif checkpoint:
+        checkpoint = absolute(checkpoint)
+    return replace(
+        config,
+        output_dir=absolute(config.output_dir),
+        input=replace(config.input, urls=[absolute(u) for u in config.input.urls]),
+        demo=replace(config.demo, cache_dir=absolute(config.demo.cache_dir)),
+        decontamination=replace(
+            config.decontamination,
+            sources=[absolute(u) for u in config.decontamination.sources],
+        ),
+        clip_score=replace(clip, output_dir=absolute(clip.output_dir), checkpoint=checkpoint),
+    )
+
+
 def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
     """Build the shard set in ``config.output_dir`` (then its CLIP-score filtered copy, if
     enabled); return the shard set's manifest."""
+    config = with_absolute_paths(config)
     manifest_url = url_join(config.output_dir, "manifest.json")
     if exists(manifest_url):
         log.info("%s is complete (manifest.json present)", config.output_dir)

@@ -5,6 +5,7 @@ evaluation array index by index."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_cluster_rehearsal_runs_every_stage(tmp_path):
+    # A relative output folder, as the default (runs/cluster-demo) is: the Spark executors run
+    # in the worker's own directory, so the stage must hand them absolute paths.
+    relative = os.path.relpath(tmp_path, ROOT)
     result = subprocess.run(
-        [sys.executable, "infra/cluster_demo.py", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "infra/cluster_demo.py", "--quick", "--out", relative],
         cwd=ROOT,
         capture_output=True,
         text=True,

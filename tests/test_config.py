@@ -68,3 +68,21 @@ def test_shipped_configs_load():
         load_config(TrainConfig, path)
     for path in (root / "eval").glob("*.yaml"):
         assert load_config(EvalConfig, path).tasks
+
+
+def test_pipeline_hands_executors_absolute_local_paths(tmp_path, monkeypatch):
+    from pipeline.config import PipelineConfig
+    from pipeline.stage import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    config = PipelineConfig(output_dir="runs/shards")
+    config.input.urls = ["meta/part.parquet", "s3://bucket/meta/"]
+    config.decontamination.sources = ["eval/images"]
+    config.clip_score.checkpoint = "open_clip:ViT-B-32@models/b32.safetensors"
+    fixed = with_absolute_paths(config)
+    assert fixed.output_dir == str(tmp_path / "runs/shards")
+    assert fixed.input.urls == [str(tmp_path / "meta/part.parquet"), "s3://bucket/meta/"]
+    assert fixed.decontamination.sources == [str(tmp_path / "eval/images")]
+    assert fixed.clip_score.checkpoint == f"open_clip:ViT-B-32@{tmp_path}/models/b32.safetensors"
+    assert fixed.clip_score.output_dir == ""  # unset stays unset (the default is derived)
+    assert config.output_dir == "runs/shards"  # the caller's config is left as given
