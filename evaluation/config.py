@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -10,12 +11,23 @@ class TaskConfig:
     name: str = ""  # a label for the results table, e.g. "fashion_mnist/zeroshot"
     # built in: fashion_mnist | animal_mnist | tuxpaint | emoji_heldout
     # on disk (set path): image_folder | clip_benchmark_wds | shard_set (tar URLs, comma-separated)
-    dataset: str = ""
-    task: str = "zeroshot_classification"  # zeroshot_classification | retrieval | linear_probe
+    dataset: Literal[
+        "",
+        "fashion_mnist",
+        "animal_mnist",
+        "tuxpaint",
+        "emoji_heldout",
+        "image_folder",
+        "clip_benchmark_wds",
+        "shard_set",
+    ] = ""
+    task: Literal["zeroshot_classification", "retrieval", "linear_probe"] = (
+        "zeroshot_classification"
+    )
     split: str = "test"
     train_split: str = "train"  # linear_probe: where the probe is fitted
     train_limit: int = 0  # linear_probe: 0 = the whole training split
-    label: str = "name"  # emoji_heldout classification: name | group
+    label: Literal["name", "group"] = "name"  # emoji_heldout classification
     # prompt templates with {c}; "@clip_benchmark:imagenet1k" expands to a set clip_benchmark
     # ships (CLIP's 80 ImageNet prompts), "@imagenet7" to CLIP's 7-prompt ensemble subset;
     # empty: the dataset's own templates, else "{c}"
@@ -43,6 +55,6 @@ class EvalConfig:
     output_dir: str = "runs/demo/eval"
     demo_corpus_dir: str = ".cache/demo_corpus"  # where the held-out emoji set was rendered
     batch_size: int = 256
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = 2
     tasks: list[TaskConfig] = field(default_factory=list)

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from flipcommon.errors import UserError
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
     "t-shirt",
@@ -42,7 +44,7 @@ ANIMAL_MNIST_CLASSES = [
 TUXPAINT_STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
 
 
-class DatasetMissing(FileNotFoundError):
+class DatasetMissing(UserError, FileNotFoundError):
     pass
 
 
@@ -75,7 +77,7 @@ def _grey_to_images(array: np.ndarray) -> list[Image.Image]:
 def fashion_mnist(split: str, limit: int = 0) -> ClassificationSet:
     prefix = {"test": "t10k", "train": "train"}.get(split)
     if prefix is None:
-        raise ValueError(f"fashion_mnist has splits 'train' and 'test', not {split!r}")
+        raise UserError(f"fashion_mnist has splits 'train' and 'test', not {split!r}")
     images_path = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
     if not images_path.exists():
         raise DatasetMissing(
@@ -96,7 +98,7 @@ def animal_mnist(split: str = "test", limit: int = 0) -> ClassificationSet:
     """The package ships 10,000 images and no split: in a fixed shuffled order, the last 2,000
     are 'test', the first 8,000 'train', all of them 'all'."""
     if split not in ("train", "test", "all"):
-        raise ValueError(f"animal_mnist has splits 'train', 'test' and 'all', not {split!r}")
+        raise UserError(f"animal_mnist has splits 'train', 'test' and 'all', not {split!r}")
     try:
         import animal_mnist as package
     except ImportError as exc:
@@ -174,7 +176,7 @@ def emoji_heldout_classification(corpus_dir: str, label: str, limit: int = 0) ->
     if limit:
         items = items.iloc[:limit]
     if label not in ("name", "group"):
-        raise ValueError(f"emoji_heldout label must be 'name' or 'group', not {label!r}")
+        raise UserError(f"emoji_heldout label must be 'name' or 'group', not {label!r}")
     classnames = sorted(items[label].unique())
     index = {c: i for i, c in enumerate(classnames)}
     labels = np.array([index[c] for c in items[label]], dtype=np.int64)

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from flipcommon.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +60,7 @@ def image_features(
         if batch is not None:
             out.append(F.normalize(model.encode_image(batch.to(device)).float(), dim=-1).cpu())
     if not out:
-        raise ValueError(f"{desc}: none of the {len(images)} images could be decoded")
+        raise UserError(f"{desc}: none of the {len(images)} images could be decoded")
     return torch.cat(out), skipped
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.metrics import classification_metrics
+from flipcommon.errors import UserError
 
 # scikit-learn's C (loss C·ΣCE + ½‖W‖²), one value per decade of CLIP's range
 DEFAULT_C_GRID = tuple(10.0**e for e in range(-6, 7))
@@ -87,7 +88,7 @@ def linear_probe(
 ) -> dict[str, float]:
     """Metrics on the test features, plus the C (and penalty) chosen on the validation split."""
     if len(torch.unique(train_labels)) < 2:
-        raise ValueError("a linear probe needs training samples of at least 2 classes")
+        raise UserError("a linear probe needs training samples of at least 2 classes")
     train_x = F.normalize(train_features.float(), dim=-1)
     test_x = F.normalize(test_features.float(), dim=-1)
     fit_idx, val_idx = split_validation(train_labels, val_fraction, seed)

@@ -17,6 +17,7 @@ import webdataset as wds
 from PIL import Image
 
 from evaluation.datasets import ClassificationSet, DatasetMissing, RetrievalSet
+from flipcommon.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TAR_IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
@@ -61,7 +62,7 @@ def image_folder(root: str, split: str, limit: int = 0) -> ClassificationSet:
     if fs.exists(names_file):
         listed = [line.strip() for line in fs.cat(names_file).decode().splitlines() if line.strip()]
         if len(listed) != len(folders):
-            raise ValueError(
+            raise UserError(
                 f"{names_file} lists {len(listed)} class names for {len(folders)} class folders"
             )
         classnames = listed
@@ -71,7 +72,7 @@ def image_folder(root: str, split: str, limit: int = 0) -> ClassificationSet:
     for label, folder in enumerate(folders):
         files = sorted(p for p in fs.ls(folder, detail=False) if p.lower().endswith(IMAGE_SUFFIXES))
         if not files:
-            raise ValueError(f"class folder {folder} is empty: every class needs images")
+            raise UserError(f"class folder {folder} is empty: every class needs images")
         sources += [prefix + f for f in files]
         labels += [label] * len(files)
     order = np.random.default_rng(0).permutation(len(labels))  # a limit keeps every class

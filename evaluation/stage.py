@@ -9,6 +9,7 @@ from evaluation.config import EvalConfig
 from evaluation.models import load_checkpoint, resolve_checkpoints
 from evaluation.report import format_table, write_results
 from evaluation.tasks import run_task
+from flipcommon.errors import UserError
 from flipcommon.storage import url_join
 from training.distributed import resolve_device
 
@@ -51,13 +52,13 @@ def pick_array_member(checkpoints: list[str], config: EvalConfig) -> tuple[list[
     """This array task's checkpoint, and its own output folder (tasks never share files)."""
     raw = os.environ.get(config.array_index_env)
     if raw is None or not raw.strip().isdigit():
-        raise ValueError(
+        raise UserError(
             f"array_index_env={config.array_index_env}: that environment variable is "
             f"{'unset' if raw is None else repr(raw)}; the batch system sets it per array task"
         )
     index = int(raw)
     if index >= len(checkpoints):
-        raise ValueError(
+        raise UserError(
             f"array index {index} but only {len(checkpoints)} checkpoint(s): size the array to "
             "the checkpoint list"
         )
@@ -66,7 +67,7 @@ def pick_array_member(checkpoints: list[str], config: EvalConfig) -> tuple[list[
 
 def run(config: EvalConfig) -> list[dict]:
     if not config.tasks:
-        raise ValueError("the suite lists no tasks")
+        raise UserError("the suite lists no tasks")
     checkpoints = resolve_checkpoints(config)
     if config.array_index_env:
         checkpoints, config.output_dir = pick_array_member(checkpoints, config)

@@ -13,6 +13,7 @@ from evaluation.config import TaskConfig
 from evaluation.datasets import ClassificationSet, RetrievalSet
 from evaluation.features import image_features, text_features
 from evaluation.linear_probe import linear_probe
+from flipcommon.errors import UserError
 
 BUILTIN = ("fashion_mnist", "animal_mnist", "tuxpaint", "emoji_heldout")
 LOCAL = ("image_folder", "clip_benchmark_wds", "shard_set")
@@ -23,7 +24,7 @@ def load_dataset(task: TaskConfig, corpus_dir: str, split: str | None = None, li
     split = task.split if split is None else split
     limit = task.limit if limit < 0 else limit
     if task.dataset in LOCAL and not task.path:
-        raise ValueError(f"task {task.name}: dataset {task.dataset} needs path= (where it is)")
+        raise UserError(f"task {task.name}: dataset {task.dataset} needs path= (where it is)")
     if task.dataset == "fashion_mnist":
         return datasets.fashion_mnist(split, limit), None
     if task.dataset == "animal_mnist":
@@ -41,7 +42,7 @@ def load_dataset(task: TaskConfig, corpus_dir: str, split: str | None = None, li
         return local_sets.clip_benchmark_wds(task.path, split, kind, limit)
     if task.dataset == "shard_set":
         return local_sets.shard_set_retrieval(task.path.split(","), limit), None
-    raise ValueError(
+    raise UserError(
         f"task {task.name}: unknown dataset {task.dataset!r} ({', '.join(BUILTIN + LOCAL)})"
     )
 
@@ -75,7 +76,7 @@ def resolve_templates(task: TaskConfig, dataset_templates: list[str] | None) -> 
             ).read_text()
             known = json.loads(text)
             if name not in known:
-                raise ValueError(f"task {task.name}: clip_benchmark has no template set {name!r}")
+                raise UserError(f"task {task.name}: clip_benchmark has no template set {name!r}")
             templates += known[name]
         else:
             templates.append(entry)
@@ -139,10 +140,10 @@ def run_task(
     templates = None
     if task.task in ("zeroshot_classification", "linear_probe"):
         if not isinstance(data, ClassificationSet):
-            raise ValueError(f"task {task.name}: {task.task} needs a classification dataset")
+            raise UserError(f"task {task.name}: {task.task} needs a classification dataset")
         labels = _drop_skipped_classification(data, skipped)
         if len(np.unique(data.labels)) < 2 and task.task == "zeroshot_classification":
-            raise ValueError(f"task {task.name}: zero-shot needs at least 2 classes")
+            raise UserError(f"task {task.name}: zero-shot needs at least 2 classes")
     if task.task == "linear_probe":
         train, _ = load_dataset(task, corpus_dir, task.train_split, task.train_limit)
         train_images, train_skipped = _features(
@@ -185,7 +186,7 @@ def run_task(
         n = len(labels)
     elif task.task == "retrieval":
         if not isinstance(data, RetrievalSet):
-            raise ValueError(f"task {task.name}: retrieval needs an image-caption dataset")
+            raise UserError(f"task {task.name}: retrieval needs an image-caption dataset")
         captions, caption_image, num_images = _drop_skipped_retrieval(data, skipped)
         texts = text_features(model, captions, tokenizer, device, batch_size)
         values = metrics.retrieval_metrics(images, texts, torch.from_numpy(caption_image))
@@ -196,7 +197,7 @@ def run_task(
         counts = {"images": num_images, "captions": len(captions)}
         n = len(captions)
     else:
-        raise ValueError(f"task {task.name}: unknown task type {task.task!r}")
+        raise UserError(f"task {task.name}: unknown task type {task.task!r}")
     above = {m: metrics.beats_chance(v, chance[m], n) for m, v in values.items()}
     return {
         "task_name": task.name,

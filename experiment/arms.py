@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from experiment.config import ArmConfig, ExperimentConfig
+from flipcommon.errors import UserError
 from flipcommon.storage import url_join
 from training.config import PhaseConfig, TrainConfig
 
 
-class ExperimentConfigError(ValueError):
+class ExperimentConfigError(UserError, ValueError):
     """An experiment config, or an output folder, that cannot be run as asked."""
 
 

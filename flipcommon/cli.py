@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flipcommon.config import ConfigError, load_config
+from flipcommon.config import load_config
+from flipcommon.errors import UserError
 
 T = TypeVar("T")
 
@@ -31,13 +32,14 @@ def run_stage(
     argv: list[str] | None = None,
     user_errors: tuple[type[Exception], ...] = (),
 ) -> Any:
-    """Parse, load the config, run. A user's mistake (``user_errors``: a bad config, a missing
-    dataset or checkpoint) ends with its message and exit status 2, not a traceback."""
+    """Parse, load the config, run. A user's mistake (a ``UserError``: a bad config, a missing
+    dataset or checkpoint; or one of ``user_errors``) ends with its message and exit status 2;
+    any other exception is a bug and keeps its traceback."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         config = load_config(config_cls, args.config, args.overrides)
         return run(config, args)
-    except (ConfigError, *user_errors) as exc:
+    except (UserError, *user_errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

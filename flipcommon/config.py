@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from flipcommon.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the stage's config dataclass."""
 
 
@@ -71,6 +73,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
+    if origin is typing.Literal:  # a field with fixed choices: a typo fails at load
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

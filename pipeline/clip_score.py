@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
+from flipcommon.errors import UserError
 from flipcommon.storage import exists, read_json, url_join, write_bytes_atomic, write_json_atomic
 from pipeline.config import ClipScoreConfig
 from pipeline.manifest import ReconciliationError, read_shard_stats, shard_sizes
@@ -218,7 +219,7 @@ def run_clip_score(spark: SparkSession, source_dir: str, config: ClipScoreConfig
     if exists(manifest_url):
         return read_json(manifest_url)
     if (config.min_similarity is None) == (config.top_percent is None):
-        raise ValueError("clip_score: set exactly one of min_similarity or top_percent")
+        raise UserError("clip_score: set exactly one of min_similarity or top_percent")
     source_manifest = read_json(url_join(source_dir, "manifest.json"))
     shards = sorted(read_shard_stats(source_dir))
     embeddings_dir = url_join(config.output_dir, "embeddings")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -21,10 +22,10 @@ class InputConfig:
     """Metadata in the LAION-400M parquet schema, or csv/jsonl with the same columns."""
 
     urls: list[str] = field(default_factory=list)  # files or folders, any fsspec URL
-    format: str = "parquet"  # parquet | csv | json
+    format: Literal["parquet", "csv", "json"] = "parquet"
     # auto: Spark's own reader where it needs no extra jars (local, hdfs, s3a with hadoop-aws),
     # else fsspec on the executors (s3://, gs://, …). Or force "spark" / "fsspec".
-    reader: str = "auto"
+    reader: Literal["auto", "spark", "fsspec"] = "auto"
 
 
 @dataclass
@@ -76,7 +77,10 @@ class FetchConfig:
 @dataclass
 class DownloadConfig:
     image_size: int = 256
-    resize_mode: str = "border"  # img2dataset: border | center_crop | keep_ratio | no
+    # img2dataset's modes
+    resize_mode: Literal["border", "center_crop", "keep_ratio", "keep_ratio_largest", "no"] = (
+        "border"
+    )
     samples_per_shard: int = 10000
     processes: int = 2  # Spark tasks at once
     threads: int = 64  # concurrent requests per task

@@ -9,6 +9,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from flipcommon.errors import UserError
 from pipeline import fsspec_io
 
 # The columns every later step relies on, with LAION-400M's names.
@@ -26,7 +27,7 @@ NORMALISED_COLUMNS = {
 REQUIRED_COLUMNS = ("URL", "TEXT")
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError, ValueError):
     """Metadata that lacks what the pipeline needs."""
 
 

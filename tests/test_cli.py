@@ -14,6 +14,24 @@ def test_help_gives_examples_and_outputs(stage):
     assert "Examples:" in out and "writes" in out.lower()
 
 
+@pytest.mark.parametrize(
+    ("script", "stage"),
+    [
+        ("flip-pipeline", "pipeline"),
+        ("flip-train", "training"),
+        ("flip-eval", "evaluation"),
+        ("flip-experiment", "experiment"),
+    ],
+)
+def test_console_scripts_are_the_stage_entry_points(script, stage):
+    from pathlib import Path
+
+    path = Path(sys.executable).parent / script
+    assert path.exists(), f"{script} not installed (pip install -e .)"
+    out = subprocess.run([str(path), "--help"], capture_output=True, text=True, check=True)
+    assert f"python -m {stage}" in out.stdout and "Examples:" in out.stdout
+
+
 def test_bad_override_exits_2_with_a_message(capsys):
     from training.__main__ import main
 
@@ -40,3 +58,39 @@ def test_missing_dataset_exits_2_naming_what_to_put_where(micro_run, tmp_path, c
         main(["configs/eval/paper.yaml", f"train_run_dir={micro_run}", f"output_dir={tmp_path}"])
     assert exit_info.value.code == 2
     assert "eval_data/imagenet/val/CLASS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("stage", "config", "override", "message"),
+    [
+        ("training", "configs/train/flip_tiny.yaml", "parallelism=fdsp", "['ddp', 'fsdp']"),
+        ("training", "configs/train/flip_tiny.yaml", "precision=bf18", "got 'bf18'"),
+        ("pipeline", "configs/pipeline/demo.yaml", "download.resize_mode=crop", "'border'"),
+        (
+            "evaluation",
+            "configs/eval/demo.yaml",
+            "tasks=[{name: x, dataset: fashion_mnst}]",
+            "tasks[0].dataset: expected one of",
+        ),
+    ],
+)
+def test_a_typo_in_a_fixed_choice_fails_at_load(stage, config, override, message, capsys):
+    import importlib
+
+    main = importlib.import_module(f"{stage}.__main__").main
+    with pytest.raises(SystemExit) as exit_info:
+        main([config, override])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback():
+    from flipcommon.cli import run_stage, stage_parser
+    from training.config import TrainConfig
+
+    def buggy(config, args):
+        raise ValueError("an internal invariant broke")
+
+    parser = stage_parser("test", "test", "a=1")
+    with pytest.raises(ValueError, match="internal invariant"):
+        run_stage(parser, TrainConfig, buggy, ["configs/train/flip_tiny.yaml"])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from evaluation import datasets, metrics
 from evaluation.config import EvalConfig, TaskConfig
+from flipcommon.errors import UserError
 
 
 def test_classification_metrics_by_hand():
@@ -138,7 +139,7 @@ def test_one_class_dataset_is_a_clear_error(micro_run, demo_corpus_dir, tmp_path
         tasks=[task],
         device="cpu",
     )
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(UserError, match="at least 2 classes"):
         run(config)
 
 
@@ -189,7 +190,7 @@ def test_array_task_evaluates_its_own_checkpoint(micro_run, demo_corpus_dir, tmp
     assert (tmp_path / "0001" / "results.json").exists()
     monkeypatch.setenv("TEST_ARRAY_INDEX", "2")
     config.output_dir = str(tmp_path)
-    with pytest.raises(ValueError, match="only 2 checkpoint"):
+    with pytest.raises(UserError, match="only 2 checkpoint"):
         run(config)
 
 

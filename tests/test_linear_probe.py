@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from evaluation.linear_probe import DEFAULT_C_GRID, fit_logistic, linear_probe, penalty_for
+from flipcommon.errors import UserError
 
 
 def _clusters(n_per_class: int, classes: int, dim: int, spread: float, seed: int):
@@ -62,7 +63,7 @@ def test_a_warm_started_fit_reaches_the_same_minimum():
 
 def test_one_class_training_set_is_a_clear_error():
     x = torch.randn(10, 4)
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(UserError, match="at least 2 classes"):
         linear_probe(x, torch.zeros(10, dtype=torch.long), x, torch.zeros(10, dtype=torch.long), 2)
 
 

@@ -9,6 +9,7 @@ import torch
 from evaluation.config import EvalConfig, TaskConfig
 from evaluation.datasets import DatasetMissing, fashion_mnist, tuxpaint
 from evaluation.local_sets import clip_benchmark_wds, image_folder, shard_set_retrieval
+from flipcommon.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_empty_class_folder_is_a_clear_error(tmp_path):
     (tmp_path / "val" / "shirt").mkdir(parents=True)
     data.images[0].save(tmp_path / "val" / "shirt" / "0.png")
     (tmp_path / "val" / "sandal").mkdir()  # no images: its recall would be undefined
-    with pytest.raises(ValueError, match="sandal is empty"):
+    with pytest.raises(UserError, match="sandal is empty"):
         image_folder(str(tmp_path), "val")
 
 
@@ -121,5 +122,5 @@ def test_templates_from_clip_benchmark_and_from_the_dataset():
     assert len(seven) == 7 and set(seven) <= set(imagenet)  # a subset of CLIP's 80
     assert resolve_templates(TaskConfig(), ["x {c}"]) == ["x {c}"]
     assert resolve_templates(TaskConfig(), None) == ["{c}"]
-    with pytest.raises(ValueError, match="no template set"):
+    with pytest.raises(UserError, match="no template set"):
         resolve_templates(TaskConfig(templates=["@clip_benchmark:nope"]), None)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flipcommon.errors import UserError
 
-class BatchSplitError(ValueError):
+
+class BatchSplitError(UserError, ValueError):
     """A batch that cannot be split evenly: a config mistake, said before any model is built."""
 
 

@@ -22,6 +22,7 @@ from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file as save_safetensors_file
 from torch import nn
 
+from flipcommon.errors import UserError
 from flipcommon.storage import (
     atomic_local_path,
     is_local,
@@ -36,7 +37,7 @@ STATE_FILE = "train_state.pt"
 LATEST_FILE = "LATEST"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     pass
 
 

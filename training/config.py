@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -28,7 +29,8 @@ class PhaseConfig:
 @dataclass
 class ModelConfig:
     name: str = "flip_tiny"  # a JSON in training/model_configs/ (or any open_clip model name)
-    variant: str = "openclip"  # openclip: CLS pooling, config context | paper: avg pool, 32 tokens
+    # openclip: CLS pooling, the config's context | paper: average pooling, 32 text tokens
+    variant: Literal["openclip", "paper"] = "openclip"
 
 
 @dataclass
@@ -40,7 +42,7 @@ class DataConfig:
     # How loader workers start. "spawn": a fresh interpreter (seconds per start). "fork" starts
     # faster, but every page of weights and optimizer state the trainer then updates is copied:
     # for a large model (ViT-H/14: ~16 GB of state) that doubles the memory. Fork only small ones.
-    worker_start: str = "spawn"
+    worker_start: Literal["spawn", "fork", "forkserver"] = "spawn"
 
 
 @dataclass
@@ -63,15 +65,15 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     # With more than one process: ddp (each rank holds the whole model) or fsdp (weights,
     # gradients and optimizer state sharded across ranks; for ViT-H/14 and larger)
-    parallelism: str = "ddp"
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast
     grad_checkpointing: bool = False
     # Images per process per forward pass (0: the whole batch per process at once). Each step
     # accumulates batch_size / (processes x micro_batch) of them; the contrastive batch stays
     # batch_size (training.batching).
     micro_batch: int = 0
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     # How long any collective may wait (a checkpoint write to slow storage included) before the
     # run fails instead of hanging.
     dist_timeout_s: float = 3600.0

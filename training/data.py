@@ -20,6 +20,7 @@ import webdataset as wds
 from PIL import Image
 from torchvision import transforms
 
+from flipcommon.errors import UserError
 from flipcommon.storage import read_json, url_join
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def open_shard_set(root: str) -> ShardSet:
         ) from exc
     sizes = {name: int(n) for name, n in sizes.items() if int(n) > 0}
     if not sizes:
-        raise ValueError(f"shard set {root} holds no samples")
+        raise UserError(f"shard set {root} holds no samples")
     return ShardSet([url_join(root, name) for name in sorted(sizes)], sizes)
 
 

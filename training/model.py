@@ -10,6 +10,7 @@ from pathlib import Path
 import open_clip
 from torch import nn
 
+from flipcommon.errors import UserError
 from training.masking import PatchRemoval
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -24,14 +25,14 @@ def model_cfg(name: str, variant: str = "openclip") -> dict:
         cfg = open_clip.get_model_config(name)
         if cfg is None:
             known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
-            raise ValueError(f"unknown model {name!r}; ours: {known}, or an open_clip model name")
+            raise UserError(f"unknown model {name!r}; ours: {known}, or an open_clip model name")
     cfg = copy.deepcopy(cfg)
     if variant == "paper":
         # FLIP paper (Table 9 / App. A): global average pooling, 32 text tokens.
         cfg["vision_cfg"]["pool_type"] = "avg"
         cfg["text_cfg"]["context_length"] = 32
     elif variant != "openclip":
-        raise ValueError(f"model variant must be 'openclip' or 'paper', got {variant!r}")
+        raise UserError(f"model variant must be 'openclip' or 'paper', got {variant!r}")
     cfg["vision_cfg"].pop("patch_dropout", None)  # masking is ours, set per phase
     return cfg
 

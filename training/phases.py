@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flipcommon.errors import UserError
 from training.config import PhaseConfig
 from training.optim import lr_at, lr_at_time, scaled_lr
 
@@ -33,17 +34,17 @@ def plan_phases(
     phases: list[PhaseConfig], global_batch: int, steps_override: int = 0
 ) -> list[PhasePlan]:
     if not phases:
-        raise ValueError("a run needs at least one phase")
+        raise UserError("a run needs at least one phase")
     plans = []
     for phase in phases:
         if not 0.0 <= phase.mask_ratio < 1.0:
-            raise ValueError(f"phase {phase.name}: mask_ratio must be in [0, 1)")
+            raise UserError(f"phase {phase.name}: mask_ratio must be in [0, 1)")
         if phase.seconds < 0 or phase.warmup_seconds < 0:
-            raise ValueError(f"phase {phase.name}: seconds and warmup_seconds must be >= 0")
+            raise UserError(f"phase {phase.name}: seconds and warmup_seconds must be >= 0")
         peak_lr = scaled_lr(phase.base_lr, global_batch)
         if phase.seconds and not steps_override:
             if phase.warmup_seconds > phase.seconds:
-                raise ValueError(f"phase {phase.name}: warmup_seconds exceeds seconds")
+                raise UserError(f"phase {phase.name}: warmup_seconds exceeds seconds")
             plans.append(
                 PhasePlan(
                     phase.name, phase.mask_ratio, 0, 0, peak_lr, phase.seconds, phase.warmup_seconds
