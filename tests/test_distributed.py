@@ -177,3 +177,25 @@ def test_a_collective_that_waits_past_the_configured_timeout_fails_instead_of_ha
     mp.spawn(_timeout_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     outcome, seconds = (tmp_path / "rank1.txt").read_text().split()
     assert outcome != "returned" and float(seconds) < 3.5, (outcome, seconds)
+
+
+@pytest.mark.slow
+def test_the_gpu_machines_distributed_step_check_runs_on_cpu(tmp_path):
+    """The script a GPU machine runs (benchmarks/gpu/distributed_step_check.py), as a CPU smoke
+    run with gloo, so it cannot rot between the rare GPU runs."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    args += ["benchmarks/gpu/distributed_step_check.py", "--device", "cpu", "--model"]
+    args += ["flip_micro", "--batch", "8", "--steps", "1", "--warmup", "1", "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2 ranks, cpu: all checks passed" in result.stdout
+    saved = json.loads((tmp_path / "distributed_step_check.json").read_text())
+    results = {r["mode"]: r for r in saved["results"]}
+    assert results["ddp"]["weights_equal_across_ranks"] and results["fsdp"]["loss_finite"]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine, from a copy of the checkout with .device_inputs/ beside it (allow
-# 540 s), after benchmarks/gpu/prepare_device_inputs.sh on a machine with package access. Installs the carried wheels beside the image's
-# torch, then measures: the training step (train_step_mfu.py: ViT-B/16 and L/14, 0/50/75%,
-# ours and open_clip) and the linear probe against clip_benchmark's, unmodified, on CUDA.
-# Tables, raw figures and logs land in $OUT.
+# 540 s), after benchmarks/gpu/prepare_device_inputs.sh on a machine with package access.
+# Installs the carried wheels beside the image's torch, then measures: the training step
+# (train_step_mfu.py: ViT-B/16 and L/14, 0/50/75%, ours and open_clip), the linear probe against
+# clip_benchmark's, unmodified, on CUDA, and a DDP and an FSDP step on 2 GPUs (1 process per GPU;
+# skipped with one GPU) with the per-rank mask check. Tables, raw figures and logs land in $OUT.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -14,5 +15,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 if [ -f .device_inputs/probe_features.pt ]; then
     "$PYTHON" benchmarks/linear_probe_vs_clip_benchmark.py \
         --features .device_inputs/probe_features.pt --rounds 3 2>&1 | tee "$OUT/linear_probe.log"
+fi
+GPUS=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || echo 0)
+if [ "$GPUS" -ge 2 ]; then
+    "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node=2 \
+        benchmarks/gpu/distributed_step_check.py --model vit_b16 --batch 128 2>&1 \
+        | tee "$OUT/distributed_step_check.log"
+else
+    echo "one GPU: the 2-rank DDP/FSDP step check needs two" | tee "$OUT/distributed_step_check.log"
 fi
 "$PYTHON" benchmarks/gpu/train_step_mfu.py "$@" 2>&1 | tee "$OUT/train_step_mfu.log"

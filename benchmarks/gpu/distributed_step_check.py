@@ -1,0 +1,146 @@
+"""A multi-GPU training step, DDP then FSDP, with the checks a first GPU run needs: every rank
+draws its own patch masks, DDP leaves identical weights on every rank, FSDP steps with AdamW's
+default (foreach on CUDA) over sharded and replicated parameters, in bf16; and the step time
+and peak memory of each.
+
+    torchrun --nproc-per-node=2 benchmarks/gpu/distributed_step_check.py [--model vit_b16]
+    torchrun --nproc-per-node=2 benchmarks/gpu/distributed_step_check.py --device cpu \\
+        --model flip_micro --batch 8 --steps 2      # a CPU smoke run (gloo)
+
+Uses the trainer's own pieces (model, seeding, loss, step, sharding), not its data loader, so it
+runs where only torch and open_clip are installed. Rank 0 prints one table and writes
+distributed_step_check.json to $OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from training import rng  # noqa: E402
+from training.distributed import close_distributed, init_distributed, resolve_device  # noqa: E402
+from training.masking import remove_patches, set_mask_ratio  # noqa: E402
+from training.model import build_model  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
+from training.sharding import average_replicated_grads, shard_model  # noqa: E402
+from training.step import forward_backward  # noqa: E402
+
+
+def masks_differ_between_ranks(device: torch.device) -> bool:
+    """Draw a mask as PatchRemoval does (the global generator) and compare across ranks."""
+    tokens = torch.arange(17.0, device=device).repeat(4, 1).unsqueeze(-1)
+    mask = remove_patches(tokens, 0.5)[:, 1:, 0].contiguous()
+    gathered = [torch.zeros_like(mask) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mask)
+    return all(not torch.equal(gathered[0], other) for other in gathered[1:])
+
+
+def weights_equal_across_ranks(model: torch.nn.Module) -> bool:
+    flat = torch.cat([p.detach().float().flatten()[:1024] for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    return all(torch.equal(gathered[0], other) for other in gathered[1:])
+
+
+def run_mode(mode: str, args, rank: int, device: torch.device) -> dict:
+    torch.manual_seed(0)  # one initial model on every rank, as the trainer builds it
+    model, cfg, _ = build_model(args.model)
+    rng.seed_rank(0, rank)  # then each rank its own masks
+    set_mask_ratio(model, args.mask_ratio)
+    model.to(device).train()
+    if mode == "fsdp":
+        shard_model(model)
+    optimizer = build_optimizer(model, 1e-4, 0.2, (0.9, 0.95))
+    train_model = (
+        model
+        if mode == "fsdp"
+        else torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    )
+    size, context = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
+    images = torch.randn(args.batch, 3, size, size, device=device)
+    tokens = torch.randint(1, 49407, (args.batch, context), device=device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for step in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = forward_backward(train_model, model, images, tokens, autocast)
+        if mode == "fsdp":
+            average_replicated_grads(model)
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    result = {
+        "mode": mode,
+        "model": args.model,
+        "batch_per_rank": args.batch,
+        "s_per_step": sum(times) / len(times),
+        "loss_dtype": str(loss.dtype),
+        "loss_finite": bool(torch.isfinite(loss)),
+        "masks_differ_between_ranks": masks_differ_between_ranks(device),
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else None,
+    }
+    if mode == "ddp":
+        result["weights_equal_across_ranks"] = weights_equal_across_ranks(model)
+    del train_model, model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="vit_b16")
+    parser.add_argument("--batch", type=int, default=64, help="per rank")
+    parser.add_argument("--mask-ratio", type=float, default=0.5)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = parser.parse_args()
+    kind = "cuda" if args.device == "cuda" else "cpu"
+    info = init_distributed(kind)
+    if info.world_size < 2:
+        sys.exit("run under torchrun with --nproc-per-node >= 2")
+    device = resolve_device(args.device, info.local_rank)
+    results = [run_mode(mode, args, info.rank, device) for mode in ("ddp", "fsdp")]
+    if info.is_main:
+        for r in results:
+            print(json.dumps(r))
+        name = torch.cuda.get_device_name(device) if kind == "cuda" else "cpu"
+        header = f"{info.world_size} ranks, {name}"
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "distributed_step_check.json").write_text(
+            json.dumps({"setup": header, "results": results}, indent=2)
+        )
+        ok = all(r["masks_differ_between_ranks"] and r["loss_finite"] for r in results)
+        ok = ok and results[0]["weights_equal_across_ranks"]
+        print(f"{header}: {'all checks passed' if ok else 'A CHECK FAILED'}")
+    close_distributed()
+
+
+if __name__ == "__main__":
+    main()
