@@ -17,7 +17,8 @@ Which model: checkpoint= a checkpoint folder (any fsspec URL; empty: the newest 
 train_run_dir); checkpoints=[A,B] several, compared; every_checkpoint=true all of the run
 (metric vs samples seen); open_clip_model=NAME open_clip_weights=FILE any open_clip model.
 Writes output_dir/results.json (one record per checkpoint × task), report.md and report.html
-(tables and plots), and prints a table with the chance level beside each figure.
+(tables and plots), clip_benchmark/ (the same results in CLIP_benchmark's per-task format, for
+`clip_benchmark build`), and prints a table with the chance level beside each figure.
 
 Scale out: one array task per checkpoint — array_index_env=AWS_BATCH_JOB_ARRAY_INDEX
 (or JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID) evaluates only that checkpoint of the list,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from evaluation.clip_benchmark_results import FOLDER as CLIP_BENCHMARK_FOLDER
+from evaluation.clip_benchmark_results import write_clip_benchmark_results
 from evaluation.config import EvalConfig
 from evaluation.models import load_checkpoint, resolve_checkpoints
 from evaluation.report import format_table, write_results
@@ -78,6 +80,8 @@ def run(config: EvalConfig) -> list[dict]:
             print(f"== checkpoint {number}/{len(checkpoints)}: {ckpt_dir}", flush=True)
         records += evaluate_checkpoint(ckpt_dir, config, device)
     written = write_results(config.output_dir, records)
+    write_clip_benchmark_results(config.output_dir, records)
+    written.append(url_join(config.output_dir, CLIP_BENCHMARK_FOLDER) + "/ (clip_benchmark build)")
     print()
     print(format_table([r for r in records if r["model"]["checkpoint"] == checkpoints[-1]]))
     print(f"\nwrote {', '.join(written)}")

@@ -127,6 +127,46 @@ def test_eval_stage_on_a_trained_checkpoint(micro_run, demo_corpus_dir, tmp_path
     assert "chance %" in capsys.readouterr().out
     assert "| fashion | top1 |" in (tmp_path / "eval" / "report.md").read_text()
 
+    # CLIP_benchmark's own aggregation reads the per-task files written beside results.json
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    build = Path(sys.executable).parent / "clip_benchmark"
+    table = tmp_path / "benchmark.csv"
+    folder = tmp_path / "eval" / "clip_benchmark"
+    subprocess.run([str(build), "build", str(folder), "--output", str(table)], check=True)
+    rows = {row["dataset"]: row for row in csv.DictReader(table.open())}
+    assert sorted(rows) == ["emoji/name", "emoji/retrieval", "fashion", "tux"]
+    fashion = next(r for r in records if r["task_name"] == "fashion")
+    assert float(rows["fashion"]["acc1"]) == fashion["metrics"]["top1"]
+    assert rows["fashion"]["task"] == "zeroshot_classification"
+    tux = next(r for r in records if r["task_name"] == "tux")
+    assert rows["tux"]["task"] == "zeroshot_retrieval"
+    recall = tux["metrics"]["image_retrieval_recall@5"]
+    assert float(rows["tux"]["image_retrieval_recall@5"]) == recall
+    assert rows["tux"]["model_fullname"].startswith("flip_micro ")
+
+
+def test_linear_probe_metrics_take_clip_benchmarks_names():
+    from evaluation.clip_benchmark_results import clip_benchmark_record
+
+    record = {
+        "model": {"checkpoint": "runs/x/checkpoints/step_1", "model_name": "flip_tiny"},
+        "task_name": "fashion/probe",
+        "dataset": "fashion_mnist",
+        "task": "linear_probe",
+        "metrics": {"top1": 0.7, "top5": 0.9, "mean_per_class_recall": 0.69},
+    }
+    converted = clip_benchmark_record(record)
+    assert converted["task"] == "linear_probe" and converted["model"] == "flip_tiny"
+    assert converted["metrics"] == {
+        "lp_acc1": 0.7,
+        "lp_acc5": 0.9,
+        "lp_mean_per_class_recall": 0.69,
+    }
+
 
 def test_one_class_dataset_is_a_clear_error(micro_run, demo_corpus_dir, tmp_path):
     from evaluation.stage import run
