@@ -227,8 +227,8 @@ class Fetcher:
             url = outcome  # a redirect target, checked on the next hop
         raise FetchError("too many redirects")
 
-    def _wait_turn(self, host: str, stop_at: float, reason: str) -> None:
-        wait = self.throttle.reserve(host)
+    def _wait_turn(self, site: str, stop_at: float, reason: str) -> None:
+        wait = self.throttle.reserve(site)
         if time.monotonic() + wait > stop_at:
             raise FetchError(reason, retryable=True)
         if wait > 0:
