@@ -62,7 +62,9 @@ class FetchConfig:
     backoff_base_s: float = 1.0  # doubles per attempt, jittered, capped at backoff_max_s
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 60.0  # a longer Retry-After leaves the URL to the final pass
-    per_domain_interval_s: float = 0.0  # minimum gap between requests to one host, per task
+    # Minimum gap between requests to one site (registrable domain) from the whole cluster;
+    # each task paces a site by this × the site's shard spread (pipeline.domains). 0: off.
+    per_domain_interval_s: float = 0.0
     max_redirects: int = 5
     # Networks exempt from the SSRF guard (CIDRs). Empty: only public addresses are fetched.
     allowed_networks: list[str] = field(default_factory=list)
