@@ -56,5 +56,5 @@ class EvalConfig:
     demo_corpus_dir: str = ".cache/demo_corpus"  # where the held-out emoji set was rendered
     batch_size: int = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: int = 2
+    workers: int = 2  # loader processes decoding and preprocessing images
     tasks: list[TaskConfig] = field(default_factory=list)

@@ -1,5 +1,8 @@
 """Feature extraction with a progress bar; features come back L2-normalised on the CPU.
 
+On CUDA the towers run under bf16 autocast (features are cast back to fp32 before they are
+normalised), and batches come from pinned memory; on the CPU everything stays fp32.
+
 An image that cannot be decoded is skipped and reported by index, so that callers drop its
 label or captions too: nothing is scored silently against the wrong sample.
 """
@@ -43,22 +46,31 @@ def _collate(batch):
     return [i for i, _ in kept], torch.stack([t for _, t in kept]), skipped
 
 
+def _autocast(device):
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @torch.no_grad()
 def image_features(
     model, images, preprocess, device, batch_size: int, desc: str, workers: int = 0
 ) -> tuple[torch.Tensor, list[int]]:
-    """Features of the decodable images, and the indices of those that could not be decoded."""
+    """Features of the decodable images, and the indices of those that could not be decoded.
+    ``workers`` loader processes decode and preprocess while the model runs."""
     loader = torch.utils.data.DataLoader(
         _ImageDataset(images, preprocess),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
+        pin_memory=torch.device(device).type == "cuda",
     )
     out, skipped = [], []
     for _, batch, bad in tqdm(loader, desc=f"{desc}: images", unit="batch", leave=False):
         skipped += bad
         if batch is not None:
-            out.append(F.normalize(model.encode_image(batch.to(device)).float(), dim=-1).cpu())
+            with _autocast(device):
+                encoded = model.encode_image(batch.to(device, non_blocking=True))
+            out.append(F.normalize(encoded.float(), dim=-1).cpu())
     if not out:
         raise UserError(f"{desc}: none of the {len(images)} images could be decoded")
     return torch.cat(out), skipped
@@ -69,5 +81,7 @@ def text_features(model, texts: list[str], tokenizer, device, batch_size: int) -
     out = []
     for start in range(0, len(texts), batch_size):
         tokens = tokenizer(texts[start : start + batch_size]).to(device)
-        out.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+        with _autocast(device):
+            encoded = model.encode_text(tokens)
+        out.append(F.normalize(encoded.float(), dim=-1).cpu())
     return torch.cat(out)

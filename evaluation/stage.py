@@ -43,6 +43,7 @@ def evaluate_checkpoint(ckpt_dir: str, config: EvalConfig, device) -> list[dict]
             config.batch_size,
             config.demo_corpus_dir,
             feature_cache,
+            config.workers,
         )
         headline = ", ".join(f"{k} {100 * v:.2f}" for k, v in list(record["metrics"].items())[:2])
         print(f"[{index}/{len(config.tasks)}] {task.name}: {headline}", flush=True)

@@ -125,6 +125,7 @@ def run_task(
     batch_size: int,
     corpus_dir: str,
     feature_cache: dict | None = None,
+    workers: int = 0,
 ) -> dict:
     """One result record: metrics, their chance levels, and the sample counts behind them.
 
@@ -134,7 +135,9 @@ def run_task(
     images, skipped = _features(
         feature_cache,
         (task.dataset, task.path, task.split, task.limit),
-        lambda: image_features(model, data.images, preprocess, device, batch_size, task.name),
+        lambda: image_features(
+            model, data.images, preprocess, device, batch_size, task.name, workers
+        ),
     )
     details: dict = {"skipped_images": len(skipped)}
     templates = None
@@ -150,7 +153,13 @@ def run_task(
             feature_cache,
             (task.dataset, task.path, task.train_split, task.train_limit),
             lambda: image_features(
-                model, train.images, preprocess, device, batch_size, f"{task.name} (train)"
+                model,
+                train.images,
+                preprocess,
+                device,
+                batch_size,
+                f"{task.name} (train)",
+                workers,
             ),
         )
         train_labels = _drop_skipped_classification(train, train_skipped)

@@ -310,3 +310,37 @@ def test_tasks_over_the_same_images_share_their_features(
         )
     )
     assert calls == [30]
+
+
+def _truncated_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    noise = torch.randint(0, 255, (30, 40, 3), dtype=torch.uint8).numpy()
+    Image.fromarray(noise).save(buffer, "PNG")
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+def test_loader_workers_give_the_same_features_and_skips():
+    """The configured loader workers are used, and change nothing but the speed."""
+    import io
+
+    import open_clip
+    from PIL import Image
+
+    from evaluation.features import image_features
+    from training.model import build_model, preprocess_cfg
+
+    torch.manual_seed(0)
+    model, _, _ = build_model("flip_micro")
+    model.eval()
+    preprocess = open_clip.image_transform(preprocess_cfg(model)["size"], is_train=False)
+    good = [Image.new("RGB", (40, 30), (i * 20, 50, 200 - i * 10)) for i in range(9)]
+    broken = Image.open(io.BytesIO(_truncated_png()))  # opens; fails when decoded
+    images = good[:4] + [broken] + good[4:]
+    plain, skipped = image_features(model, images, preprocess, "cpu", 4, "w0", workers=0)
+    parallel, skipped_too = image_features(model, images, preprocess, "cpu", 4, "w2", workers=2)
+    assert skipped == skipped_too == [4]
+    torch.testing.assert_close(parallel, plain)
