@@ -38,7 +38,12 @@ from pyspark.sql import SparkSession
 from flipcommon.errors import UserError
 from flipcommon.storage import exists, read_json, url_join, write_bytes_atomic, write_json_atomic
 from pipeline.config import ClipScoreConfig
-from pipeline.manifest import ReconciliationError, read_shard_stats, shard_sizes
+from pipeline.manifest import (
+    ReconciliationError,
+    read_shard_stats,
+    shard_set_manifest,
+    shard_sizes,
+)
 from pipeline.shard_download import ShardWriter, read_tar_images, read_tar_samples
 
 log = logging.getLogger(__name__)
@@ -273,26 +278,25 @@ def write_filtered_manifest(
             f"selected {sum(n for _, n in kept_per_shard)}, written {kept}"
         )
     write_json_atomic(url_join(config.output_dir, "sizes.json"), sizes)
-    manifest = {
-        "format": "webdataset (img2dataset layout)",
-        "source": source_dir,
-        "source_counts": source_manifest["counts"],
-        "counts": {"rows_in": rows_in, "clip_score_dropped": rows_in - kept, "kept": kept},
-        "parameters": {
+    manifest = shard_set_manifest(
+        {"rows_in": rows_in, "clip_score_dropped": rows_in - kept, "kept": kept},
+        {
             "checkpoint": config.checkpoint,
             "min_similarity": config.min_similarity,
             "top_percent": config.top_percent,
             "threshold": threshold,
             "samples_per_shard": config.samples_per_shard,
         },
-        "similarity_histogram": {
+        [source_dir],
+        list(sizes),
+        source_counts=source_manifest["counts"],
+        similarity_histogram={
             "range": [-1.0, 1.0],
             "bins": 100,
             "counts": histogram.reshape(100, -1).sum(1).tolist(),
         },
-        "embeddings": url_join(config.output_dir, "embeddings"),
-        "shards": sorted(sizes),
-    }
+        embeddings=url_join(config.output_dir, "embeddings"),
+    )
     write_json_atomic(url_join(config.output_dir, "manifest.json"), manifest)
     log.info("CLIP-score filter: kept %d of %d (threshold %.4f)", kept, rows_in, threshold)
     return manifest

@@ -93,6 +93,26 @@ def code_version() -> str:
         return "unknown"
 
 
+def shard_set_manifest(
+    counts: dict[str, Any],
+    parameters: dict[str, Any],
+    sources: list[str],
+    shards: list[str],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The keys every shard set's manifest.json has, whichever stage wrote it."""
+    return {
+        "format": "webdataset (img2dataset layout)",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "sources": sources,
+        "counts": counts,
+        "parameters": parameters,
+        **extra,
+        "shards": sorted(shards),
+    }
+
+
 def write_manifest(
     output_dir: str,
     counts: dict[str, Any],
@@ -112,14 +132,7 @@ def write_manifest(
     write_report(output_dir, {**counts, "kept": counts["download"]["succeeded"]})
     sizes = shard_sizes(stats)
     write_json_atomic(url_join(output_dir, "sizes.json"), sizes)
-    manifest = {
-        "format": "webdataset (img2dataset layout)",
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code_version": code_version(),
-        "sources": sources,
-        "counts": {**counts, "kept": counts["download"]["succeeded"]},
-        "parameters": parameters,
-        "shards": sorted(sizes),
-    }
+    kept = {**counts, "kept": counts["download"]["succeeded"]}
+    manifest = shard_set_manifest(kept, parameters, sources, list(sizes))
     write_json_atomic(url_join(output_dir, "manifest.json"), manifest)
     return manifest

@@ -107,6 +107,10 @@ def test_filtered_set_keeps_the_top_half_with_original_keys(filtered, shard_set)
     counts = manifest["counts"]
     assert counts["rows_in"] == len(meta) == counts["kept"] + counts["clip_score_dropped"]
     assert 0.4 * len(meta) <= counts["kept"] <= 0.5 * len(meta)
+    # the same manifest shape as the pipeline's own: its source, when and by which code
+    source = json.loads((Path(shard_set) / "manifest.json").read_text())
+    assert manifest["sources"] == [str(shard_set)] and manifest["created_at"]
+    assert {k for k in source if k != "parameters"} <= set(manifest)
     sizes = json.loads((out / "sizes.json").read_text())
     assert sum(sizes.values()) == counts["kept"] and max(sizes.values()) <= 7
     with tarfile.open(sorted(out.glob("*.tar"))[0]) as tar:
