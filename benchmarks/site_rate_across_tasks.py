@@ -7,7 +7,7 @@ download paced per task only (the spread file removed: what a per-task limit giv
 Three sites on loopback (127.0.0.2-4, one HTTP server each), their URLs written as the stage
 writes its URL list (runs of a quarter shard placed by hash, so each site spans several shards),
 downloaded on Spark local[2] with two tasks at once. Prints, per side, the most requests any one
-site received in any 1-second window and over the whole run, against 1/I.
+site received in any (closed) 1-second window and over the whole run, against 1/I.
 """
 
 from __future__ import annotations
@@ -32,20 +32,10 @@ from pipeline.domains import SPREAD_FILE  # noqa: E402
 from pipeline.download import download_shards  # noqa: E402
 from pipeline.spark_session import get_spark  # noqa: E402
 from pipeline.url_shards import URL_COLUMNS, write_url_list  # noqa: E402
-from tests.hostile_web import HostileWeb  # noqa: E402
+from tests.hostile_web import HostileWeb, max_requests_in_window  # noqa: E402
 
 TASKS = 2
 SAMPLES_PER_SHARD = 12
-
-
-def max_in_window(times: list[float], window_s: float) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window_s:  # half-open: [t0, t0 + window)
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def run(spark, url_list: str, out: str, interval: float, webs: list[HostileWeb]) -> list[list]:
@@ -62,7 +52,7 @@ def run(spark, url_list: str, out: str, interval: float, webs: list[HostileWeb])
 
 
 def report(label: str, sites: list[list[float]], interval: float) -> None:
-    per_second = max(max_in_window(times, 1.0) for times in sites)
+    per_second = max(max_requests_in_window(times, 1.0) for times in sites)
     overall = max((len(t) - 1) / (t[-1] - t[0]) for t in sites if len(t) > 1)
     print(
         f"{label:<24} max in any 1 s: {per_second:3d} ({per_second * interval:.2f}x 1/I); "

@@ -82,7 +82,7 @@ def run(config: EvalConfig) -> list[dict]:
         records += evaluate_checkpoint(ckpt_dir, config, device)
     written = write_results(config.output_dir, records)
     write_clip_benchmark_results(config.output_dir, records)
-    written.append(url_join(config.output_dir, CLIP_BENCHMARK_FOLDER) + "/ (clip_benchmark build)")
+    written.append(url_join(config.output_dir, CLIP_BENCHMARK_FOLDER) + "/")
     print()
     print(format_table([r for r in records if r["model"]["checkpoint"] == checkpoints[-1]]))
     print(f"\nwrote {', '.join(written)}")

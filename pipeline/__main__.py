@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 from flipcommon.cli import run_stage, stage_parser
@@ -42,7 +43,7 @@ def _run(config: PipelineConfig, _args) -> None:
     from pipeline.stage import run  # imported late: --help must not need Spark
 
     manifest = run(config)
-    counts = json.loads(json.dumps(manifest["counts"]))
+    counts = copy.deepcopy(manifest["counts"])
     # the progress timeline is for the report's plot, not the console
     (counts.get("download", {}).get("run") or {}).pop("timeline", None)
     print(json.dumps(counts, indent=2))

@@ -14,9 +14,9 @@
    shard set (same layout and contract), closed by its own ``sizes.json`` and ``manifest.json``.
 
 clip-retrieval itself is not a dependency: its 2.45 release pins transformers<5 (through
-sentence-transformers), fire<0.6 and flask-cors<5, which conflict with the measured set of this
-project (see the Foundation issue), so the embedding step runs open_clip directly and writes
-clip-retrieval's layout.
+sentence-transformers), fire<0.6 and flask-cors<5, which conflict with the measured set of
+this project (pyproject.toml, requirements.lock), so the embedding step runs open_clip
+directly and writes clip-retrieval's layout.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ shared by the whole attempt (all redirect hops included):
   minutes: a web-scale URL list asks for the same hosts over and over.
 
 The mechanism is chosen over an asyncio client because it keeps the fetch step's SSRF pin (the
-checked address is the one connected to) and thread model as they are, and its overhead is one
-``settimeout`` per socket call (see docs/benchmarks.md for the fault matrix it was measured on).
+checked address is the one connected to) and thread model as they are; an asyncio client
+(aiohttp) would save at most ~8% of a task's CPU per image (docs/benchmarks.md, where the fault
+matrix this was measured on is too).
 """
 
 from __future__ import annotations
@@ -69,29 +70,26 @@ class Deadline:
         return min(remaining, self.per_operation_s)
 
 
+def _armed(operation: Callable[..., Any]) -> Callable[..., Any]:
+    """``operation`` with the socket's timeout set, just before it runs, to what is left of
+    the socket's deadline."""
+
+    def armed(self: Any, *args: Any) -> Any:
+        self.settimeout(self.deadline.operation_timeout())
+        return operation(self, *args)
+
+    armed.__name__ = operation.__name__
+    return armed
+
+
 class DeadlineSocket(socket.socket):
     """A TCP socket whose every operation is bounded by what is left of ``deadline``."""
 
     deadline: Deadline
-
-    def _arm(self) -> None:
-        self.settimeout(self.deadline.operation_timeout())
-
-    def recv(self, *args: Any) -> bytes:
-        self._arm()
-        return super().recv(*args)
-
-    def recv_into(self, *args: Any) -> int:
-        self._arm()
-        return super().recv_into(*args)
-
-    def send(self, *args: Any) -> int:
-        self._arm()
-        return super().send(*args)
-
-    def sendall(self, *args: Any) -> None:
-        self._arm()
-        return super().sendall(*args)
+    recv = _armed(socket.socket.recv)
+    recv_into = _armed(socket.socket.recv_into)
+    send = _armed(socket.socket.send)
+    sendall = _armed(socket.socket.sendall)
 
 
 class DeadlineSSLSocket(ssl.SSLSocket):
@@ -99,21 +97,9 @@ class DeadlineSSLSocket(ssl.SSLSocket):
     ``send``, so arming these three and the handshake covers every TLS operation."""
 
     deadline: Deadline
-
-    def _arm(self) -> None:
-        self.settimeout(self.deadline.operation_timeout())
-
-    def read(self, *args: Any) -> Any:
-        self._arm()
-        return super().read(*args)
-
-    def send(self, *args: Any) -> int:
-        self._arm()
-        return super().send(*args)
-
-    def do_handshake(self, *args: Any) -> None:
-        self._arm()
-        return super().do_handshake(*args)
+    read = _armed(ssl.SSLSocket.read)
+    send = _armed(ssl.SSLSocket.send)
+    do_handshake = _armed(ssl.SSLSocket.do_handshake)
 
 
 def tls_context(ca_file: str = "") -> ssl.SSLContext:

@@ -7,8 +7,9 @@ IP address or a single-label host stands for itself.
 
 The URL list puts one domain's URLs in few shards (``pipeline.url_shards``) and records, for
 each domain that still spans several shards, how many: its *spread*. A task paces a domain at
-``per_domain_interval_s × spread``, so however many of those shards run at once, the domain
-sees at most one request per ``per_domain_interval_s`` from the whole cluster.
+``per_domain_interval_s × min(spread, tasks that can run at once)``, so however many of those
+shards run at once, the domain sees at most one request per ``per_domain_interval_s`` from the
+whole cluster (``pipeline.shard_download.SitePacing``).
 """
 
 from __future__ import annotations

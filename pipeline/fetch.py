@@ -92,24 +92,24 @@ def is_retryable(reason: str | None) -> bool:
 
 class DomainThrottle:
     """A minimum interval between requests to one site (registrable domain), shared by a
-    task's threads. A domain whose URLs span ``spread[domain]`` shards is paced that many
-    times slower, so all of its shards together keep to ``interval_s``."""
+    task's threads. A site with a multiplier k (the shards of it that may run at once,
+    ``SitePacing``) is paced k times slower, so those shards together keep to ``interval_s``."""
 
     def __init__(
         self,
         interval_s: float,
-        spread: Mapping[str, int] | None = None,
+        multipliers: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.interval_s = interval_s
-        self.spread = spread or {}
+        self.multipliers = multipliers or {}
         self._clock = clock
         self._next_free: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def reserve(self, domain: str) -> float:
         """Book the next slot for ``domain``; return how long to wait for it."""
-        interval = self.interval_s * self.spread.get(domain, 1)
+        interval = self.interval_s * self.multipliers.get(domain, 1)
         with self._lock:
             now = self._clock()
             slot = max(now, self._next_free.get(domain, 0.0))
@@ -174,13 +174,13 @@ class Fetcher:
         config: FetchConfig,
         sleep: Callable[[float], None] = time.sleep,
         resolver: Resolver | None = None,
-        spread: Mapping[str, int] | None = None,
+        pace_multipliers: Mapping[str, int] | None = None,
     ):
         self.config = config
         self.guard = AddressGuard(list(config.allowed_networks))
         self.resolver = resolver or Resolver(cache_s=config.dns_cache_s)
         self.tls = tls_context(config.ca_file)
-        self.throttle = DomainThrottle(config.per_domain_interval_s, spread)
+        self.throttle = DomainThrottle(config.per_domain_interval_s, pace_multipliers)
         self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
         self.ua_token = config.user_agent_token.strip().lower()
         self.user_agent = f"{BROWSER_UA} (compatible; {config.user_agent_token})"

@@ -181,8 +181,9 @@ def make_processor(
         encode_format=ENCODE_FORMAT,
     )
     loaded = load_blocklist(blocklist.url, blocklist.max_distance) if blocklist else None
-    spread = pacing.multipliers() if pacing else {}
-    return SampleProcessor(Fetcher(fetch, spread=spread), resizer, download.max_pixels, loaded)
+    multipliers = pacing.multipliers() if pacing else {}
+    fetcher = Fetcher(fetch, pace_multipliers=multipliers)
+    return SampleProcessor(fetcher, resizer, download.max_pixels, loaded)
 
 
 def process_all(

@@ -66,6 +66,17 @@ def png_bomb(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
+def max_requests_in_window(times: list[float], window_s: float) -> int:
+    """The most requests in any closed window of ``window_s`` seconds of a request log."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] > window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # Python's default 5 drops SYNs under a burst of connects
 

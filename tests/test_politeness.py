@@ -18,7 +18,7 @@ from pipeline.domains import (
 )
 from pipeline.fetch import DomainThrottle
 from pipeline.url_shards import MAX_DOMAIN_SHARE, URL_COLUMNS, write_url_list
-from tests.hostile_web import HostileWeb
+from tests.hostile_web import HostileWeb, max_requests_in_window
 
 
 def test_registrable_domains_from_the_bundled_suffix_list():
@@ -102,17 +102,6 @@ def test_url_list_keeps_sites_together_and_records_their_spread(spark, tmp_path)
     assert (tmp_path / "a" / "_work" / "urls" / SPREAD_FILE).exists()
 
 
-def _max_in_window(times: list[float], window_s: float) -> int:
-    """The most requests in any closed window of ``window_s`` seconds."""
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] > window_s:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 @pytest.mark.timeout(300)
 def test_a_site_gets_at_most_one_request_per_interval_from_all_tasks(spark, tmp_path, caplog):
     """Three sites on loopback (127.0.0.2-4), their URLs spread over shards that run two at a
@@ -144,7 +133,7 @@ def test_a_site_gets_at_most_one_request_per_interval_from_all_tasks(spark, tmp_
     for site in times:
         assert len(site) == 24
         for window in (1.0, 2.0, 4.0):
-            assert _max_in_window(site, window) <= window / interval + tasks, (window, site)
+            assert max_requests_in_window(site, window) <= window / interval + tasks, (window, site)
 
     # The paced run lasts many seconds: the driver printed progress while it ran, not only at
     # the end, and the manifest keeps the run's figures.

@@ -29,7 +29,6 @@ from training.model import build_model, preprocess_cfg
 from training.observe import Progress, plot_curves
 from training.optim import build_optimizer, set_lr
 from training.phases import plan_phases
-from training.rng import seed_rank
 from training.sharding import average_replicated_grads, shard_model
 from training.step import forward_backward
 
@@ -83,7 +82,7 @@ def train(config: TrainConfig) -> str:
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model, model_cfg, reg_name = build_model(config.model.name, config.model.variant)
-    seed_rank(config.seed, dist_info.rank)  # then each rank its own masks (training.rng)
+    rng.seed_rank(config.seed, dist_info.rank)  # then each rank its own masks
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -206,30 +205,30 @@ def train(config: TrainConfig) -> str:
             ) or crossed_interval(clock_before, state.train_seconds, config.checkpoint_every_s)
             if at_phase_end:
                 state.phase_index, state.phase_step, state.phase_seconds = phase_index + 1, 0, 0.0
-            # Every rank's random state is gathered (a collective); under FSDP gathering the
-            # weights is one too, under DDP rank 0 holds them all.
-            rng_states = rng.gather_states() if at_phase_end or periodic else []
-            if (at_phase_end or periodic) and (sharded or dist_info.is_main):
-                written = _checkpoint(
-                    config.run_dir,
-                    model,
-                    optimizer,
-                    (model_cfg, pp_cfg),
-                    state,
-                    {
-                        **info,
-                        "phase": plan.name,
-                        "samples_seen": state.samples_seen,
-                        "step": state.step,
-                        "train_seconds": state.train_seconds,
-                        "config": asdict(config),
-                    },
-                    rng_states,
-                    write=dist_info.is_main,
-                )
-                last_ckpt = written or last_ckpt
-                progress.flush()
             if at_phase_end or periodic:
+                # Every rank's random state is gathered (a collective); under FSDP gathering
+                # the weights is one too, under DDP rank 0 holds them all.
+                rng_states = rng.gather_states()
+                if sharded or dist_info.is_main:
+                    written = _checkpoint(
+                        config.run_dir,
+                        model,
+                        optimizer,
+                        (model_cfg, pp_cfg),
+                        state,
+                        {
+                            **info,
+                            "phase": plan.name,
+                            "samples_seen": state.samples_seen,
+                            "step": state.step,
+                            "train_seconds": state.train_seconds,
+                            "config": asdict(config),
+                        },
+                        rng_states,
+                        write=dist_info.is_main,
+                    )
+                    last_ckpt = written or last_ckpt
+                    progress.flush()
                 barrier()  # no rank runs on until the checkpoint is whole on storage
             # Restarting the stream at a checkpoint makes a resumed run see the same batches.
             # A timed phase cannot resume bit for bit anyway, and the restart (refilling the
