@@ -68,6 +68,10 @@ class TrainConfig:
     parallelism: Literal["ddp", "fsdp"] = "ddp"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast
     grad_checkpointing: bool = False
+    # The text tower runs each caption only up to its end-of-text token, captions sorted into
+    # at most this many length groups (same features and gradients; training.text_lengths).
+    # 0: every caption over the whole context, padding included, as open_clip does.
+    text_length_groups: int = 4
     # Images per process per forward pass (0: the whole batch per process at once). Each step
     # accumulates batch_size / (processes x micro_batch) of them; the contrastive batch stays
     # batch_size (training.batching).

@@ -31,6 +31,7 @@ from training.optim import build_optimizer, set_lr
 from training.phases import plan_phases
 from training.sharding import average_replicated_grads, shard_model
 from training.step import forward_backward
+from training.text_lengths import group_text_by_length
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,15 @@ def train(config: TrainConfig) -> str:
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model, model_cfg, reg_name = build_model(config.model.name, config.model.variant)
     rng.seed_rank(config.seed, dist_info.rank)  # then each rank its own masks
+    sharded = dist_info.world_size > 1 and config.parallelism == "fsdp"
+    # A sharded block gathers its weights on every call, so all ranks must call it equally
+    # often: one cut per rank (its own longest caption) instead of a varying number of groups.
+    group_text_by_length(
+        model, min(config.text_length_groups, 1) if sharded else config.text_length_groups
+    )
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
-    if config.parallelism not in ("ddp", "fsdp"):
-        raise ValueError(f"parallelism must be ddp or fsdp, not {config.parallelism!r}")
-    sharded = dist_info.world_size > 1 and config.parallelism == "fsdp"
     if sharded:
         shard_model(model)  # before the optimizer: it must hold the sharded parameters
     optimizer = build_optimizer(model, plans[0].peak_lr, config.weight_decay, tuple(config.betas))

@@ -4,7 +4,9 @@
 #   torch, timm, huggingface_hub, safetensors, regex, tqdm, scikit-learn; nothing can be fetched
 #   there), pinned as in requirements.lock, all pure Python;
 # - probe_features.pt: Fashion-MNIST features of a checkpoint (default: the demo's newest), so
-#   the linear probe comparison runs there without the dataset or the model.
+#   the linear probe comparison runs there without the dataset or the model;
+# - caption_tokens.pt: the demo corpus's training captions, tokenized, so that the step
+#   comparison there sees real caption lengths.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DEMO=runs/demo/train/checkpoints
@@ -20,4 +22,10 @@ if [ -n "$CHECKPOINT" ]; then
 else
     echo "no checkpoint (run make demo, or give one): the probe comparison will be skipped"
 fi
+.venv/bin/python -c "
+import sys, open_clip, torch
+sys.path.insert(0, 'benchmarks')
+from bench_common import demo_caption_tokens
+torch.save(demo_caption_tokens(open_clip.get_tokenizer('ViT-B-16')), '.device_inputs/caption_tokens.pt')
+"
 du -sh .device_inputs

@@ -2,7 +2,8 @@
 # Run ON the GPU machine, from a copy of the checkout with .device_inputs/ beside it (allow
 # 540 s), after benchmarks/gpu/prepare_device_inputs.sh on a machine with package access.
 # Installs the carried wheels beside the image's torch, then measures: the training step
-# (train_step_mfu.py: ViT-B/16 and L/14, 0/50/75%, ours and open_clip), the linear probe against
+# (train_step_mfu.py: ViT-B/16 and L/14, 0/50/75%, ours and open_clip, on the demo corpus's
+# caption lengths), the linear probe against
 # clip_benchmark's, unmodified, on CUDA, and a DDP and an FSDP step on 2 GPUs (1 process per GPU;
 # skipped with one GPU) with the per-rank mask check. Tables, raw figures and logs land in $OUT.
 set -euo pipefail
@@ -24,4 +25,6 @@ if [ "$GPUS" -ge 2 ]; then
 else
     echo "one GPU: the 2-rank DDP/FSDP step check needs two" | tee "$OUT/distributed_step_check.log"
 fi
-"$PYTHON" benchmarks/gpu/train_step_mfu.py "$@" 2>&1 | tee "$OUT/train_step_mfu.log"
+CAPTIONS=()
+if [ -f .device_inputs/caption_tokens.pt ]; then CAPTIONS=(--captions .device_inputs/caption_tokens.pt); fi
+"$PYTHON" benchmarks/gpu/train_step_mfu.py "${CAPTIONS[@]}" "$@" 2>&1 | tee "$OUT/train_step_mfu.log"

@@ -4,8 +4,11 @@ For each model and mask ratio: samples/s of a whole training step (forward, cont
 backward, AdamW) under bf16 autocast, for our model (patch removal drawn on the GPU) and for
 open_clip's own model with ``force_patch_dropout`` at the same ratio, interleaved in rounds;
 model FLOPs utilisation from the FLOPs of one training sample counted on the real model
-(torch's FLOP counter); peak memory of a step. Prints a Markdown table, and writes it with the
-raw figures to $OUT (or --out) as train_step_mfu.{md,json}.
+(torch's FLOP counter, text at the whole context: ours cuts the text tower's padding, so its
+MFU counts the work open_clip does for the same result); peak memory of a step. Our step is the
+trainer's (text length groups, fused AdamW), open_clip's as its trainer runs it (its parameter
+groups, torch's default AdamW); ``--captions`` gives real caption lengths. Prints a Markdown
+table, and writes it with the raw figures to $OUT (or --out) as train_step_mfu.{md,json}.
 
     python benchmarks/gpu/train_step_mfu.py                  # ViT-B/16 and ViT-L/14, H200 peak
     python benchmarks/gpu/train_step_mfu.py --models flip_micro --device cpu --steps 1  # smoke
@@ -30,18 +33,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.bench_common import open_clip_optimizer, sample_rows  # noqa: E402
 from experiment.flops import train_flops_per_sample  # noqa: E402
 from training.loss import contrastive_loss  # noqa: E402
 from training.masking import set_mask_ratio  # noqa: E402
 from training.model import build_model, model_cfg, register  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
+from training.text_lengths import group_text_by_length  # noqa: E402
 
 # dense bf16 tensor-core peak of one H100/H200 SXM (NVIDIA's data sheets): the MFU denominator
 H200_BF16_PEAK_FLOPS = 989e12
 
 
 def timed_steps(model, optimizer, images, tokens, steps: int, device: torch.device) -> float:
-    """Seconds per whole training step, after the device has finished its work."""
+    """Seconds per whole training step, after the device has finished its work. Both use our
+    fp32 loss (open_clip's ClipLoss would compute its logits in bf16 under autocast)."""
 
     def sync() -> None:
         if device.type == "cuda":
@@ -62,10 +68,11 @@ def timed_steps(model, optimizer, images, tokens, steps: int, device: torch.devi
     return (time.perf_counter() - start) / steps
 
 
-def build_pair(name: str, variant: str, ratio: float, device: torch.device):
-    """Our model and open_clip's, same weights, both at mask ratio ``ratio``."""
+def build_pair(name: str, variant: str, ratio: float, device: torch.device, text_groups: int):
+    """Our model (as the trainer builds it) and open_clip's, same weights, both at ``ratio``."""
     torch.manual_seed(0)
     ours, cfg, _ = build_model(name, variant)
+    group_text_by_length(ours, text_groups)
     set_mask_ratio(ours, ratio)
     register(f"{name}-{variant}-plain", model_cfg(name, variant))
     theirs = open_clip.create_model(f"{name}-{variant}-plain", force_patch_dropout=ratio or None)
@@ -78,11 +85,17 @@ def measure_model(name: str, batch: int, ratios: list[float], args, device) -> l
     flops = train_flops_per_sample(name, args.variant, ratios, batch=2, device=str(device))
     rows = []
     for ratio in ratios:
-        pair, cfg = build_pair(name, args.variant, ratio, device)
+        pair, cfg = build_pair(name, args.variant, ratio, device, args.text_groups)
         size, context = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
         images = torch.randn(batch, 3, size, size, device=device)
-        tokens = torch.randint(1, 49407, (batch, context), device=device)
-        optimizers = {k: build_optimizer(m, 1e-5, 0.2, (0.9, 0.95)) for k, m in pair.items()}
+        if args.captions:
+            tokens = sample_rows(torch.load(args.captions)[:, :context], batch).to(device)
+        else:
+            tokens = torch.randint(1, 49407, (batch, context), device=device)
+        optimizers = {
+            "ours": build_optimizer(pair["ours"], 1e-5, 0.2, (0.9, 0.95)),
+            "open_clip": open_clip_optimizer(pair["open_clip"]),
+        }
         times: dict[str, list[float]] = {k: [] for k in pair}
         peak: dict[str, float] = {}
         for key, model in pair.items():  # warm-up, and the peak memory of a step
@@ -165,6 +178,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peak-flops", type=float, default=H200_BF16_PEAK_FLOPS)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--captions",
+        help="a tensor of caption token rows (prepare_device_inputs.sh saves the demo "
+        "corpus's); default: random tokens filling the whole context",
+    )
+    parser.add_argument("--text-groups", type=int, default=4, help="ours: text length groups")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
     if len(args.batches) == 1:
@@ -179,7 +198,8 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     header = (
         f"{device_name}, torch {torch.__version__}, open_clip {open_clip.__version__}, bf16, "
-        f"{args.variant} variant"
+        f"{args.variant} variant, captions: {args.captions or 'random, whole context'}, "
+        f"ours with {args.text_groups} text length groups and fused AdamW"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
