@@ -14,8 +14,8 @@ import torch
 
 from evaluation import datasets
 from evaluation.config import TaskConfig
-from evaluation.models import load_checkpoint
 from evaluation.tasks import run_task
+from flipcommon.checkpoints import load_model
 
 TEMPLATES = ["{c}", "a {c}", "a photo of a {c}", "a drawing of a {c}", "{c}, clothing"]
 
@@ -58,7 +58,7 @@ def main() -> None:
 
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
-    model, preprocess, tokenizer, _ = load_checkpoint(args.checkpoint)
+    model, preprocess, tokenizer, _ = load_model(args.checkpoint)
     fashion = datasets.fashion_mnist("test", args.images)
     tux = datasets.tuxpaint(limit=args.images)
     zs_task = TaskConfig(

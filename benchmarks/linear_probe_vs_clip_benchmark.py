@@ -174,9 +174,9 @@ def compare(args, device: str, theirs, work: Path) -> None:
     if args.features:
         inputs = torch.load(args.features)
     else:
-        from evaluation.models import load_checkpoint
+        from flipcommon.checkpoints import load_model
 
-        model, preprocess, tokenizer, _ = load_checkpoint(args.checkpoint)
+        model, preprocess, tokenizer, _ = load_model(args.checkpoint)
         model = model.to(device).eval()
         inputs = extract_probe_inputs(model, preprocess, args, device)
         if args.save_features:

@@ -40,7 +40,7 @@ def _run(config: EvalConfig, _args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("python -m evaluation", HELP, "checkpoint=PATH")
     from evaluation.datasets import DatasetMissing
-    from training.checkpoint import CheckpointError
+    from flipcommon.checkpoints import CheckpointError
 
     run_stage(parser, EvalConfig, _run, argv, user_errors=(DatasetMissing, CheckpointError))
 

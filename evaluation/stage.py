@@ -8,9 +8,10 @@ import os
 from evaluation.clip_benchmark_results import FOLDER as CLIP_BENCHMARK_FOLDER
 from evaluation.clip_benchmark_results import write_clip_benchmark_results
 from evaluation.config import EvalConfig
-from evaluation.models import load_checkpoint, resolve_checkpoints
+from evaluation.models import resolve_checkpoints
 from evaluation.report import format_table, write_results
 from evaluation.tasks import run_task
+from flipcommon.checkpoints import load_model
 from flipcommon.errors import UserError
 from flipcommon.storage import url_join
 from training.distributed import resolve_device
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def evaluate_checkpoint(ckpt_dir: str, config: EvalConfig, device) -> list[dict]:
     """Run the suite on one checkpoint; one record per task, each naming the model."""
-    model, preprocess, tokenizer, ckpt_config = load_checkpoint(ckpt_dir)
+    model, preprocess, tokenizer, ckpt_config = load_model(ckpt_dir)
     model.to(device)
     info = ckpt_config.get("flip", {})
     model_info = {

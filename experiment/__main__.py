@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from evaluation.datasets import DatasetMissing
     from experiment.arms import ExperimentConfigError
     from experiment.runner import ArmFailed
-    from training.checkpoint import CheckpointError
+    from flipcommon.checkpoints import CheckpointError
 
     run_stage(
         parser,

@@ -22,9 +22,9 @@ from evaluation.report import write_results
 from evaluation.stage import evaluate_checkpoint
 from experiment.arms import ExperimentConfigError, arm_dir, arm_train_config, validate
 from experiment.config import ArmConfig, ExperimentConfig
+from flipcommon.checkpoints import STATE_FILE, list_checkpoints
 from flipcommon.config import load_config
 from flipcommon.storage import read_json, write_json_atomic
-from training import checkpoint as ckpt
 from training.config import TrainConfig
 from training.distributed import resolve_device
 
@@ -65,7 +65,7 @@ def run_arm(
         return record
     train_config = arm_train_config(base, config, arm, seed)
     train(config, train_config, folder)
-    checkpoints = ckpt.list_checkpoints(train_config.run_dir)
+    checkpoints = list_checkpoints(train_config.run_dir)
     points = evaluate(suite, checkpoints, str(folder / "eval"))
     record = {
         "arm": arm.name,
@@ -160,4 +160,4 @@ def prune_checkpoints(checkpoints: list[str]) -> None:
     would fill a small disk."""
     for ckpt_dir in checkpoints[:-1]:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    Path(checkpoints[-1], ckpt.STATE_FILE).unlink(missing_ok=True)
+    Path(checkpoints[-1], STATE_FILE).unlink(missing_ok=True)

@@ -1,12 +1,13 @@
 """Optional CLIP-score filter: embed a finished shard set, keep the best-matching pairs, reshard.
 
 1. **Embed** (one Spark task per source shard): image and caption embeddings from an open_clip
-   model — one of our checkpoints (the DESIGN contract) or ``open_clip:NAME@WEIGHTS`` with local
-   weights — written in clip-retrieval's inference layout, so its index and filter tools read
-   them: ``embeddings/img_emb/img_emb_{shard}.npy``, ``text_emb/text_emb_{shard}.npy`` (float16,
-   L2-normalised) and ``metadata/metadata_{shard}.parquet`` (``image_path``, ``caption``, the
-   sample's key and url, and its ``similarity``). Each shard's files are written atomically,
-   metadata last, so a rerun skips the embedded ones.
+   model — one of our checkpoints (``flipcommon.checkpoints``) or ``open_clip:NAME@WEIGHTS``
+   with local weights — written in clip-retrieval's inference layout, so its index and filter
+   tools read them: ``embeddings/img_emb/img_emb_{shard}.npy``,
+   ``text_emb/text_emb_{shard}.npy`` (float16, L2-normalised) and
+   ``metadata/metadata_{shard}.parquet`` (``image_path``, ``caption``, the sample's key and
+   url, and its ``similarity``). Each shard's files are written atomically, metadata last, so
+   a rerun skips the embedded ones.
 2. **Select**: keep pairs whose cosine similarity is ≥ ``min_similarity``, or the global top
    ``top_percent`` %, its threshold read from a histogram merged across shards on Spark (the
    driver never holds 400M scores).
@@ -36,7 +37,8 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
 from flipcommon.errors import UserError
-from flipcommon.storage import exists, read_json, url_join, write_bytes_atomic, write_json_atomic
+from flipcommon.shard_set import MANIFEST_FILE, ShardSetMissing, close_shard_set, read_manifest
+from flipcommon.storage import exists, url_join, write_bytes_atomic
 from pipeline.config import ClipScoreConfig
 from pipeline.manifest import (
     ReconciliationError,
@@ -56,10 +58,10 @@ def _load_model(checkpoint: str, device: str):
     """Once per worker process: the model, its eval transform and tokenizer."""
     import torch
 
-    from evaluation.models import load_checkpoint  # the DESIGN checkpoint contract's reader
+    from flipcommon.checkpoints import load_model  # the checkpoint contract's reader
 
     torch.set_num_threads(1)  # one Spark task per core
-    model, preprocess, tokenizer, _ = load_checkpoint(checkpoint)
+    model, preprocess, tokenizer, _ = load_model(checkpoint)
     return model.to(device), preprocess, tokenizer
 
 
@@ -220,12 +222,14 @@ def plan_reshard(
 
 def run_clip_score(spark: SparkSession, source_dir: str, config: ClipScoreConfig) -> dict:
     """Filter the complete shard set at ``source_dir`` into ``config.output_dir``."""
-    manifest_url = url_join(config.output_dir, "manifest.json")
-    if exists(manifest_url):
-        return read_json(manifest_url)
+    finished = read_manifest(config.output_dir)
+    if finished is not None:
+        return finished
     if (config.min_similarity is None) == (config.top_percent is None):
         raise UserError("clip_score: set exactly one of min_similarity or top_percent")
-    source_manifest = read_json(url_join(source_dir, "manifest.json"))
+    source_manifest = read_manifest(source_dir)
+    if source_manifest is None:
+        raise ShardSetMissing(f"{source_dir} is not a finished shard set (no {MANIFEST_FILE})")
     shards = sorted(read_shard_stats(source_dir))
     embeddings_dir = url_join(config.output_dir, "embeddings")
     embedder = ShardEmbedder(source_dir, embeddings_dir, config)
@@ -277,7 +281,6 @@ def write_filtered_manifest(
             f"CLIP-score counts do not add up: source kept {rows_in}, scored {scored}, "
             f"selected {sum(n for _, n in kept_per_shard)}, written {kept}"
         )
-    write_json_atomic(url_join(config.output_dir, "sizes.json"), sizes)
     manifest = shard_set_manifest(
         {"rows_in": rows_in, "clip_score_dropped": rows_in - kept, "kept": kept},
         {
@@ -297,6 +300,6 @@ def write_filtered_manifest(
         },
         embeddings=url_join(config.output_dir, "embeddings"),
     )
-    write_json_atomic(url_join(config.output_dir, "manifest.json"), manifest)
+    close_shard_set(config.output_dir, sizes, manifest)
     log.info("CLIP-score filter: kept %d of %d (threshold %.4f)", kept, rows_in, threshold)
     return manifest

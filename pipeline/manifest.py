@@ -15,7 +15,7 @@ from typing import Any
 
 import fsspec
 
-from flipcommon.storage import url_join, write_json_atomic
+from flipcommon.shard_set import close_shard_set
 
 
 class ReconciliationError(RuntimeError):
@@ -131,8 +131,7 @@ def write_manifest(
 
     write_report(output_dir, {**counts, "kept": counts["download"]["succeeded"]})
     sizes = shard_sizes(stats)
-    write_json_atomic(url_join(output_dir, "sizes.json"), sizes)
     kept = {**counts, "kept": counts["download"]["succeeded"]}
     manifest = shard_set_manifest(kept, parameters, sources, list(sizes))
-    write_json_atomic(url_join(output_dir, "manifest.json"), manifest)
+    close_shard_set(output_dir, sizes, manifest)
     return manifest

@@ -11,7 +11,8 @@ from dataclasses import asdict, replace
 
 from pyspark.sql import SparkSession
 
-from flipcommon.storage import absolute, exists, read_json, remove_if_exists, url_join
+from flipcommon.shard_set import MANIFEST_FILE, read_manifest, sizes_url
+from flipcommon.storage import absolute, exists, remove_if_exists, url_join
 from pipeline import filters, ingest, manifest, url_shards
 from pipeline.config import DemoConfig, PipelineConfig
 from pipeline.decontaminate import build_blocklist
@@ -68,10 +69,9 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
     """Build the shard set in ``config.output_dir`` (then its CLIP-score filtered copy, if
     enabled); return the shard set's manifest."""
     config = with_absolute_paths(config)
-    manifest_url = url_join(config.output_dir, "manifest.json")
-    if exists(manifest_url):
-        log.info("%s is complete (manifest.json present)", config.output_dir)
-        manifest = read_json(manifest_url)
+    manifest = read_manifest(config.output_dir)
+    if manifest is not None:
+        log.info("%s is complete (%s present)", config.output_dir, MANIFEST_FILE)
     else:
         spark = spark or get_spark(config.spark)
         log.info("Spark master: %s", spark.sparkContext.master)
@@ -119,7 +119,7 @@ def build_shard_set(
     )
     # A sizes.json left by an interrupted close would confuse img2dataset's resume scan (it
     # reads every *.json in the folder as a shard's stats); it is rewritten below anyway.
-    remove_if_exists(url_join(config.output_dir, "sizes.json"))
+    remove_if_exists(sizes_url(config.output_dir))
     blocklist = None
     if config.decontamination.sources:
         blocklist = BlocklistRef(

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from flipcommon.checkpoints import latest_checkpoint
 from pipeline.clip_score import plan_reshard, run_clip_score, threshold_for_top_percent
 from pipeline.config import ClipScoreConfig
-from training.checkpoint import latest_checkpoint
 
 
 def _keys(tar_path: Path) -> list[str]:
@@ -74,10 +74,10 @@ def test_embeddings_in_clip_retrieval_layout(filtered, shard_set):
 
 def test_similarity_matches_the_model_run_directly(filtered, shard_set):
     """An independent check: the score of one sample, computed here with the checkpoint."""
-    from evaluation.models import load_checkpoint
+    from flipcommon.checkpoints import load_model
 
     config, _ = filtered
-    model, preprocess, tokenizer, _ = load_checkpoint(config.checkpoint)
+    model, preprocess, tokenizer, _ = load_model(config.checkpoint)
     shard = sorted(shard_set.glob("*.tar"))[0]
     with tarfile.open(shard) as tar:
         names = tar.getnames()

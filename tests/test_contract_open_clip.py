@@ -35,11 +35,10 @@ def test_open_clip_training_loader_reads_our_shards(shard_set):
 
 
 def test_open_clip_loads_our_checkpoint_with_the_same_embeddings(micro_run):
-    from evaluation.models import load_checkpoint
-    from training.checkpoint import latest_checkpoint
+    from flipcommon.checkpoints import latest_checkpoint, load_model
 
     ckpt_dir = latest_checkpoint(str(micro_run))
-    ours, preprocess, tokenizer, _ = load_checkpoint(ckpt_dir)
+    ours, preprocess, tokenizer, _ = load_model(ckpt_dir)
 
     # Plain open_clip: register the config from the checkpoint, weights as `pretrained`.
     config = json.loads(
@@ -63,3 +62,27 @@ def test_open_clip_loads_our_checkpoint_with_the_same_embeddings(micro_run):
         theirs_txt = theirs.encode_text(open_clip.get_tokenizer("plain-open-clip-micro")(texts))
     torch.testing.assert_close(ours_img, theirs_img)
     torch.testing.assert_close(ours_txt, theirs_txt)
+
+
+def test_the_pipeline_reads_checkpoints_and_shard_sets_without_training_or_evaluation(
+    micro_run, shard_set
+):
+    """The contracts live in flipcommon: a pipeline image (the CLIP-score filter loads a
+    checkpoint, the stage reads a shard set's manifest) needs neither training nor evaluation."""
+    import subprocess
+    import sys
+
+    from flipcommon.checkpoints import latest_checkpoint
+
+    code = (
+        "import sys\n"
+        "from flipcommon.checkpoints import load_model\n"
+        "from flipcommon.shard_set import read_manifest, read_sizes\n"
+        "import pipeline.clip_score, pipeline.stage\n"
+        f"model, _, _, config = load_model({latest_checkpoint(str(micro_run))!r})\n"
+        f"assert read_manifest({str(shard_set)!r})['counts'] and read_sizes({str(shard_set)!r})\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'training', 'evaluation'})\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -185,7 +185,7 @@ def test_one_class_dataset_is_a_clear_error(micro_run, demo_corpus_dir, tmp_path
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):
     from evaluation.stage import run
-    from training.checkpoint import CheckpointError
+    from flipcommon.checkpoints import CheckpointError
 
     config = EvalConfig(train_run_dir=str(tmp_path), tasks=_suite(5))
     with pytest.raises(CheckpointError, match="make train"):
@@ -237,7 +237,7 @@ def test_array_task_evaluates_its_own_checkpoint(micro_run, demo_corpus_dir, tmp
 def test_any_open_clip_model_with_local_weights(micro_run, demo_corpus_dir, tmp_path):
     """The same weights through plain open_clip and through our checkpoint give equal figures."""
     from evaluation.stage import run
-    from training.checkpoint import latest_checkpoint
+    from flipcommon.checkpoints import latest_checkpoint
 
     ckpt_dir = latest_checkpoint(str(micro_run))
     tasks = [TaskConfig("tux", "tuxpaint", "retrieval", limit=20)]
@@ -267,7 +267,7 @@ def test_any_open_clip_model_with_local_weights(micro_run, demo_corpus_dir, tmp_
 
 def test_open_clip_model_without_weights_is_refused(tmp_path):
     from evaluation.stage import run
-    from training.checkpoint import CheckpointError
+    from flipcommon.checkpoints import CheckpointError
 
     config = EvalConfig(open_clip_model="ViT-B-32", output_dir=str(tmp_path), tasks=_suite(5))
     with pytest.raises(CheckpointError, match="nothing is downloaded"):

@@ -12,6 +12,7 @@ import open_clip
 import pytest
 import torch
 
+from flipcommon.checkpoints import WEIGHTS_FILE, latest_checkpoint, read_config, read_weights
 from tests.conftest import micro_training_args
 from training import checkpoint as ckpt
 from training.model import register
@@ -54,7 +55,7 @@ def _next_mask(rng_state: dict) -> torch.Tensor:
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.read_weights(ckpt.latest_checkpoint(str(run_dir)))
+    return read_weights(latest_checkpoint(str(run_dir)))
 
 
 @pytest.mark.slow
@@ -75,11 +76,11 @@ def test_fsdp_trains_like_ddp_resumes_exactly_and_keeps_ranks_on_one_clock(tmp_p
     _torchrun(resumed, shard_set, phases, "parallelism=fsdp", "resume=true")
     for name, tensor in _final_weights(resumed).items():
         torch.testing.assert_close(tensor, fsdp[name], rtol=1e-5, atol=1e-6, msg=name)
-    state = ckpt.read_train_state(ckpt.latest_checkpoint(str(resumed)))
+    state = ckpt.read_train_state(latest_checkpoint(str(resumed)))
     assert state["train_state"]["step"] == 9 and state["train_state"]["samples_seen"] == 72
     # each rank draws its own patch masks, and resumes its own generators: the next step's
     # masks differ between the ranks and match the uninterrupted run's, rank by rank
-    straight = ckpt.read_train_state(ckpt.latest_checkpoint(str(tmp_path / "fsdp")))["rng"]
+    straight = ckpt.read_train_state(latest_checkpoint(str(tmp_path / "fsdp")))["rng"]
     after_resume = state["rng"]
     assert len(straight) == len(after_resume) == 2
     assert not torch.equal(_next_mask(after_resume[0]), _next_mask(after_resume[1]))
@@ -90,11 +91,11 @@ def test_fsdp_trains_like_ddp_resumes_exactly_and_keeps_ranks_on_one_clock(tmp_p
     # a timed phase under torchrun: the ranks agree on the clock, so they stop together
     timed = [{"name": "pretrain", "mask_ratio": 0.5, "seconds": 3.0, "base_lr": 1e-3}]
     _torchrun(tmp_path / "timed", shard_set, f"phases={json.dumps(timed)}", "parallelism=fsdp")
-    info = ckpt.read_config(ckpt.latest_checkpoint(str(tmp_path / "timed")))["flip"]
+    info = read_config(latest_checkpoint(str(tmp_path / "timed")))["flip"]
     assert info["train_seconds"] >= 3.0
 
     # the sharded run's checkpoint is whole and loads into open_clip as written
-    latest = ckpt.latest_checkpoint(str(tmp_path / "fsdp"))
-    register("fsdp-test", ckpt.read_config(latest)["model_cfg"])
-    model = open_clip.create_model("fsdp-test", pretrained=f"{latest}/{ckpt.WEIGHTS_FILE}")
+    latest = latest_checkpoint(str(tmp_path / "fsdp"))
+    register("fsdp-test", read_config(latest)["model_cfg"])
+    model = open_clip.create_model("fsdp-test", pretrained=f"{latest}/{WEIGHTS_FILE}")
     torch.testing.assert_close(model.state_dict()["logit_scale"], fsdp["logit_scale"])

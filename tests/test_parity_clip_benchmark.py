@@ -5,9 +5,8 @@ import torch
 
 from evaluation import datasets
 from evaluation.config import TaskConfig
-from evaluation.models import load_checkpoint
 from evaluation.tasks import run_task
-from training.checkpoint import latest_checkpoint
+from flipcommon.checkpoints import latest_checkpoint, load_model
 
 POINTS = 0.05 / 100  # "to 0.05 points"
 
@@ -46,7 +45,7 @@ def _collate_retrieval(batch):
 
 @pytest.fixture(scope="module")
 def checkpoint(micro_run):
-    return load_checkpoint(latest_checkpoint(str(micro_run)))
+    return load_model(latest_checkpoint(str(micro_run)))
 
 
 @pytest.mark.parametrize(

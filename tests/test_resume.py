@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from flipcommon.checkpoints import latest_checkpoint, read_weights
 from tests.conftest import micro_train_config, micro_training_args
-from training import checkpoint as ckpt
 from training.config import PhaseConfig
 from training.trainer import train
 
@@ -56,7 +56,7 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shard_set):
 
     run_dir = tmp_path / "killed"
     returncode = _kill_after_first_checkpoint(run_dir, shard_set)
-    killed_at = ckpt.latest_checkpoint(str(run_dir))
+    killed_at = latest_checkpoint(str(run_dir))
     assert returncode == -signal.SIGKILL
     assert killed_at is not None and not killed_at.endswith(f"{TOTAL_STEPS:08d}"), (
         "the run must die mid-way for this test to mean anything"
@@ -64,7 +64,7 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shard_set):
 
     resumed = train(_config(run_dir, shard_set, resume=True))
     assert resumed.endswith(f"step_{TOTAL_STEPS:08d}")
-    ours, theirs = ckpt.read_weights(resumed), ckpt.read_weights(reference)
+    ours, theirs = read_weights(resumed), read_weights(reference)
     for name, tensor in theirs.items():
         torch.testing.assert_close(ours[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
 

@@ -11,6 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from flipcommon.checkpoints import (
+    STATE_FILE,
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_weights_into,
+    read_config,
+    read_weights,
+)
 from training import checkpoint as ckpt
 from training.loss import contrastive_loss
 from training.masking import PatchRemoval, kept_count, remove_patches, set_mask_ratio
@@ -164,7 +173,7 @@ def test_timed_phases_run_for_their_training_time(tmp_path, shard_set):
     longest_step = max(b["train_seconds"] - a["train_seconds"] for a, b in pairwise(records))
     pretrain = [r for r in records if r["mask_ratio"] == 0.75]
     assert 2.0 <= pretrain[-1]["train_seconds"] < 2.0 + longest_step + 1e-6
-    info = ckpt.read_config(final)["flip"]
+    info = read_config(final)["flip"]
     assert info["phase"] == "unmasked_tuning"
     assert 3.0 <= info["train_seconds"] < 3.0 + 2 * longest_step + 1e-6
     assert info["samples_seen"] == 8 * info["step"] == records[-1]["samples_seen"]
@@ -172,16 +181,16 @@ def test_timed_phases_run_for_their_training_time(tmp_path, shard_set):
     assert pretrain[0]["lr"] < max(r["lr"] for r in pretrain)
     assert pretrain[-1]["lr"] < 0.05 * max(r["lr"] for r in pretrain)
     # periodic checkpoints on the training clock, besides the two phase ends
-    checkpoints = ckpt.list_checkpoints(str(run_dir))
-    seconds = [ckpt.read_config(c)["flip"]["train_seconds"] for c in checkpoints]
+    checkpoints = list_checkpoints(str(run_dir))
+    seconds = [read_config(c)["flip"]["train_seconds"] for c in checkpoints]
     assert seconds == sorted(seconds) and len(seconds) >= 3
     assert any(1.0 <= s < 2.0 for s in seconds)  # the one at 1 s, mid-pretraining
 
 
 def test_two_phase_run_writes_checkpoints_metrics_and_plot(micro_run):
-    latest = ckpt.latest_checkpoint(str(micro_run))
+    latest = latest_checkpoint(str(micro_run))
     assert latest.endswith("step_00000006")  # 32/8 masked + 16/8 unmasked steps
-    config = ckpt.read_config(latest)
+    config = read_config(latest)
     assert config["flip"]["phase"] == "unmasked_tuning"
     assert config["flip"]["samples_seen"] == 48
     assert set(config["preprocess_cfg"]) >= {"size", "mean", "std"}
@@ -203,17 +212,17 @@ def test_resume_continues_across_the_phase_boundary(tmp_path, shard_set):
     train(first)
     resumed = micro_train_config(str(run_dir), str(shard_set), resume=True)
     final = train(resumed)
-    info = ckpt.read_config(final)["flip"]
+    info = read_config(final)["flip"]
     assert info["step"] == 6 and info["samples_seen"] == 48
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
 
 
 def test_checkpoint_that_does_not_match_its_config_is_rejected(micro_run, tmp_path):
-    latest = ckpt.latest_checkpoint(str(micro_run))
+    latest = latest_checkpoint(str(micro_run))
     model, _, _ = build_model("flip_tiny")
-    with pytest.raises(ckpt.CheckpointError, match="do not match"):
-        ckpt.load_weights_into(model, ckpt.read_weights(latest), latest)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_weights_into(model, read_weights(latest), latest)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -291,7 +300,7 @@ def test_train_state_round_trips_in_both_optimizer_layouts():
         for got, want in zip(moments, expected, strict=True):
             torch.testing.assert_close(got, want)
     del weights["logit_scale"]
-    with pytest.raises(ckpt.CheckpointError, match="do not match"):
+    with pytest.raises(CheckpointError, match="do not match"):
         ckpt.restore_full_state(fresh, fresh_optimizer, weights, by_name, "test")
 
 
@@ -338,9 +347,9 @@ def test_a_train_state_that_would_run_code_is_refused(tmp_path):
     (tmp_path / "ckpt").mkdir()
     torch.save(
         {"train_state": {"step": 1}, "rng": _RunsCodeWhenUnpickled(str(marker))},
-        tmp_path / "ckpt" / ckpt.STATE_FILE,
+        tmp_path / "ckpt" / STATE_FILE,
     )
-    with pytest.raises(ckpt.CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused"):
         ckpt.read_train_state(str(tmp_path / "ckpt"))
     assert not marker.exists()
 

@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's LATEST checkpoint"
     )
+    from flipcommon.checkpoints import CheckpointError
     from training.batching import BatchSplitError
-    from training.checkpoint import CheckpointError
 
     user_errors = (CheckpointError, FileNotFoundError, BatchSplitError)
     run_stage(parser, TrainConfig, _run, argv, user_errors=user_errors)

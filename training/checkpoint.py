@@ -1,4 +1,5 @@
-"""Checkpoints in open_clip's hub layout, plus a separate train state for exact resume.
+"""Writing checkpoints (the contract and its readers: ``flipcommon.checkpoints``), and the
+separate train state for exact resume.
 
 ``{run_dir}/checkpoints/step_XXXXXXXX/``:
   - ``open_clip_config.json``  ``model_cfg`` + ``preprocess_cfg`` (+ our ``flip`` info)
@@ -17,12 +18,18 @@ from typing import Any
 
 import fsspec
 import torch
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file as save_safetensors_file
 from torch import nn
 
-from flipcommon.errors import UserError
+from flipcommon.checkpoints import (
+    CONFIG_FILE,
+    LATEST_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    checkpoint_name,
+)
 from flipcommon.storage import (
     atomic_local_path,
     is_local,
@@ -30,15 +37,6 @@ from flipcommon.storage import (
     url_join,
     write_bytes_atomic,
 )
-
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
-STATE_FILE = "train_state.pt"
-LATEST_FILE = "LATEST"
-
-
-class CheckpointError(UserError, ValueError):
-    pass
 
 
 @dataclass
@@ -50,10 +48,6 @@ class TrainState:
     skipped_samples: int = 0  # broken samples or tar records skipped by the loader
     train_seconds: float = 0.0  # time in the step loop over the whole run (checkpoints excluded)
     phase_seconds: float = 0.0  # the same, inside the current phase
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 def full_state(
@@ -156,65 +150,6 @@ def _write_weights(url: str, weights: dict[str, torch.Tensor]) -> None:
             save_safetensors_file(weights, tmp)
     else:  # safetensors writes local files only; remote stores get the serialised bytes
         write_bytes_atomic(url, save_safetensors(weights))
-
-
-def latest_checkpoint(run_dir: str) -> str | None:
-    """URL of the newest complete checkpoint of a run, or None."""
-    latest = url_join(run_dir, "checkpoints", LATEST_FILE)
-    fs, path = fsspec.core.url_to_fs(latest)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as handle:
-        return url_join(run_dir, "checkpoints", handle.read().strip())
-
-
-def list_checkpoints(run_dir: str) -> list[str]:
-    """URLs of a run's complete checkpoints, oldest first (none newer than LATEST: a newer
-    folder is one a crash cut short)."""
-    latest = latest_checkpoint(run_dir)
-    if latest is None:
-        return []
-    fs, root = fsspec.core.url_to_fs(url_join(run_dir, "checkpoints"))
-    newest = latest.rstrip("/").rsplit("/", 1)[1]
-    names = sorted(
-        p.rstrip("/").rsplit("/", 1)[1] for p in fs.glob(f"{root}/step_*") if fs.isdir(p)
-    )
-    return [url_join(run_dir, "checkpoints", n) for n in names if n <= newest]
-
-
-def read_config(ckpt_dir: str) -> dict[str, Any]:
-    url = url_join(ckpt_dir, CONFIG_FILE)
-    try:
-        with fsspec.open(url, "r") as handle:
-            config = json.load(handle)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{ckpt_dir} is not a checkpoint: {CONFIG_FILE} missing") from exc
-    if "model_cfg" not in config:
-        raise CheckpointError(f"{url} lacks 'model_cfg'")
-    return config
-
-
-def read_weights(ckpt_dir: str) -> dict[str, torch.Tensor]:
-    url = url_join(ckpt_dir, WEIGHTS_FILE)
-    try:
-        with fsspec.open(url, "rb") as handle:
-            return load_safetensors(handle.read())
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{ckpt_dir} is not a checkpoint: {WEIGHTS_FILE} missing") from exc
-
-
-def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
-    """Load strictly: a checkpoint that does not match its config is an error, never a partial
-    load."""
-    try:
-        result = model.load_state_dict(weights, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{where}: weights do not match the model config: {exc}") from exc
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{where}: weights do not match the model config "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
-        )
 
 
 def read_train_state(ckpt_dir: str) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from PIL import Image
 from torchvision import transforms
 
 from flipcommon.errors import UserError
-from flipcommon.storage import read_json, url_join
+from flipcommon.shard_set import read_sizes
+from flipcommon.storage import url_join
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -42,14 +43,7 @@ class ShardSet:
 
 def open_shard_set(root: str) -> ShardSet:
     """List a shard set's tars from its ``sizes.json`` (written by the pipeline)."""
-    sizes_url = url_join(root, "sizes.json")
-    try:
-        sizes = read_json(sizes_url)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(
-            f"{sizes_url} not found: is {root} a finished shard set? (run `make shards`)"
-        ) from exc
-    sizes = {name: int(n) for name, n in sizes.items() if int(n) > 0}
+    sizes = {name: n for name, n in read_sizes(root).items() if n > 0}
     if not sizes:
         raise UserError(f"shard set {root} holds no samples")
     return ShardSet([url_join(root, name) for name in sorted(sizes)], sizes)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
 from pathlib import Path
 
 import open_clip
 from torch import nn
 
+from flipcommon.checkpoints import register_model_config
 from flipcommon.errors import UserError
 from training.masking import PatchRemoval
 
@@ -41,21 +41,9 @@ def registered_name(name: str, variant: str) -> str:
     return f"{name}-{variant}"
 
 
-_REGISTRY_DIR: Path | None = None
-
-
 def register(name: str, cfg: dict) -> None:
-    """Make ``name`` known to open_clip's registry through its public ``add_model_config``.
-
-    open_clip re-reads every registered path on each call, so the file must outlive the call:
-    it lives in one temporary folder per process.
-    """
-    global _REGISTRY_DIR
-    if _REGISTRY_DIR is None:
-        _REGISTRY_DIR = Path(tempfile.mkdtemp(prefix="flip-model-configs-"))
-    path = _REGISTRY_DIR / f"{name}.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
+    """Make ``name`` known to open_clip's model registry (``flipcommon.checkpoints``)."""
+    register_model_config(name, cfg)
 
 
 def build_model(name: str, variant: str = "openclip") -> tuple[nn.Module, dict, str]:

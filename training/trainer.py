@@ -11,6 +11,7 @@ from dataclasses import asdict
 import open_clip
 import torch
 
+from flipcommon.checkpoints import latest_checkpoint, read_weights
 from training import checkpoint as ckpt
 from training import rng
 from training.batching import split_batch
@@ -148,7 +149,7 @@ def train(config: TrainConfig) -> str:
         state.samples_seen,
         enabled=dist_info.is_main,
     )
-    last_ckpt = ckpt.latest_checkpoint(config.run_dir) if config.resume else None
+    last_ckpt = latest_checkpoint(config.run_dir) if config.resume else None
     model.train()
     for phase_index in range(state.phase_index, len(plans)):
         plan = plans[phase_index]
@@ -275,12 +276,12 @@ def _checkpoint(
 
 
 def _resume(run_dir: str, model, optimizer, dist_info) -> ckpt.TrainState:
-    latest = ckpt.latest_checkpoint(run_dir)
+    latest = latest_checkpoint(run_dir)
     if latest is None:
         log.info("resume: no checkpoint in %s, starting fresh", run_dir)
         return ckpt.TrainState()
     saved = ckpt.read_train_state(latest)
-    ckpt.restore_full_state(model, optimizer, ckpt.read_weights(latest), saved["optimizer"], latest)
+    ckpt.restore_full_state(model, optimizer, read_weights(latest), saved["optimizer"], latest)
     rng.restore(saved["rng"], dist_info.rank, dist_info.world_size)
     state = ckpt.TrainState(**saved["train_state"])
     log.info("resumed from %s at step %d (%d samples seen)", latest, state.step, state.samples_seen)
