@@ -16,11 +16,14 @@ EXPERIMENT_CONFIG ?= configs/experiment/flip_vs_clip.yaml
 ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
-export HF_HUB_OFFLINE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 export PYTHONUNBUFFERED := 1
+
+# The demo, the experiment, the rehearsal and the tests must never reach a model hub (they use
+# random-init models and installed data); the stages run by hand are left to the user's setting.
+demo experiment cluster-demo test test-fast: export HF_HUB_OFFLINE := 1
 
 .PHONY: setup system-packages shards train eval demo experiment cluster-demo test test-fast lint manifests clean help
 

@@ -166,18 +166,24 @@ def k8s_pipeline(d: dict) -> list[dict]:
             "spark.kubernetes.executor.request.cores": str(p["executor_cores"]),
             "spark.driver.host": "$(POD_IP)",  # client mode: executors dial the driver pod
             "spark.driver.bindAddress": "0.0.0.0",
+            # executors are owned by the driver pod: they go when it goes, never orphaned
+            "spark.kubernetes.driver.pod.name": "$(POD_NAME)",
         },
     )
     container = {
         "name": "driver",
         "image": image,
         "command": command,
-        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
         "resources": {"requests": {"cpu": "4", "memory": "16Gi"}},
     }
     service_account = d["kubernetes"]["spark_service_account"]
     # backoffLimit 3: a rerun keeps finished shards
     return [
+        *spark_rbac(d, service_account),
         _job(
             d,
             "flip-pipeline",
@@ -185,8 +191,48 @@ def k8s_pipeline(d: dict) -> list[dict]:
             [container],
             service_account=service_account,
             backoff_limit=3,
-        )
+        ),
     ]
+
+
+def spark_rbac(d: dict, service_account: str) -> list[dict]:
+    """The driver's identity: it creates, watches and deletes its executor pods (and the
+    service and config maps Spark makes for them), in its namespace only."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(d, service_account),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
+                "verbs": ["create", "get", "list", "watch", "delete", "deletecollection"],
+            }
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(d, service_account),
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": service_account,
+                "namespace": d["kubernetes"]["namespace"],
+            }
+        ],
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": service_account,
+        },
+    }
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(d, service_account),
+    }
+    return [account, role, binding]
 
 
 def k8s_train(d: dict) -> list[dict]:
@@ -209,11 +255,12 @@ def k8s_train(d: dict) -> list[dict]:
         "train",
         [_trainer_container(d, command)],
         service_account=d["kubernetes"]["service_account"],
-        # preemption: the whole group restarts and resumes from the last checkpoint
+        # A failed pod is replaced alone; the other ranks fail in turn once their collectives
+        # time out (dist_timeout_s) and are replaced too; each resumes from the last checkpoint.
         backoff_limit=20,
         indexed=t["nodes"],
         subdomain=name,
-        volumes=[copy.deepcopy(SHM_VOLUME)],
+        volumes=[shm_volume(t["shm_gib"])],
     )
     return [service, job]
 
@@ -224,13 +271,31 @@ def _trainer_container(d: dict, command: list[str]) -> dict:
         "image": d["images"]["gpu"],
         "command": command,
         "env": NCCL_ENV,
-        "resources": {"limits": {"nvidia.com/gpu": str(d["train"]["gpus_per_node"])}},
-        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+        "resources": _gpu_resources(d["train"], d["train"]["gpus_per_node"]),
+        "volumeMounts": [SHM_MOUNT],
     }
 
 
-# loader workers share batches through /dev/shm
-SHM_VOLUME = {"name": "shm", "emptyDir": {"medium": "Memory"}}
+def _gpu_resources(stage: dict, gpus: int) -> dict:
+    """GPUs as a limit (Kubernetes needs requests = limits for them); CPU and memory requested,
+    so the scheduler places the pod on a node with room for its loader workers."""
+    return {
+        "requests": {
+            "cpu": str(stage["cpus"]),
+            "memory": f"{stage['memory_gib']}Gi",
+            "nvidia.com/gpu": str(gpus),
+        },
+        "limits": {"nvidia.com/gpu": str(gpus)},
+    }
+
+
+def shm_volume(gib: int) -> dict:
+    """/dev/shm in memory, where loader workers hand their batches to the trainer (a
+    container's default is 64 MB); it counts against the pod's memory."""
+    return {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{gib}Gi"}}
+
+
+SHM_MOUNT = {"name": "shm", "mountPath": "/dev/shm"}
 
 
 def k8s_train_pytorchjob(d: dict) -> list[dict]:
@@ -246,7 +311,7 @@ def k8s_train_pytorchjob(d: dict) -> list[dict]:
         pod = {  # copies: the YAML holds each replica's spec in full, without anchors
             "serviceAccountName": d["kubernetes"]["service_account"],
             "containers": [copy.deepcopy(container)],
-            "volumes": [copy.deepcopy(SHM_VOLUME)],
+            "volumes": [shm_volume(t["shm_gib"])],
         }
         return {
             "replicas": count,
@@ -285,7 +350,8 @@ def k8s_eval(d: dict) -> list[dict]:
         "name": "eval",
         "image": d["images"]["gpu"],
         "command": command,
-        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+        "resources": _gpu_resources(e, 1),
+        "volumeMounts": [SHM_MOUNT],
     }
     return [
         _job(
@@ -296,6 +362,7 @@ def k8s_eval(d: dict) -> list[dict]:
             service_account=d["kubernetes"]["service_account"],
             backoff_limit=3,
             indexed=e["checkpoints"],
+            volumes=[shm_volume(e["shm_gib"])],
         )
     ]
 
@@ -323,6 +390,8 @@ def slurm_train(d: dict) -> str:
         + "export MASTER_ADDR NCCL_DEBUG=WARN TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n"
         + "# Submit from the project root, its environment active (or run inside the gpu image).\n"
         + 'cd "$SLURM_SUBMIT_DIR"\n'
+        + "# single quotes on purpose: srun's bash expands the variables on each node\n"
+        + "# shellcheck disable=SC2016\n"
         + "srun bash -c "
         + shlex.quote(" ".join(_sh(a) for a in command))
         + "\n"
@@ -351,6 +420,19 @@ def slurm_eval(d: dict) -> str:
         + 'cd "$SLURM_SUBMIT_DIR"\n'
         + " ".join(shlex.quote(a) for a in command)
         + "\n"
+    )
+
+
+def slurm_submit(d: dict) -> str:
+    return (
+        "#!/bin/sh\n"
+        + HEADER
+        + "# Training, then the evaluation array once training has succeeded (afterok). The\n"
+        + "# shard set comes first, from the pipeline on a Spark cluster (see the other folders).\n"
+        + "# Run from the project root.\n"
+        + "set -eu\n"
+        + "TRAIN_JOB=$(sbatch --parsable infra/generated/slurm/train.sbatch)\n"
+        + 'sbatch --dependency="afterok:${TRAIN_JOB%%;*}" infra/generated/slurm/eval-array.sbatch\n'
     )
 
 
@@ -416,10 +498,12 @@ def batch_train(d: dict) -> dict:
         "jobRoleArn": d["aws"]["job_role_arn"],
         "resourceRequirements": [
             {"type": "GPU", "value": str(t["gpus_per_node"])},
-            {"type": "VCPU", "value": "96"},
-            {"type": "MEMORY", "value": str(1024 * 1024)},
+            {"type": "VCPU", "value": str(t["cpus"])},
+            {"type": "MEMORY", "value": str(1024 * t["memory_gib"])},
         ],
         "environment": [{"name": e["name"], "value": e["value"]} for e in NCCL_ENV],
+        # /dev/shm carries the loader workers' batches to each rank (Docker's default: 64 MB)
+        "linuxParameters": {"sharedMemorySize": 1024 * t["shm_gib"]},
     }
     return {
         "jobDefinitionName": "flip-train",
@@ -444,8 +528,10 @@ def batch_eval(d: dict) -> dict:
             eval_overrides(d, "AWS_BATCH_JOB_ARRAY_INDEX"),
         ),
     ]
-    resources = {"GPU": 1, "VCPU": 8, "MEMORY": 60 * 1024}
-    return _batch_container_job("flip-eval", d["images"]["gpu"], command, 2, resources, d)
+    resources = {"GPU": 1, "VCPU": e["cpus"], "MEMORY": 1024 * e["memory_gib"]}
+    job = _batch_container_job("flip-eval", d["images"]["gpu"], command, 2, resources, d)
+    job["containerProperties"]["linuxParameters"] = {"sharedMemorySize": 1024 * e["shm_gib"]}
+    return job
 
 
 def batch_compute_environments(d: dict) -> list[dict]:
@@ -498,19 +584,22 @@ def batch_job_queues(d: dict) -> list[dict]:
 
 def batch_submit_script(d: dict) -> str:
     e = d["eval"]
+    ids = "--query jobId --output text"
     return (
         "#!/bin/sh\n"
         + HEADER
-        + "# Order: the pipeline, then training, then the evaluation array (one task per\n"
-        + "# checkpoint). Register the job definitions first (aws batch register-job-definition\n"
+        + "# The pipeline, then training, then the evaluation array (one task per checkpoint),\n"
+        + "# chained: each job starts only once the one before it has succeeded (dependsOn).\n"
+        + "# Register the job definitions first (aws batch register-job-definition\n"
         + "# --cli-input-json file://…), and create the compute environments and queues once.\n"
         + "set -eu\n"
-        + "aws batch submit-job --job-name flip-pipeline --job-queue flip-cpu-queue "
-        + "--job-definition flip-pipeline\n"
-        + "aws batch submit-job --job-name flip-train --job-queue flip-gpu-queue "
-        + "--job-definition flip-train\n"
+        + "PIPELINE_JOB=$(aws batch submit-job --job-name flip-pipeline "
+        + f"--job-queue flip-cpu-queue --job-definition flip-pipeline {ids})\n"
+        + "TRAIN_JOB=$(aws batch submit-job --job-name flip-train --job-queue flip-gpu-queue "
+        + f'--job-definition flip-train --depends-on "jobId=$PIPELINE_JOB" {ids})\n'
         + "aws batch submit-job --job-name flip-eval --job-queue flip-gpu-queue "
-        + f"--job-definition flip-eval --array-properties size={e['checkpoints']}\n"
+        + f"--job-definition flip-eval --array-properties size={e['checkpoints']} "
+        + '--depends-on "jobId=$TRAIN_JOB"\n'
     )
 
 
@@ -566,6 +655,7 @@ def render_all(d: dict) -> dict[str, str]:
         "kubernetes/eval-job.yaml": _yaml_docs(k8s_eval(d)),
         "slurm/train.sbatch": slurm_train(d),
         "slurm/eval-array.sbatch": slurm_eval(d),
+        "slurm/submit.sh": slurm_submit(d),
         "aws-batch/pipeline-job-definition.json": _json(batch_pipeline(d)),
         "aws-batch/train-job-definition.json": _json(batch_train(d)),
         "aws-batch/eval-job-definition.json": _json(batch_eval(d)),

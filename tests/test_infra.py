@@ -29,7 +29,14 @@ from training.config import TrainConfig
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "infra" / "generated"
 STAGES = {"pipeline": PipelineConfig, "training": TrainConfig, "evaluation": EvalConfig}
-KINDS = {"Job": "V1Job", "Service": "V1Service", "PyTorchJob": "KubeflowOrgV1PyTorchJob"}
+KINDS = {
+    "Job": "V1Job",
+    "Service": "V1Service",
+    "PyTorchJob": "KubeflowOrgV1PyTorchJob",
+    "ServiceAccount": "V1ServiceAccount",
+    "Role": "V1Role",
+    "RoleBinding": "V1RoleBinding",
+}
 
 
 def _render_module():

@@ -1,0 +1,157 @@
+"""The images' Dockerfile and every rendered cloud-job file and shell script, checked by tools no
+one here wrote: hadolint, shellcheck, kubernetes-validate (Kubernetes' own OpenAPI schemas,
+required fields and strict: no unknown ones) and botocore's service models for the submitted jobs.
+Each tool is shown to catch a slip too."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import botocore.session
+import yaml
+from botocore.validate import ParamValidator
+from packaging.specifiers import SpecifierSet
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "infra" / "generated"
+DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
+TOOLS = Path(sys.executable).parent  # installed by `make test` with the dev extras
+SHELL_SCRIPTS = [
+    *sorted(GENERATED.glob("slurm/*.sbatch")),
+    *sorted(GENERATED.glob("*/*.sh")),
+    *sorted(ROOT.glob("benchmarks/gpu/*.sh")),
+    ROOT / "infra" / "install_system_packages.sh",
+    ROOT / ".ci" / "run",
+]
+# CRDs have no schema in Kubernetes' own set; the PyTorchJob is checked against the Kubeflow
+# training operator's models in test_infra.py
+K8S_MANIFESTS = [
+    p for p in sorted(GENERATED.glob("kubernetes/*.yaml")) if "pytorchjob" not in p.name
+]
+
+
+def run_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(TOOLS / name), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_hadolint_passes_the_dockerfile(tmp_path):
+    result = run_tool("hadolint", "--no-color", "--failure-threshold", "info", DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    slip = tmp_path / "Dockerfile"
+    slip.write_text(DOCKERFILE.read_text().replace("WORKDIR /app", "RUN cd /app", 1))
+    assert run_tool("hadolint", "--no-color", slip).returncode != 0  # DL3003
+
+
+def test_shellcheck_passes_every_script(tmp_path):
+    assert len(SHELL_SCRIPTS) >= 6 and all(p.exists() for p in SHELL_SCRIPTS)
+    result = run_tool("shellcheck", "--severity=info", *SHELL_SCRIPTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    slip = tmp_path / "submit.sh"
+    slip.write_text("#!/bin/sh\nJOB=$1\naws batch describe-jobs --jobs $JOB\n")
+    assert run_tool("shellcheck", slip).returncode != 0  # SC2086: unquoted
+
+
+def test_kubernetes_validate_passes_every_manifest(tmp_path):
+    assert len(K8S_MANIFESTS) >= 3
+    result = run_tool("kubernetes-validate", "--strict", *K8S_MANIFESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    docs = list(yaml.safe_load_all((GENERATED / "kubernetes" / "train-job.yaml").read_text()))
+    job = next(d for d in docs if d["kind"] == "Job")
+    slips = {
+        "required field missing": lambda j: j["spec"]["template"]["spec"].pop("containers"),
+        "wrong type": lambda j: j["spec"].update(backoffLimit="six"),
+        "unknown field": lambda j: j["spec"]["template"]["spec"]["containers"][0].update(
+            comand=["typo"]
+        ),
+    }
+    for name, slip in slips.items():
+        broken = yaml.safe_load(yaml.safe_dump(job))
+        slip(broken)
+        path = tmp_path / f"{name.replace(' ', '-')}.yaml"
+        path.write_text(yaml.safe_dump(broken))
+        assert run_tool("kubernetes-validate", "--strict", path).returncode != 0, name
+
+
+def test_every_image_installs_the_project_on_a_python_it_supports():
+    """Each image that installs the project runs a Python in ``requires-python`` (read from the
+    Dockerfile's own base images and ARG defaults), and none forbids the hub for its users."""
+    text = DOCKERFILE.read_text()
+    defaults = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    supported = SpecifierSet(project["requires-python"])
+    installing = []
+    for block in re.split(r"^(?=FROM )", text, flags=re.M):
+        match = re.match(r"FROM (\S+) AS (\w+)", block)
+        if not match or "pip install" not in block:
+            continue
+        image = re.sub(r"\$\{(\w+)\}", lambda v: defaults[v.group(1)], match.group(1))
+        version = re.fullmatch(r"python:(\d+\.\d+)[\w.-]*", image)
+        assert version, f"stage {match.group(2)} installs the project on {image}: which Python?"
+        assert supported.contains(version.group(1)), (match.group(2), image, str(supported))
+        installing.append(match.group(2))
+    assert installing == ["pipeline", "gpu"]
+    assert not re.search(r"^\s*HF_HUB_OFFLINE=", text, re.M)
+
+
+def _batch_submissions(script: str) -> list[tuple[str | None, dict]]:
+    """(the variable that takes the job's id, SubmitJob's parameters) per `aws batch
+    submit-job` line, read from the script as written."""
+    flags = {
+        "--job-name": "jobName",
+        "--job-queue": "jobQueue",
+        "--job-definition": "jobDefinition",
+    }
+    submissions = []
+    for line in script.splitlines():
+        match = re.fullmatch(r"(?:(\w+)=\$\()?aws batch submit-job (.+?)\)?", line)
+        if not match:
+            continue
+        words, params = iter(shlex.split(match.group(2))), {}
+        for flag in words:
+            value = next(words)
+            if flag in flags:
+                params[flags[flag]] = value
+            elif flag == "--array-properties":
+                params["arrayProperties"] = {"size": int(value.removeprefix("size="))}
+            elif flag == "--depends-on":
+                params["dependsOn"] = [{"jobId": value.removeprefix("jobId=")}]
+            else:
+                assert flag in ("--query", "--output"), flag
+        submissions.append((match.group(1), params))
+    return submissions
+
+
+def test_batch_jobs_are_chained_and_match_aws_service_model():
+    """Training waits for the pipeline, evaluation for training (dependsOn on the ids the
+    script captured), and each submission is a valid SubmitJob for botocore's own model."""
+    shape = (
+        botocore.session.get_session()
+        .get_service_model("batch")
+        .operation_model("SubmitJob")
+        .input_shape
+    )
+    submissions = _batch_submissions((GENERATED / "aws-batch" / "submit.sh").read_text())
+    assert [p["jobName"] for _, p in submissions] == ["flip-pipeline", "flip-train", "flip-eval"]
+    for (before, _), (_, params) in itertools.pairwise(submissions):
+        assert params["dependsOn"] == [{"jobId": f"${before}"}]
+    for _, params in submissions:
+        report = ParamValidator().validate(params, shape)
+        assert not report.has_errors(), report.generate_report()
+
+
+def test_slurm_evaluation_waits_for_training():
+    lines = (GENERATED / "slurm" / "submit.sh").read_text().splitlines()
+    train = next(line for line in lines if "train.sbatch" in line)
+    evaluate = next(line for line in lines if "eval-array.sbatch" in line)
+    assert train == "TRAIN_JOB=$(sbatch --parsable infra/generated/slurm/train.sbatch)"
+    assert '--dependency="afterok:${TRAIN_JOB%%;*}"' in evaluate
+    for line in (train, evaluate):
+        assert (ROOT / line.split()[-1].rstrip(")")).exists()
