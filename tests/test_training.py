@@ -371,3 +371,22 @@ def test_random_state_survives_a_weights_only_round_trip(tmp_path):
     assert (random.random(), np.random.rand()) == expected[:2]
     assert torch.equal(torch.rand(3), expected[2])
     assert not rng.restore(loaded, 0, 2)  # written by one rank, read by two: said, not exact
+
+
+def test_no_prefetched_batches_with_workers_is_a_clear_error():
+    import open_clip
+
+    from flipcommon.errors import UserError
+    from training.data import ShardSet, make_loader, train_transform
+
+    with pytest.raises(UserError, match="prefetch_batches"):
+        make_loader(
+            ShardSet(["unused.tar"], {"unused.tar": 1}),
+            train_transform(32, 0.5, (0.5,) * 3, (0.5,) * 3),
+            open_clip.get_tokenizer("RN50"),
+            batch_size=2,
+            workers=1,
+            shuffle_buffer=1,
+            seed=0,
+            prefetch_batches=0,
+        )

@@ -153,9 +153,13 @@ def make_loader(
     shuffle_buffer: int,
     seed: int,
     worker_start: str = "spawn",
+    prefetch_batches: int = 4,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
     """An endless stream of batches: shards are resampled with replacement, so an epoch is a
     number of samples (sizes.json), and every worker of every rank draws its own sequence."""
+    if workers > 0 and prefetch_batches < 1:
+        raise UserError(f"data.prefetch_batches must be at least 1, got {prefetch_batches}")
     pipeline = wds.DataPipeline(
         wds.ResampledShards(
             shard_set.urls, worker_seed=functools.partial(worker_seed, seed), deterministic=True
@@ -172,7 +176,9 @@ def make_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
         multiprocessing_context=worker_start if workers > 0 else None,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=prefetch_batches if workers > 0 else None,
+        # page-locked batches copy to a GPU asynchronously (non_blocking) and faster
+        pin_memory=pin_memory,
     )
 
 

@@ -130,6 +130,8 @@ def train(config: TrainConfig) -> str:
             workers=min(config.data.workers, 1) if smoke else config.data.workers,
             shuffle_buffer=config.data.shuffle_buffer,
             worker_start=config.data.worker_start,
+            prefetch_batches=config.data.prefetch_batches,
+            pin_memory=device.type == "cuda",
             seed=config.seed + 7919 * dist_info.rank + 1_000_003 * segment_start,
         )
         return iter(loader)
@@ -170,7 +172,8 @@ def train(config: TrainConfig) -> str:
             images, tokens, skipped = next(batches)
             data_time = time.perf_counter() - t0
             state.skipped_samples += skipped
-            images, tokens = images.to(device, non_blocking=True), tokens.to(device)
+            images = images.to(device, non_blocking=True)
+            tokens = tokens.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             loss = forward_backward(
                 train_model, model, images, tokens, autocast, splits[phase_index].accum_steps
