@@ -233,9 +233,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def test_loader_skips_and_counts_broken_samples(tmp_path, shard_set):
     """Bad JPEG, missing caption, bad UTF-8, a truncated tar: skipped, counted, no crash."""
-    import open_clip
 
-    from training.data import ShardSet, make_loader, train_transform
+    from training.data import ShardSet
 
     good = sorted(shard_set.glob("*.tar"))[0]
     with tarfile.open(good) as tar:
@@ -258,15 +257,7 @@ def test_loader_skips_and_counts_broken_samples(tmp_path, shard_set):
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(good.read_bytes()[:5000])
     shards = ShardSet([str(broken), str(truncated)], {"broken.tar": 6, "truncated.tar": 5})
-    loader = make_loader(
-        shards,
-        train_transform(32, 0.5, (0.5,) * 3, (0.5,) * 3),
-        open_clip.get_tokenizer("RN50"),
-        batch_size=2,
-        workers=0,
-        shuffle_buffer=1,
-        seed=0,
-    )
+    loader = tiny_loader(shards, workers=0)
     skipped, seen = 0, 0
     for _, (images, tokens, n_skipped) in zip(range(20), loader, strict=False):
         assert images.shape == (2, 3, 32, 32) and tokens.shape[0] == 2
@@ -373,20 +364,23 @@ def test_random_state_survives_a_weights_only_round_trip(tmp_path):
     assert not rng.restore(loaded, 0, 2)  # written by one rank, read by two: said, not exact
 
 
-def test_no_prefetched_batches_with_workers_is_a_clear_error():
+def tiny_loader(shards, **options):
+    """A loader of 32-px images, 2 per batch, over ``shards``."""
     import open_clip
 
+    from training.data import make_loader, train_transform
+
+    return make_loader(
+        shards,
+        train_transform(32, 0.5, (0.5,) * 3, (0.5,) * 3),
+        open_clip.get_tokenizer("RN50"),
+        **{"batch_size": 2, "shuffle_buffer": 1, "seed": 0, **options},
+    )
+
+
+def test_no_prefetched_batches_with_workers_is_a_clear_error():
     from flipcommon.errors import UserError
-    from training.data import ShardSet, make_loader, train_transform
+    from training.data import ShardSet
 
     with pytest.raises(UserError, match="prefetch_batches"):
-        make_loader(
-            ShardSet(["unused.tar"], {"unused.tar": 1}),
-            train_transform(32, 0.5, (0.5,) * 3, (0.5,) * 3),
-            open_clip.get_tokenizer("RN50"),
-            batch_size=2,
-            workers=1,
-            shuffle_buffer=1,
-            seed=0,
-            prefetch_batches=0,
-        )
+        tiny_loader(ShardSet(["unused.tar"], {"unused.tar": 1}), workers=1, prefetch_batches=0)
