@@ -31,9 +31,10 @@ from bench_common import (
     seconds_per_step,
 )
 
+from flipcommon.checkpoints import register_model_config
 from training.loss import contrastive_loss
 from training.masking import set_mask_ratio
-from training.model import build_model, model_cfg, register
+from training.model import build_model, model_cfg
 from training.optim import build_optimizer
 from training.text_lengths import group_text_by_length
 
@@ -52,7 +53,7 @@ def ours_arm(name: str, ratio: float, text_groups: int, fused: bool, state: dict
 
 
 def open_clip_arm(name: str, ratio: float, state: dict):
-    register(f"{name}-plain", model_cfg(name))
+    register_model_config(f"{name}-plain", model_cfg(name))
     model = open_clip.create_model(f"{name}-plain", force_patch_dropout=ratio or None)
     model.load_state_dict(state)
     return model.train(), open_clip_optimizer(model), open_clip.ClipLoss()

@@ -12,10 +12,15 @@ import open_clip
 import pytest
 import torch
 
-from flipcommon.checkpoints import WEIGHTS_FILE, latest_checkpoint, read_config, read_weights
+from flipcommon.checkpoints import (
+    WEIGHTS_FILE,
+    latest_checkpoint,
+    read_config,
+    read_weights,
+    register_model_config,
+)
 from tests.conftest import micro_training_args
 from training import checkpoint as ckpt
-from training.model import register
 
 REPO = Path(__file__).parent.parent
 PHASES = [
@@ -96,6 +101,6 @@ def test_fsdp_trains_like_ddp_resumes_exactly_and_keeps_ranks_on_one_clock(tmp_p
 
     # the sharded run's checkpoint is whole and loads into open_clip as written
     latest = latest_checkpoint(str(tmp_path / "fsdp"))
-    register("fsdp-test", read_config(latest)["model_cfg"])
+    register_model_config("fsdp-test", read_config(latest)["model_cfg"])
     model = open_clip.create_model("fsdp-test", pretrained=f"{latest}/{WEIGHTS_FILE}")
     torch.testing.assert_close(model.state_dict()["logit_scale"], fsdp["logit_scale"])

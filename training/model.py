@@ -41,15 +41,10 @@ def registered_name(name: str, variant: str) -> str:
     return f"{name}-{variant}"
 
 
-def register(name: str, cfg: dict) -> None:
-    """Make ``name`` known to open_clip's model registry (``flipcommon.checkpoints``)."""
-    register_model_config(name, cfg)
-
-
 def build_model(name: str, variant: str = "openclip") -> tuple[nn.Module, dict, str]:
     cfg = model_cfg(name, variant)
     reg_name = registered_name(name, variant)
-    register(reg_name, cfg)
+    register_model_config(reg_name, cfg)
     model = open_clip.create_model(reg_name, pretrained=None)
     model.visual.patch_dropout = PatchRemoval()
     return model, cfg, reg_name

@@ -14,6 +14,7 @@ The model stays open_clip's ``CLIP`` (same parameters, same checkpoint layout); 
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Sequence
 
@@ -44,8 +45,9 @@ def length_limits(lengths: Sequence[int], max_groups: int) -> list[int]:
     """
     if not lengths or max_groups < 1:
         raise ValueError("length_limits needs captions and at least one group")
-    distinct = sorted(set(lengths))
-    counts = [sum(1 for n in lengths if n == d) for d in distinct]
+    per_length = collections.Counter(lengths)
+    distinct = sorted(per_length)
+    counts = [per_length[d] for d in distinct]
     prefix = [0]
     for c in counts:
         prefix.append(prefix[-1] + c)
@@ -98,8 +100,7 @@ def encode_text_by_length(
         rows = torch.tensor(order[start:end], device=text.device)
         features.append(_encode_cut(model, text[rows, :limit]))
         start = end
-    inverse = torch.empty(len(order), dtype=torch.long, device=text.device)
-    inverse[torch.tensor(order, device=text.device)] = torch.arange(len(order), device=text.device)
+    inverse = torch.tensor(order, device=text.device).argsort()
     return torch.cat(features)[inverse]
 
 

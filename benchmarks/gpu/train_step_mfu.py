@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.bench_common import open_clip_optimizer, sample_rows  # noqa: E402
 from experiment.flops import train_flops_per_sample  # noqa: E402
+from flipcommon.checkpoints import register_model_config  # noqa: E402
 from training.loss import contrastive_loss  # noqa: E402
 from training.masking import set_mask_ratio  # noqa: E402
-from training.model import build_model, model_cfg, register  # noqa: E402
+from training.model import build_model, model_cfg  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 from training.text_lengths import group_text_by_length  # noqa: E402
 
@@ -74,7 +75,7 @@ def build_pair(name: str, variant: str, ratio: float, device: torch.device, text
     ours, cfg, _ = build_model(name, variant)
     group_text_by_length(ours, text_groups)
     set_mask_ratio(ours, ratio)
-    register(f"{name}-{variant}-plain", model_cfg(name, variant))
+    register_model_config(f"{name}-{variant}-plain", model_cfg(name, variant))
     theirs = open_clip.create_model(f"{name}-{variant}-plain", force_patch_dropout=ratio or None)
     theirs.load_state_dict(ours.state_dict())
     pair = {"ours": ours.to(device).train(), "open_clip": theirs.to(device).train()}
