@@ -3,6 +3,7 @@ the whole global batch."""
 
 import os
 import socket
+from contextlib import nullcontext as nullcontext_autocast
 
 import pytest
 import torch
@@ -12,7 +13,6 @@ import torch.multiprocessing as mp
 from training.masking import set_mask_ratio
 from training.model import build_model
 from training.step import forward_backward
-from training.trainer import nullcontext_autocast
 
 GLOBAL_BATCH = 8
 
@@ -199,3 +199,7 @@ def test_the_gpu_machines_distributed_step_check_runs_on_cpu(tmp_path):
     saved = json.loads((tmp_path / "distributed_step_check.json").read_text())
     results = {r["mode"]: r for r in saved["results"]}
     assert results["ddp"]["weights_equal_across_ranks"] and results["fsdp"]["loss_finite"]
+    mixed = results["fsdp_bf16_accum"]  # FSDP's bf16 policy, gradient sync skipped once
+    assert mixed["loss_finite"] and mixed["block_compute_dtypes"] == ["torch.bfloat16"]
+    assert mixed["param_dtypes"] == mixed["grad_dtypes"] == ["torch.float32"]
+    assert results["fsdp"]["block_compute_dtypes"] == ["torch.float32"]  # autocast casts ops only

@@ -1,6 +1,6 @@
-"""The sharded (FSDP) option: two gloo processes under torchrun train the same weights as DDP,
-write a whole, open_clip-loadable checkpoint, and resume from it exactly; a timed phase ends on
-every rank at the same step."""
+"""The sharded (FSDP) option: two gloo processes under torchrun train the same weights as DDP
+(gradient accumulation included), write a whole, open_clip-loadable checkpoint, and resume from
+it exactly; a timed phase ends on every rank at the same step."""
 
 import json
 import os
@@ -31,7 +31,15 @@ PHASES = [
         "base_lr": 1e-3,
         "warmup_samples": 16,
     },
-    {"name": "unmasked_tuning", "mask_ratio": 0.0, "samples": 24, "base_lr": 1e-4},
+    # two micro-batches per step: gradient sync skipped on the first (DDP's no_sync, FSDP's
+    # set_requires_gradient_sync), the same summed gradients
+    {
+        "name": "unmasked_tuning",
+        "mask_ratio": 0.0,
+        "samples": 24,
+        "base_lr": 1e-4,
+        "micro_batch": 2,
+    },
 ]
 
 

@@ -127,6 +127,30 @@ def test_contrastive_loss_stays_fp32_under_bf16_autocast():
     assert abs(loss.item() - reference.item()) < 0.05
 
 
+def test_uint8_batches_normalise_on_the_device_as_torchvision_would():
+    from torchvision import transforms
+
+    from training.data import ImageNormalizer
+
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    expected = torch.stack([transforms.Normalize(mean, std)(x.float() / 255) for x in images])
+    normalise = ImageNormalizer(mean, std, torch.device("cpu"))
+    torch.testing.assert_close(normalise(images), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        normalise(expected)  # normalising twice would be silent garbage
+
+
+def test_the_temperature_has_an_optimizer_group_of_its_own():
+    """Under FSDP it is the one plain tensor among sharded ones: kept apart from them."""
+    model, _, _ = build_model("flip_micro")
+    optimizer = build_optimizer(model, 1e-3, 0.2, (0.9, 0.95))
+    groups = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
+    assert {id(model.logit_scale)} in groups
+    assert sum(len(g) for g in groups) == len(list(model.parameters()))
+    assert optimizer.param_groups[-1]["weight_decay"] == 0.0
+
+
 def test_weight_decay_spares_biases_norms_embeddings_and_temperature():
     model, _, _ = build_model("flip_micro")
     names = {n: decays(n, p) for n, p in model.named_parameters()}
@@ -137,7 +161,7 @@ def test_weight_decay_spares_biases_norms_embeddings_and_temperature():
     assert not any(v for n, v in names.items() if n.endswith(".bias") or "ln_" in n)
     assert names["visual.conv1.weight"]
     opt = build_optimizer(model, 1e-3, 0.2, (0.9, 0.95))
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0, 0.0]
     assert opt.defaults["betas"] == (0.9, 0.95)
 
 
@@ -261,6 +285,7 @@ def test_loader_skips_and_counts_broken_samples(tmp_path, shard_set):
     skipped, seen = 0, 0
     for _, (images, tokens, n_skipped) in zip(range(20), loader, strict=False):
         assert images.shape == (2, 3, 32, 32) and tokens.shape[0] == 2
+        assert images.dtype == torch.uint8  # normalised on the device, not in shared memory
         skipped += n_skipped
         seen += 2
     assert seen == 40 and skipped > 0
@@ -372,7 +397,7 @@ def tiny_loader(shards, **options):
 
     return make_loader(
         shards,
-        train_transform(32, 0.5, (0.5,) * 3, (0.5,) * 3),
+        train_transform(32, 0.5),
         open_clip.get_tokenizer("RN50"),
         **{"batch_size": 2, "shuffle_buffer": 1, "seed": 0, **options},
     )
@@ -384,3 +409,19 @@ def test_no_prefetched_batches_with_workers_is_a_clear_error():
 
     with pytest.raises(UserError, match="prefetch_batches"):
         tiny_loader(ShardSet(["unused.tar"], {"unused.tar": 1}), workers=1, prefetch_batches=0)
+
+
+def test_a_resumed_run_drops_the_metrics_its_predecessor_logged_after_the_checkpoint(tmp_path):
+    """The run that died flushed steps 1-6 (its checkpoint: step 4); the resumed run logs 5
+    and 6 again, once each."""
+    from training.observe import Progress, read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(
+        "".join(json.dumps({"step": s, "samples_seen": 8 * s}) + "\n" for s in range(1, 7))
+    )
+    progress = Progress(str(tmp_path), 8, step=4, samples_seen=32, enabled=True)
+    for step in (5, 6):
+        progress.report(step, 8 * step, "pretrain", 1.0, {"lr": 0.1})
+    progress.close()
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]

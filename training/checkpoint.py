@@ -29,6 +29,7 @@ from flipcommon.checkpoints import (
     WEIGHTS_FILE,
     CheckpointError,
     checkpoint_name,
+    read_weights,
 )
 from flipcommon.storage import (
     atomic_local_path,
@@ -75,31 +76,98 @@ def restore_full_state(
     optimizer_state: dict[str, Any],
     where: str,
 ) -> None:
-    """Load whole weights and optimizer state into a plain or an FSDP-sharded model (every rank
-    loads; FSDP keeps its own shard)."""
+    """Load whole weights and optimizer state into a model in one process."""
+    problem = weights_mismatch(model, weights, where)
+    if problem:
+        raise CheckpointError(problem)
+    _load_full_state(model, optimizer, weights, optimizer_state, where, from_rank0=False)
+
+
+def resume_from(
+    ckpt_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int, world: int
+) -> dict[str, Any]:
+    """Load a checkpoint into this rank's model and optimizer (plain, DDP's or FSDP-sharded);
+    returns the saved ``train_state`` and ``rng`` entries. Every rank must call it.
+
+    With several ranks only rank 0 reads the files; the others receive the tensors from it
+    (a ViT-H/14's weights and Adam state are ~16 GB: read by each of a node's 8 ranks they
+    would need ~128 GB of host memory at once)."""
+    if world == 1:
+        saved = read_train_state(ckpt_dir)
+        restore_full_state(model, optimizer, read_weights(ckpt_dir), saved["optimizer"], ckpt_dir)
+        return {"train_state": saved["train_state"], "rng": saved["rng"]}
+    import torch.distributed as dist
+
+    weights: dict[str, torch.Tensor] = {}
+    optimizer_state: dict[str, Any] = {}
+    header: list[Any] = [None]
+    if rank == 0:
+        try:
+            saved = read_train_state(ckpt_dir)
+            weights = read_weights(ckpt_dir)
+            optimizer_state = saved["optimizer"]
+            problem = weights_mismatch(model, weights, ckpt_dir)
+            header = [{"train_state": saved["train_state"], "rng": saved["rng"], "error": problem}]
+        except Exception as exc:  # the other ranks wait in the broadcast: tell them, then raise
+            header = [{"error": f"{type(exc).__name__}: {exc}"}]
+            dist.broadcast_object_list(header, src=0)
+            raise
+    dist.broadcast_object_list(header, src=0)
+    if header[0]["error"]:
+        raise CheckpointError(header[0]["error"])
+    _load_full_state(model, optimizer, weights, optimizer_state, ckpt_dir, from_rank0=True)
+    return {"train_state": header[0]["train_state"], "rng": header[0]["rng"]}
+
+
+def weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> str:
+    """What is missing or unexpected in ``weights`` for ``model`` ("" when they match):
+    ``set_model_state_dict`` does not refuse a missing tensor itself."""
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if not (missing or unexpected):
+        return ""
+    return (
+        f"{where}: weights do not match the model config "
+        f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+    )
+
+
+def _load_full_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    where: str,
+    from_rank0: bool,
+) -> None:
+    """``from_rank0``: rank 0 holds the state, the others empty dicts; each rank keeps what it
+    needs (its shard under FSDP, everything otherwise)."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
 
-    options = StateDictOptions(full_state_dict=True, strict=True)
-    # Every rank must walk the tensors in the same order (each is a collective under FSDP);
-    # safetensors returns them in an order that differs from process to process.
+    options = StateDictOptions(full_state_dict=True, strict=True, broadcast_from_rank0=from_rank0)
+    # Ranks that each load their own copy must walk the tensors in the same order (each is a
+    # collective under FSDP); safetensors returns them in an order that differs by process.
     weights = {name: weights[name] for name in sorted(weights)}
-    # set_model_state_dict does not refuse a missing tensor: a partial load is checked here
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{where}: weights do not match the model config "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
     try:
         set_model_state_dict(model, weights, options=options)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{where}: weights do not match the model config: {exc}") from exc
-    if _keyed_by_position(optimizer_state):  # written before checkpoints keyed state by name
+    legacy = _keyed_by_position(optimizer_state)  # written before state was keyed by name
+    if from_rank0:
+        import torch.distributed as dist
+
+        flag = [legacy]
+        dist.broadcast_object_list(flag, src=0)
+        legacy = flag[0]
+        if legacy:  # rare and small enough: every rank takes the whole state
+            whole = [optimizer_state]
+            dist.broadcast_object_list(whole, src=0)
+            optimizer_state = whole[0]
+    if legacy:
         optimizer.load_state_dict(optimizer_state)
         return
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)

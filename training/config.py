@@ -44,8 +44,8 @@ class DataConfig:
     # for a large model (ViT-H/14: ~16 GB of state) that doubles the memory. Fork only small ones.
     worker_start: Literal["spawn", "fork", "forkserver"] = "spawn"
     # Batches each worker keeps ready. They wait in shared memory (/dev/shm): per rank about
-    # workers x prefetch_batches x local batch x 3 x size^2 x 4 bytes (8 x 4 x 512 images at
-    # 224 px: ~9.9 GB), which the container's /dev/shm must hold.
+    # workers x prefetch_batches x local batch x 3 x size^2 bytes (uint8 images; 8 x 4 x 512
+    # images at 224 px: ~2.5 GB), which the container's /dev/shm must hold.
     prefetch_batches: int = 4
 
 

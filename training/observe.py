@@ -10,17 +10,19 @@ from typing import Any
 import fsspec
 from tqdm import tqdm
 
-from flipcommon.storage import url_join
+from flipcommon.storage import url_join, write_bytes_atomic
 
 
 class MetricsLog:
     """Scalars to TensorBoard (local runs) and to ``metrics.jsonl`` beside the checkpoints."""
 
-    def __init__(self, run_dir: str, enabled: bool = True) -> None:
+    def __init__(self, run_dir: str, enabled: bool = True, resumed_at: int | None = None) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
         self.writer = None
         self.records: list[dict[str, Any]] = []
+        if enabled and resumed_at is not None:
+            drop_records_after(run_dir, resumed_at)
         if enabled and "://" not in run_dir:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -51,9 +53,26 @@ class MetricsLog:
             self.writer.close()
 
 
+def drop_records_after(run_dir: str, step: int) -> int:
+    """Remove the records of steps after ``step`` from ``metrics.jsonl``; returns how many. A run
+    resumed from the checkpoint of ``step`` logs those steps again (records flushed after that
+    checkpoint by the run that died would appear twice), and a fresh run starts at 0."""
+    url = url_join(run_dir, "metrics.jsonl")
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return 0
+    records = read_metrics(run_dir)
+    kept = [r for r in records if r["step"] <= step]
+    if len(kept) < len(records):
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        write_bytes_atomic(url, text.encode())
+    return len(records) - len(kept)
+
+
 class Progress:
     """The progress bar (steps, loss, samples/s) and the metrics log of one training run, shown
-    and written by the main rank only."""
+    and written by the main rank only, from ``step`` on (records of later steps already in the
+    log, from a run that died after its last checkpoint, are dropped)."""
 
     def __init__(
         self, run_dir: str, total_steps: int | None, step: int, samples_seen: int, enabled: bool
@@ -62,7 +81,7 @@ class Progress:
         self.bar = tqdm(
             total=total_steps, initial=step, unit="step", disable=not enabled, dynamic_ncols=True
         )
-        self.metrics = MetricsLog(run_dir, enabled=enabled)
+        self.metrics = MetricsLog(run_dir, enabled=enabled, resumed_at=step)
         self.last_report = (time.perf_counter(), samples_seen)
 
     def advance(self) -> None:

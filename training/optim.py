@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from training.sharding import replicated_params
+
 NO_DECAY_NAMES = ("positional_embedding", "class_embedding", "logit_scale", "logit_bias")
 
 
@@ -24,12 +26,22 @@ def build_optimizer(
     allow_fused: bool = True,
 ) -> torch.optim.AdamW:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # The temperature (and bias) in a group of their own: under FSDP they are the only plain
+    # tensors among sharded ones, and the multi-tensor and fused kernels batch a group's
+    # tensors together. Checkpoints key optimizer state by name, so any grouping resumes.
+    replicated = {id(p) for p in replicated_params(model)}
+    sharded = [(n, p) for n, p in named if id(p) not in replicated]
     groups = [
-        {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
-        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in sharded if decays(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in sharded if not decays(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if id(p) in replicated], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(
-        groups, lr=lr, betas=betas, eps=1e-8, fused=(allow_fused and fusable(named)) or None
+        [group for group in groups if group["params"]],
+        lr=lr,
+        betas=betas,
+        eps=1e-8,
+        fused=(allow_fused and fusable(named)) or None,
     )
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from training.loss import contrastive_loss
+from training.sharding import skip_gradient_sync
 
 
 def _features(train_model: nn.Module, images: torch.Tensor, tokens: torch.Tensor):
@@ -46,8 +47,8 @@ def forward_backward(
 ) -> torch.Tensor:
     """Compute the loss of the batch and accumulate its gradients; returns the loss (detached).
 
-    ``train_model`` may be a DDP wrapper of ``model``; the temperature is read from ``model``
-    (open_clip's forward returns it already exponentiated).
+    ``train_model`` may be a DDP wrapper of ``model``, or ``model`` sharded; the temperature
+    is read from ``model`` (open_clip's forward returns it already exponentiated).
     """
     if accum_steps <= 1:
         with autocast():
@@ -73,12 +74,7 @@ def forward_backward(
     for j in range(accum_steps):
         _set_rng_state(rng_states[j], device)
         last = j == accum_steps - 1
-        sync = (
-            contextlib.nullcontext()
-            if last or not hasattr(train_model, "no_sync")
-            else train_model.no_sync()
-        )
-        with sync:
+        with contextlib.nullcontext() if last else skip_gradient_sync(train_model):
             with autocast():
                 image_features, text_features = _features(
                     train_model, image_chunks[j], token_chunks[j]

@@ -1,7 +1,9 @@
 """A multi-GPU training step, DDP then FSDP, with the checks a first GPU run needs: every rank
-draws its own patch masks, DDP leaves identical weights on every rank, FSDP steps with AdamW's
-default (foreach on CUDA) over sharded and replicated parameters, in bf16; and the step time
-and peak memory of each.
+draws its own patch masks, DDP leaves identical weights on every rank, FSDP steps with the
+trainer's AdamW over sharded and replicated parameters, under bf16 autocast; then FSDP with its
+bf16 mixed-precision policy and two accumulated micro-batches (gradient sync skipped on the
+first): blocks compute in bf16, shards and their gradients stay fp32. The step time and peak
+memory of each.
 
     torchrun --nproc-per-node=2 benchmarks/gpu/distributed_step_check.py [--model vit_b16]
     torchrun --nproc-per-node=2 benchmarks/gpu/distributed_step_check.py --device cpu \\
@@ -31,7 +33,11 @@ from training.distributed import close_distributed, init_distributed, resolve_de
 from training.masking import remove_patches, set_mask_ratio  # noqa: E402
 from training.model import build_model  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
-from training.sharding import average_replicated_grads, shard_model  # noqa: E402
+from training.sharding import (  # noqa: E402
+    average_replicated_grads,
+    shard_model,
+    transformer_blocks,
+)
 from training.step import forward_backward  # noqa: E402
 
 
@@ -57,12 +63,19 @@ def run_mode(mode: str, args, rank: int, device: torch.device) -> dict:
     rng.seed_rank(0, rank)  # then each rank its own masks
     set_mask_ratio(model, args.mask_ratio)
     model.to(device).train()
-    if mode == "fsdp":
-        shard_model(model)
+    sharded = mode.startswith("fsdp")
+    mixed = mode == "fsdp_bf16_accum"
+    if sharded:
+        shard_model(model, "bf16" if mixed else "fp32")
+    compute_dtypes: set[str] = set()
+    first_block = transformer_blocks(model)[0]
+    first_block.register_forward_pre_hook(
+        lambda block, _: compute_dtypes.add(str(next(block.parameters()).dtype))
+    )
     optimizer = build_optimizer(model, 1e-4, 0.2, (0.9, 0.95))
     train_model = (
         model
-        if mode == "fsdp"
+        if sharded
         else torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -80,8 +93,10 @@ def run_mode(mode: str, args, rank: int, device: torch.device) -> dict:
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = forward_backward(train_model, model, images, tokens, autocast)
-        if mode == "fsdp":
+        loss = forward_backward(
+            train_model, model, images, tokens, autocast, accum_steps=2 if mixed else 1
+        )
+        if sharded:
             average_replicated_grads(model)
         optimizer.step()
         if device.type == "cuda":
@@ -96,6 +111,11 @@ def run_mode(mode: str, args, rank: int, device: torch.device) -> dict:
         "loss_dtype": str(loss.dtype),
         "loss_finite": bool(torch.isfinite(loss)),
         "masks_differ_between_ranks": masks_differ_between_ranks(device),
+        "block_compute_dtypes": sorted(compute_dtypes),
+        "param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+        "grad_dtypes": sorted(
+            {str(p.grad.dtype) for p in model.parameters() if p.grad is not None}
+        ),
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
         if device.type == "cuda"
         else None,
@@ -125,7 +145,8 @@ def main() -> None:
     if info.world_size < 2:
         sys.exit("run under torchrun with --nproc-per-node >= 2")
     device = resolve_device(args.device, info.local_rank)
-    results = [run_mode(mode, args, info.rank, device) for mode in ("ddp", "fsdp")]
+    modes = ("ddp", "fsdp", "fsdp_bf16_accum")
+    results = [run_mode(mode, args, info.rank, device) for mode in modes]
     if info.is_main:
         for r in results:
             print(json.dumps(r))
@@ -138,7 +159,11 @@ def main() -> None:
         )
         ok = all(r["masks_differ_between_ranks"] and r["loss_finite"] for r in results)
         ok = ok and results[0]["weights_equal_across_ranks"]
+        mixed = results[2]
+        ok = ok and mixed["block_compute_dtypes"] == ["torch.bfloat16"]
+        ok = ok and mixed["param_dtypes"] == mixed["grad_dtypes"] == ["torch.float32"]
         print(f"{header}: {'all checks passed' if ok else 'A CHECK FAILED'}")
+    dist.barrier()  # leave together (a rank torn down early can abort a busy peer under gloo)
     close_distributed()
 
 
