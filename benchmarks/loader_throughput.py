@@ -1,5 +1,7 @@
 """Our streaming loader against open_clip's webdataset pipeline on the same shard set: samples
-per second, same transform, batch and worker count, alternating rounds in one process.
+per second, same crop, batch and worker count, alternating rounds in one process. Each ends as
+its trainer has it: ours in uint8 batches (normalised later on the device), open_clip's in
+float32 (ToTensor + Normalize in the workers).
 
     python benchmarks/loader_throughput.py SHARDS [--batch 128] [--workers 2] [--batches 20]
 
@@ -50,6 +52,20 @@ def open_clip_loader(root: str, transform, tokenizer, batch: int, workers: int):
     return get_wds_dataset(args, transform, is_train=True, epoch=0, tokenizer=tokenizer).dataloader
 
 
+def float_transform(size: int):
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(
+                size, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC
+            ),
+            transforms.ToTensor(),
+            transforms.Normalize((0.48, 0.46, 0.41), (0.27, 0.26, 0.28)),
+        ]
+    )
+
+
 def samples_per_second(batches, count: int, batch: int) -> float:
     next(batches)  # the first batch pays for worker start-up and the shuffle buffer
     start = time.perf_counter()
@@ -70,12 +86,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
 
-    transform = train_transform(args.size, 0.5, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
     tokenizer = open_clip.get_tokenizer("RN50")
     builders = {"ours": ours_loader, "open_clip": open_clip_loader}
+    # Each loader with the transform its trainer gives it: ours stops at uint8 (normalised on
+    # the device), open_clip's ends in float32 ToTensor + Normalize.
+    transforms_by_loader = {
+        "ours": train_transform(args.size, 0.5),
+        "open_clip": float_transform(args.size),
+    }
     rates: dict[str, list[float]] = {k: [] for k in builders}
     for _ in range(args.rounds):
         for name, build in builders.items():
+            transform = transforms_by_loader[name]
             loader = build(args.shards, transform, tokenizer, args.batch, args.workers)
             batches = iter(loader)
             rates[name].append(samples_per_second(batches, args.batches, args.batch))
