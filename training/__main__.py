@@ -12,7 +12,9 @@ mask_ratio 0.5 or 0.75) during pre-training, then a short unmasked-tuning phase 
 Reads a shard set (data.shards: a folder with sizes.json, any fsspec URL). Writes into run_dir:
 checkpoints/step_XXXXXXXX/ (open_clip_config.json + open_clip_model.safetensors, loadable by
 open_clip, and train_state.pt), checkpoints/LATEST, tensorboard/, metrics.jsonl,
-training_curves.png.
+training_curves.png; with wandb.enabled=true also wandb/ (an offline W&B run: upload it with
+`wandb sync`; wandb.mode=online logs live). For a remote run_dir the TensorBoard events are
+copied there every tensorboard_sync_s seconds (30) and at every checkpoint.
 
 Scale out: torchrun --nnodes N --nproc-per-node G -m training CONFIG (DDP; the contrastive loss
 gathers features across all ranks; batch_size is the global batch, micro_batch what one process

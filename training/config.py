@@ -59,6 +59,17 @@ class CpuSmokeConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases logging of the same scalars as TensorBoard (main rank only)."""
+
+    enabled: bool = False
+    project: str = "flip"
+    # offline: written under {run_dir}/wandb/, uploaded later with `wandb sync` (no account or
+    # network needed); online: logged live (needs WANDB_API_KEY)
+    mode: Literal["offline", "online"] = "offline"
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/demo/train"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -88,5 +99,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0 = only at phase ends
     checkpoint_every_s: float = 0.0  # also every this many seconds of training time (0 = off)
     log_every_steps: int = 10
+    # TensorBoard events go to {run_dir}/tensorboard; for a remote run dir they are written
+    # locally and copied there at most this often (and at every checkpoint)
+    tensorboard_sync_s: float = 30.0
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     resume: bool = False
     cpu_smoke: CpuSmokeConfig = field(default_factory=CpuSmokeConfig)

@@ -1,47 +1,75 @@
-"""What a person watches during and after a run: TensorBoard scalars, a metrics log, a plot."""
+"""What a person watches during and after a run: a progress bar, a metrics log, TensorBoard
+(and W&B) scalars, a plot."""
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 from tqdm import tqdm
 
 from flipcommon.storage import url_join, write_bytes_atomic
+from training.config import WandbConfig
+from training.dashboards import TensorBoardLog, WandbLog
+
+
+@dataclass(frozen=True)
+class Watchers:
+    """Where scalars go besides ``metrics.jsonl``."""
+
+    tensorboard: bool = True
+    tensorboard_sync_s: float = 30.0
+    wandb: WandbConfig | None = None  # None or not enabled: no W&B
+    run_config: dict[str, Any] = field(default_factory=dict)  # shown by W&B with the run
 
 
 class MetricsLog:
-    """Scalars to TensorBoard (local runs) and to ``metrics.jsonl`` beside the checkpoints."""
+    """Scalars to ``metrics.jsonl`` beside the checkpoints, TensorBoard (any run dir) and, when
+    switched on, Weights & Biases."""
 
-    def __init__(self, run_dir: str, enabled: bool = True, resumed_at: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        enabled: bool = True,
+        resumed_at: int | None = None,
+        watchers: Watchers = Watchers(),
+    ) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
-        self.writer = None
         self.records: list[dict[str, Any]] = []
-        if enabled and resumed_at is not None:
+        self.tensorboard: TensorBoardLog | None = None
+        self.wandb: WandbLog | None = None
+        if not enabled:
+            return
+        if resumed_at is not None:
             drop_records_after(run_dir, resumed_at)
-        if enabled and "://" not in run_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if watchers.tensorboard:
+            self.tensorboard = TensorBoardLog(run_dir, watchers.tensorboard_sync_s)
+        if watchers.wandb is not None and watchers.wandb.enabled:
+            self.wandb = WandbLog(
+                run_dir, watchers.wandb.project, watchers.wandb.mode, watchers.run_config
+            )
 
     def log(self, step: int, samples_seen: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         self.records.append({"step": step, "samples_seen": samples_seen, **scalars})
-        if self.writer is not None:
-            for key, value in scalars.items():
-                self.writer.add_scalar(f"train/{key}", value, samples_seen)
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalars(scalars, samples_seen)
+        if self.wandb is not None:
+            self.wandb.add_scalars({**scalars, "samples_seen": samples_seen}, step)
 
     def flush(self) -> None:
         """Append pending records (called at each checkpoint, so a crash loses none before it)."""
-        if not self.enabled or not self.records:
+        if not self.enabled:
             return
-        if self.writer is not None:
-            self.writer.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
+        if not self.records:
+            return
         with fsspec.open(url_join(self.run_dir, "metrics.jsonl"), "a") as handle:
             for record in self.records:
                 handle.write(json.dumps(record) + "\n")
@@ -49,8 +77,10 @@ class MetricsLog:
 
     def close(self) -> None:
         self.flush()
-        if self.writer is not None:
-            self.writer.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
 def drop_records_after(run_dir: str, step: int) -> int:
@@ -75,13 +105,19 @@ class Progress:
     log, from a run that died after its last checkpoint, are dropped)."""
 
     def __init__(
-        self, run_dir: str, total_steps: int | None, step: int, samples_seen: int, enabled: bool
+        self,
+        run_dir: str,
+        total_steps: int | None,
+        step: int,
+        samples_seen: int,
+        enabled: bool,
+        watchers: Watchers = Watchers(),
     ) -> None:
         # total_steps is None while a timed phase's step count is unknown: the bar then counts
         self.bar = tqdm(
             total=total_steps, initial=step, unit="step", disable=not enabled, dynamic_ncols=True
         )
-        self.metrics = MetricsLog(run_dir, enabled=enabled, resumed_at=step)
+        self.metrics = MetricsLog(run_dir, enabled=enabled, resumed_at=step, watchers=watchers)
         self.last_report = (time.perf_counter(), samples_seen)
 
     def advance(self) -> None:

@@ -16,7 +16,7 @@ from training.config import TrainConfig
 from training.distributed import agreed_max, barrier, close_distributed
 from training.loss import clamp_logit_scale
 from training.masking import set_mask_ratio
-from training.observe import Progress, plot_curves
+from training.observe import Progress, Watchers, plot_curves
 from training.optim import set_lr
 from training.phases import PhasePlan
 from training.setup import TrainRun, set_up
@@ -41,6 +41,11 @@ def train(config: TrainConfig) -> str:
         state.step,
         state.samples_seen,
         enabled=run.dist.is_main,
+        watchers=Watchers(
+            tensorboard_sync_s=config.tensorboard_sync_s,
+            wandb=config.wandb,
+            run_config=asdict(config),
+        ),
     )
     batches = run.open_batches(state.step)
     run.model.train()
