@@ -63,40 +63,13 @@ def set_up(config: TrainConfig) -> TrainRun:
         split_batch(global_batch, dist_info.world_size, phase.micro_batch or config.micro_batch)
         for phase in config.phases
     ]
-    local_batch = split_batch(global_batch, dist_info.world_size).local_batch
-    if dist_info.is_main:
-        log.info(
-            "world size %d, global batch %d (%d per process), device %s",
-            dist_info.world_size,
-            global_batch,
-            local_batch,
-            device.type,
-        )
     plans = plan_phases(
         config.phases, global_batch, config.cpu_smoke.steps_per_phase if smoke else 0
     )
-    if smoke:
-        log.warning(
-            "no GPU: running the CPU smoke configuration (batch %d, %d step(s) per phase) "
-            "instead of the full recipe",
-            global_batch,
-            config.cpu_smoke.steps_per_phase,
-        )
+    _log_setup(config, dist_info, device, global_batch, smoke)
 
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model, model_cfg, reg_name = build_model(config.model.name, config.model.variant)
-    rng.seed_rank(config.seed, dist_info.rank)  # then each rank its own masks
     sharded = dist_info.world_size > 1 and config.parallelism == "fsdp"
-    # A sharded block gathers its weights on every call, so all ranks must call it equally
-    # often: one cut per rank (its own longest caption) instead of a varying number of groups.
-    group_text_by_length(
-        model, min(config.text_length_groups, 1) if sharded else config.text_length_groups
-    )
-    if config.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    model.to(device)
-    if sharded:  # before the optimizer: it must hold the sharded parameters
-        shard_model(model, config.precision)
+    model, model_cfg, reg_name = _build_model(config, dist_info, device, sharded)
     optimizer = build_optimizer(model, plans[0].peak_lr, config.weight_decay, tuple(config.betas))
     state, last_checkpoint = ckpt.TrainState(), None
     if config.resume:
@@ -106,33 +79,7 @@ def set_up(config: TrainConfig) -> TrainRun:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-
     pp_cfg = preprocess_cfg(model)
-    size = pp_cfg["size"] if isinstance(pp_cfg["size"], int) else pp_cfg["size"][0]
-    shard_set = open_shard_set(config.data.shards)
-    transform = train_transform(size, config.data.crop_scale_min)
-    tokenizer = open_clip.get_tokenizer(reg_name)
-
-    def open_batches(segment_start: int) -> Iterator:
-        """The batch stream of the segment that starts at step ``segment_start``.
-
-        The stream is restarted, reseeded by the step, at every checkpoint; a run resumed from a
-        checkpoint therefore sees exactly the batches the uninterrupted run saw after it.
-        """
-        loader = make_loader(
-            shard_set,
-            transform,
-            tokenizer,
-            batch_size=local_batch,
-            workers=min(config.data.workers, 1) if smoke else config.data.workers,
-            shuffle_buffer=config.data.shuffle_buffer,
-            worker_start=config.data.worker_start,
-            prefetch_batches=config.data.prefetch_batches,
-            pin_memory=device.type == "cuda",
-            seed=config.seed + 7919 * dist_info.rank + 1_000_003 * segment_start,
-        )
-        return iter(loader)
-
     return TrainRun(
         config=config,
         dist=dist_info,
@@ -150,8 +97,88 @@ def set_up(config: TrainConfig) -> TrainRun:
         last_checkpoint=last_checkpoint,
         autocast=_autocast(device, config.precision),
         to_model_input=ImageNormalizer(pp_cfg["mean"], pp_cfg["std"], device),
-        open_batches=open_batches,
+        open_batches=_batch_streams(
+            config, dist_info, device, smoke, global_batch, pp_cfg, reg_name
+        ),
     )
+
+
+def _log_setup(
+    config: TrainConfig, dist_info: Dist, device: torch.device, global_batch: int, smoke: bool
+) -> None:
+    if dist_info.is_main:
+        log.info(
+            "world size %d, global batch %d (%d per process), device %s",
+            dist_info.world_size,
+            global_batch,
+            global_batch // dist_info.world_size,
+            device.type,
+        )
+    if smoke:
+        log.warning(
+            "no GPU: running the CPU smoke configuration (batch %d, %d step(s) per phase) "
+            "instead of the full recipe",
+            global_batch,
+            config.cpu_smoke.steps_per_phase,
+        )
+
+
+def _build_model(
+    config: TrainConfig, dist_info: Dist, device: torch.device, sharded: bool
+) -> tuple[nn.Module, dict, str]:
+    """open_clip's CLIP with our patch removal and text cut, on ``device``, sharded under FSDP
+    (before the optimizer is built: it must hold the sharded parameters)."""
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model, model_cfg, reg_name = build_model(config.model.name, config.model.variant)
+    rng.seed_rank(config.seed, dist_info.rank)  # then each rank its own masks
+    # A sharded block gathers its weights on every call, so all ranks must call it equally
+    # often: one cut per rank (its own longest caption) instead of a varying number of groups.
+    group_text_by_length(
+        model, min(config.text_length_groups, 1) if sharded else config.text_length_groups
+    )
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    if sharded:
+        shard_model(model, config.precision)
+    return model, model_cfg, reg_name
+
+
+def _batch_streams(
+    config: TrainConfig,
+    dist_info: Dist,
+    device: torch.device,
+    smoke: bool,
+    global_batch: int,
+    pp_cfg: dict,
+    reg_name: str,
+) -> Callable[[int], Iterator]:
+    size = pp_cfg["size"] if isinstance(pp_cfg["size"], int) else pp_cfg["size"][0]
+    shard_set = open_shard_set(config.data.shards)
+    transform = train_transform(size, config.data.crop_scale_min)
+    tokenizer = open_clip.get_tokenizer(reg_name)
+
+    def open_batches(segment_start: int) -> Iterator:
+        """The batch stream of the segment that starts at step ``segment_start``.
+
+        The stream is restarted, reseeded by the step, at every checkpoint; a run resumed from a
+        checkpoint therefore sees exactly the batches the uninterrupted run saw after it.
+        """
+        loader = make_loader(
+            shard_set,
+            transform,
+            tokenizer,
+            batch_size=global_batch // dist_info.world_size,
+            workers=min(config.data.workers, 1) if smoke else config.data.workers,
+            shuffle_buffer=config.data.shuffle_buffer,
+            worker_start=config.data.worker_start,
+            prefetch_batches=config.data.prefetch_batches,
+            pin_memory=device.type == "cuda",
+            seed=config.seed + 7919 * dist_info.rank + 1_000_003 * segment_start,
+        )
+        return iter(loader)
+
+    return open_batches
 
 
 def _autocast(device: torch.device, precision: str) -> Callable:

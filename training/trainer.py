@@ -70,57 +70,29 @@ def _train_phase(
     """Run phase ``phase_index`` from where ``run.state`` stands to its end, checkpointing on
     the way; returns the batch stream the next phase continues with."""
     config, state, plan = run.config, run.state, run.plans[phase_index]
-    accum_steps = run.splits[phase_index].accum_steps
-    set_mask_ratio(run.model, plan.mask_ratio)
-    log.info(
-        "phase %s: mask ratio %.2f, %s, peak lr %.2e, %d micro-batch(es) of %d per step",
-        plan.name,
-        plan.mask_ratio,
-        f"{plan.seconds:g} s of training time" if plan.seconds else f"{plan.steps} steps",
-        plan.peak_lr,
-        accum_steps,
-        run.splits[phase_index].micro_batch,
-    )
+    _log_phase_start(run, phase_index)
     # Decisions taken by the clock (a timed phase's end, checkpoint_every_s) must be the same on
     # every rank: there the ranks agree on each step's time (a host sync per step, else none).
-    clocked = any(p.seconds for p in run.plans) or config.checkpoint_every_s > 0
+    clocked = run.dist.world_size > 1 and (
+        any(p.seconds for p in run.plans) or config.checkpoint_every_s > 0
+    )
     while not plan.finished(state.phase_step, state.phase_seconds):
         lr = plan.lr(state.phase_step, state.phase_seconds)
         set_lr(run.optimizer, lr)
         t0 = time.perf_counter()
         images, tokens, skipped = next(batches)
         data_time = time.perf_counter() - t0
-        loss = _step(run, images, tokens, accum_steps)
+        loss = _step(run, images, tokens, run.splits[phase_index].accum_steps)
         step_seconds = time.perf_counter() - t0
-        if clocked and run.dist.world_size > 1:
+        if clocked:
             step_seconds = agreed_max(step_seconds, run.device)
         clock_before = state.train_seconds
-        state.skipped_samples += skipped
-        state.train_seconds += step_seconds
-        state.phase_seconds += step_seconds
-        state.step += 1
-        state.phase_step += 1
-        state.samples_seen += run.global_batch
+        _count_step(state, step_seconds, skipped, run.global_batch)
         progress.advance()
         at_phase_end = plan.finished(state.phase_step, state.phase_seconds)
         if state.step % config.log_every_steps == 0 or at_phase_end:
-            progress.report(
-                state.step,
-                state.samples_seen,
-                plan.name,
-                loss.item(),  # waits for the device: read only on logging steps
-                {
-                    "lr": lr,
-                    "temperature": 1 / run.model.logit_scale.exp().item(),
-                    "data_time_s": data_time,
-                    "mask_ratio": plan.mask_ratio,
-                    "skipped_samples": state.skipped_samples,
-                    "train_seconds": state.train_seconds,
-                },
-            )
-        periodic = (
-            config.checkpoint_every_steps and state.step % config.checkpoint_every_steps == 0
-        ) or crossed_interval(clock_before, state.train_seconds, config.checkpoint_every_s)
+            _report(run, progress, plan, loss, {"lr": lr, "data_time_s": data_time})
+        periodic = checkpoint_due(config, state.step, clock_before, state.train_seconds)
         if at_phase_end:
             state.phase_index, state.phase_step, state.phase_seconds = phase_index + 1, 0, 0.0
         if at_phase_end or periodic:
@@ -137,6 +109,55 @@ def _train_phase(
         if at_phase_end:
             break
     return batches
+
+
+def checkpoint_due(config: TrainConfig, step: int, clock_before: float, clock: float) -> bool:
+    """The periodic checkpoint policy: every ``checkpoint_every_steps`` steps and whenever the
+    training clock passes a multiple of ``checkpoint_every_s`` (phase ends always save)."""
+    by_steps = bool(config.checkpoint_every_steps) and step % config.checkpoint_every_steps == 0
+    return by_steps or crossed_interval(clock_before, clock, config.checkpoint_every_s)
+
+
+def _log_phase_start(run: TrainRun, phase_index: int) -> None:
+    plan, split = run.plans[phase_index], run.splits[phase_index]
+    set_mask_ratio(run.model, plan.mask_ratio)
+    log.info(
+        "phase %s: mask ratio %.2f, %s, peak lr %.2e, %d micro-batch(es) of %d per step",
+        plan.name,
+        plan.mask_ratio,
+        f"{plan.seconds:g} s of training time" if plan.seconds else f"{plan.steps} steps",
+        plan.peak_lr,
+        split.accum_steps,
+        split.micro_batch,
+    )
+
+
+def _count_step(state: ckpt.TrainState, seconds: float, skipped: int, batch: int) -> None:
+    state.skipped_samples += skipped
+    state.train_seconds += seconds
+    state.phase_seconds += seconds
+    state.step += 1
+    state.phase_step += 1
+    state.samples_seen += batch
+
+
+def _report(
+    run: TrainRun, progress: Progress, plan: PhasePlan, loss: torch.Tensor, scalars: dict
+) -> None:
+    state = run.state
+    progress.report(
+        state.step,
+        state.samples_seen,
+        plan.name,
+        loss.item(),  # waits for the device: read only on logging steps
+        {
+            **scalars,
+            "temperature": 1 / run.model.logit_scale.exp().item(),
+            "mask_ratio": plan.mask_ratio,
+            "skipped_samples": state.skipped_samples,
+            "train_seconds": state.train_seconds,
+        },
+    )
 
 
 def _step(run: TrainRun, images: torch.Tensor, tokens: torch.Tensor, accum_steps: int):
