@@ -86,7 +86,7 @@ test-fast: setup
 
 # Cloud-job files (Kubernetes, SLURM, AWS Batch, EMR) rendered from infra/deploy.yaml.
 manifests: setup
-	$(PY) infra/render.py
+	$(PY) -m infra.render
 
 lint: setup
 	$(VENV)/bin/ruff check .

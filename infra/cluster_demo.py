@@ -1,6 +1,6 @@
 """Rehearse the cloud jobs on this machine (``make cluster-demo``).
 
-The commands are built by infra/render.py's own functions — the ones that write the Kubernetes,
+The commands are built by infra/render's own functions — the ones that write the Kubernetes,
 SLURM, Batch and EMR files — from infra/local/deploy.yaml, and run here:
 
 1. pipeline: ``spark-submit --master spark://…`` against a real standalone Spark master and
@@ -15,8 +15,6 @@ SLURM, Batch and EMR files — from infra/local/deploy.yaml, and run here:
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -27,6 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from infra.render import kubernetes  # noqa: E402
+from infra.render.commands import spark_submit, torchrun  # noqa: E402
+from infra.render.deploy import Deploy, load_deploy  # noqa: E402
 from pipeline.local_cluster import SPARK_SUBMIT, spark_env, standalone_cluster  # noqa: E402
 
 QUICK = {
@@ -47,25 +48,18 @@ QUICK = {
 }
 
 
-def load_render():
-    spec = importlib.util.spec_from_file_location("render", ROOT / "infra" / "render.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def local_deploy(render, out: str, quick: bool) -> dict:
-    d = copy.deepcopy(render.load_deploy(ROOT / "infra" / "local" / "deploy.yaml"))
-    d["storage"]["shards"] = f"{out}/shards"
-    d["storage"]["runs"] = out
+def local_deploy(out: str, quick: bool) -> Deploy:
+    d = load_deploy(ROOT / "infra" / "local" / "deploy.yaml")
+    d.storage.shards = f"{out}/shards"
+    d.storage.runs = out
     if quick:
         # a corpus of its own: the smaller render must not replace the demo's cached corpus
-        d["pipeline"]["overrides"] += [*QUICK["pipeline"], f"demo.cache_dir={out}/demo_corpus"]
-        d["train"]["overrides"] = [
-            o for o in d["train"]["overrides"] if not o.startswith(("phases=", "batch_size="))
+        d.pipeline.overrides += [*QUICK["pipeline"], f"demo.cache_dir={out}/demo_corpus"]
+        d.train.overrides = [
+            o for o in d.train.overrides if not o.startswith(("phases=", "batch_size="))
         ] + QUICK["train"]
-        d["eval"]["overrides"] += QUICK["eval"]
-        d["eval"]["checkpoints"] = QUICK["checkpoints"]
+        d.eval.overrides += QUICK["eval"]
+        d.eval.checkpoints = QUICK["checkpoints"]
     return d
 
 
@@ -81,33 +75,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/cluster-demo")
     parser.add_argument("--quick", action="store_true", help="a few samples per step (tests)")
     args = parser.parse_args(argv)
-    render = load_render()
-    d = local_deploy(render, args.out, args.quick)
+    d = local_deploy(args.out, args.quick)
     env = spark_env()
     times = {}
     bin_dir = Path(sys.executable).parent
 
     with standalone_cluster(ROOT / args.out / "spark-logs", cores=2, memory="3g") as master:
-        submit = render.spark_submit(d, master, {"spark.driver.host": "127.0.0.1"}, str(ROOT))
+        submit = spark_submit(d, master, {"spark.driver.host": "127.0.0.1"}, str(ROOT))
         submit[0] = str(SPARK_SUBMIT)
         times["pipeline"] = run("pipeline on a standalone Spark cluster", submit, env)
 
-    train = render.torchrun(d, "0", "127.0.0.1")
+    train = torchrun(d, "0", "127.0.0.1")
     train[0] = str(bin_dir / "torchrun")
     times["training"] = run("training with torchrun, 2 processes (gloo)", train, env)
 
-    (job,) = render.k8s_eval(d)
+    (job,) = kubernetes.evaluation(d)
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     command = [sys.executable, *command[1:]]
     start = time.monotonic()
-    for index in range(d["eval"]["checkpoints"]):
+    for index in range(d.eval.checkpoints):
         run(f"evaluation array task {index}", command, {**env, "JOB_COMPLETION_INDEX": str(index)})
     times["evaluation"] = time.monotonic() - start
 
     print("\ncluster rehearsal done: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     print(
-        f"shards: {d['storage']['shards']}  run: {args.out}/{d['train']['run_name']}  "
-        f"evaluations: {args.out}/{d['train']['run_name']}/eval/NNNN"
+        f"shards: {d.storage.shards}  run: {args.out}/{d.train.run_name}  "
+        f"evaluations: {args.out}/{d.train.run_name}/eval/NNNN"
     )
     return 0
 

@@ -1,4 +1,4 @@
-"""The cluster rehearsal: the cloud jobs' own launch commands (rendered by infra/render.py) run
+"""The cluster rehearsal: the cloud jobs' own launch commands (rendered by infra/render) run
 on this machine — spark-submit to a standalone Spark cluster, torchrun with 2 processes, the
 evaluation array index by index."""
 

@@ -8,7 +8,6 @@ to a cluster; see docs/deployment.md.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -23,6 +22,8 @@ from botocore.validate import ParamValidator
 
 from evaluation.config import EvalConfig
 from flipcommon.config import load_config
+from infra.render.deploy import load_deploy
+from infra.render.files import render_all
 from pipeline.config import PipelineConfig
 from training.config import TrainConfig
 
@@ -39,16 +40,8 @@ KINDS = {
 }
 
 
-def _render_module():
-    spec = importlib.util.spec_from_file_location("render", ROOT / "infra" / "render.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_committed_files_equal_a_fresh_render():
-    render = _render_module()
-    files = render.render_all(render.load_deploy())
+    files = render_all(load_deploy())
     on_disk = {str(p.relative_to(GENERATED)) for p in GENERATED.rglob("*") if p.is_file()}
     assert on_disk == set(files), "run `make manifests`"
     for rel, text in files.items():
@@ -295,3 +288,23 @@ def test_the_schema_checks_catch_mistakes():
     assert ParamValidator().validate(environment, shape).has_errors()
     with pytest.raises(Exception, match="unknown key"):
         load_config(EvalConfig, ROOT / "configs/eval/paper.yaml", ["checkpont=x"])
+
+
+def test_a_misspelt_deploy_key_is_an_error_that_names_it(tmp_path):
+    import subprocess
+    import sys
+
+    text = (ROOT / "infra" / "deploy.yaml").read_text()
+    assert "  gpus_per_node: 8" in text
+    typo = tmp_path / "deploy.yaml"
+    typo.write_text(text.replace("  gpus_per_node: 8", "  gpus_per_nod: 8"))
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.render", "--check", "--deploy", str(typo)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "train: unknown key(s) ['gpus_per_nod']" in result.stderr
+    assert "Traceback" not in result.stderr

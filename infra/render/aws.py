@@ -1,0 +1,185 @@
+"""AWS: Batch job definitions (the pipeline on one large instance, training multi-node,
+evaluation as an array), their compute environments and queues, a submit script that chains
+them; and the pipeline as EMR steps (managed Spark)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flipcommon.config import ConfigError
+from infra.render.commands import (
+    HEADER,
+    NCCL_ENV,
+    eval_command,
+    pipeline_overrides,
+    shell_word,
+    spark_submit,
+    stage_args,
+    torchrun,
+)
+from infra.render.deploy import AwsDeploy, Deploy
+
+
+def _aws(d: Deploy) -> AwsDeploy:
+    if d.aws is None:
+        raise ConfigError("deploy.yaml has no aws section")
+    return d.aws
+
+
+def _container_job(
+    d: Deploy, name: str, image: str, command: list[str], attempts: int, resources: dict
+) -> dict:
+    """A single-container Batch job definition on EC2 with the job role."""
+    return {
+        "jobDefinitionName": name,
+        "type": "container",
+        "platformCapabilities": ["EC2"],
+        "retryStrategy": {"attempts": attempts},
+        "containerProperties": {
+            "image": image,
+            "command": command,
+            "jobRoleArn": _aws(d).job_role_arn,
+            "resourceRequirements": [
+                {"type": kind, "value": str(value)} for kind, value in resources.items()
+            ],
+        },
+    }
+
+
+def batch_pipeline(d: Deploy) -> dict:
+    """A single large instance running Spark in local mode (the whole stage in one job)."""
+    p = d.pipeline
+    overrides = [
+        o
+        for o in pipeline_overrides(d)
+        if not o.startswith(("spark.master=", "download.processes="))
+    ]
+    command = ["python", *stage_args("pipeline", p.config, ["spark.master=local[*]", *overrides])]
+    resources = {"VCPU": p.executor_cores * 4, "MEMORY": 256 * 1024}
+    return _container_job(d, "flip-pipeline", d.images.pipeline, command, 3, resources)
+
+
+def batch_train(d: Deploy) -> dict:
+    t = d.train
+    # Batch passes the node index and the main node's address as environment variables, and
+    # does not expand them in a command: a shell does.
+    line = " ".join(
+        shell_word(a)
+        for a in torchrun(
+            d,
+            "$AWS_BATCH_JOB_NODE_INDEX",
+            "${AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS:-localhost}",
+        )
+    )
+    container = {
+        "image": d.images.gpu,
+        "command": ["sh", "-c", f"exec {line}"],
+        "jobRoleArn": _aws(d).job_role_arn,
+        "resourceRequirements": [
+            {"type": "GPU", "value": str(t.gpus_per_node)},
+            {"type": "VCPU", "value": str(t.cpus)},
+            {"type": "MEMORY", "value": str(1024 * t.memory_gib)},
+        ],
+        "environment": [{"name": k, "value": v} for k, v in NCCL_ENV.items()],
+        # /dev/shm carries the loader workers' batches to each rank (Docker's default: 64 MB)
+        "linuxParameters": {"sharedMemorySize": 1024 * t.shm_gib},
+    }
+    return {
+        "jobDefinitionName": "flip-train",
+        "type": "multinode",
+        "retryStrategy": {"attempts": 5},
+        "nodeProperties": {
+            "numNodes": t.nodes,
+            "mainNode": 0,
+            "nodeRangeProperties": [{"targetNodes": f"0:{t.nodes - 1}", "container": container}],
+        },
+    }
+
+
+def batch_eval(d: Deploy) -> dict:
+    e = d.eval
+    # submit as an array job: aws batch submit-job --array-properties size=<eval.checkpoints>
+    command = eval_command(d, "AWS_BATCH_JOB_ARRAY_INDEX")
+    resources = {"GPU": 1, "VCPU": e.cpus, "MEMORY": 1024 * e.memory_gib}
+    job = _container_job(d, "flip-eval", d.images.gpu, command, 2, resources)
+    job["containerProperties"]["linuxParameters"] = {"sharedMemorySize": 1024 * e.shm_gib}
+    return job
+
+
+def batch_compute_environments(d: Deploy) -> list[dict]:
+    """``aws batch create-compute-environment --cli-input-json`` for each: CPU instances for the
+    pipeline, GPU instances (in a cluster placement group) for training and evaluation."""
+    a = _aws(d)
+
+    def environment(name: str, instance_type: str, max_vcpus: int, **extra: Any) -> dict:
+        return {
+            "computeEnvironmentName": name,
+            "type": "MANAGED",
+            "state": "ENABLED",
+            "computeResources": {
+                "type": "EC2",  # multi-node parallel jobs do not run on Spot
+                "allocationStrategy": "BEST_FIT_PROGRESSIVE",
+                "minvCpus": 0,  # nothing runs, nothing is paid for
+                "maxvCpus": max_vcpus,
+                "instanceTypes": [instance_type],
+                "subnets": a.subnets,
+                "securityGroupIds": a.security_group_ids,
+                "instanceRole": a.instance_role,
+                **extra,
+            },
+        }
+
+    gpu_nodes = max(d.train.nodes, 1)
+    return [
+        environment("flip-cpu", a.cpu_instance_type, a.cpu_instance_vcpus * 4),
+        environment(
+            "flip-gpu",
+            a.gpu_instance_type,
+            a.gpu_instance_vcpus * gpu_nodes,
+            placementGroup=a.placement_group,
+        ),
+    ]
+
+
+def batch_job_queues(d: Deploy) -> list[dict]:
+    """``aws batch create-job-queue --cli-input-json`` for each."""
+    return [
+        {
+            "jobQueueName": f"{name}-queue",
+            "state": "ENABLED",
+            "priority": 1,
+            "computeEnvironmentOrder": [{"order": 1, "computeEnvironment": name}],
+        }
+        for name in ("flip-cpu", "flip-gpu")
+    ]
+
+
+def batch_submit_script(d: Deploy) -> str:
+    ids = "--query jobId --output text"
+    return (
+        "#!/bin/sh\n"
+        + HEADER
+        + "# The pipeline, then training, then the evaluation array (one task per checkpoint),\n"
+        + "# chained: each job starts only once the one before it has succeeded (dependsOn).\n"
+        + "# Register the job definitions first (aws batch register-job-definition\n"
+        + "# --cli-input-json file://…), and create the compute environments and queues once.\n"
+        + "set -eu\n"
+        + "PIPELINE_JOB=$(aws batch submit-job --job-name flip-pipeline "
+        + f"--job-queue flip-cpu-queue --job-definition flip-pipeline {ids})\n"
+        + "TRAIN_JOB=$(aws batch submit-job --job-name flip-train --job-queue flip-gpu-queue "
+        + f'--job-definition flip-train --depends-on "jobId=$PIPELINE_JOB" {ids})\n'
+        + "aws batch submit-job --job-name flip-eval --job-queue flip-gpu-queue "
+        + f"--job-definition flip-eval --array-properties size={d.eval.checkpoints} "
+        + '--depends-on "jobId=$TRAIN_JOB"\n'
+    )
+
+
+def emr_steps(d: Deploy) -> list[dict]:
+    """``aws emr add-steps --cluster-id ID --steps file://emr-steps.json`` (managed Spark)."""
+    return [
+        {
+            "Name": "flip-pipeline",
+            "ActionOnFailure": "CONTINUE",
+            "HadoopJarStep": {"Jar": "command-runner.jar", "Args": spark_submit(d, "yarn", {})},
+        }
+    ]

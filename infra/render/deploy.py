@@ -1,0 +1,116 @@
+"""The deploy config (``infra/deploy.yaml``): where images and data live, and how large each
+stage runs. Loaded by the stages' own config loader, so a misspelt or missing key is an error
+that names it, not a KeyError deep in a renderer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flipcommon.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "infra" / "deploy.yaml"
+
+
+@dataclass
+class Images:
+    pipeline: str
+    gpu: str
+
+
+@dataclass
+class Storage:
+    shards: str  # the shard set the pipeline writes and training reads
+    runs: str  # training runs go to {runs}/{train.run_name}
+    metadata: str = ""  # the pipeline's input; "" for the config's own (the demo corpus)
+
+
+@dataclass
+class PipelineDeploy:
+    config: str  # configs/pipeline/*.yaml
+    executors: int
+    executor_cores: int
+    executor_memory: str  # Spark's notation: 24g
+    memory_overhead: str
+    threads_per_task: int
+    task_max_failures: int
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainDeploy:
+    model: str  # configs/train/<model>.yaml
+    run_name: str
+    nodes: int
+    gpus_per_node: int
+    master_port: int
+    device: str
+    cpus: int  # per node
+    memory_gib: int  # per node
+    shm_gib: int  # /dev/shm per node
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalDeploy:
+    suite: str  # configs/eval/<suite>.yaml
+    checkpoints: int  # array size
+    device: str
+    cpus: int  # per task
+    memory_gib: int
+    shm_gib: int
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KubernetesDeploy:
+    namespace: str
+    service_account: str
+    spark_service_account: str
+
+
+@dataclass
+class AwsDeploy:
+    region: str
+    job_role_arn: str
+    emr_cluster_id: str
+    subnets: list[str]
+    security_group_ids: list[str]
+    instance_role: str
+    placement_group: str
+    cpu_instance_type: str
+    cpu_instance_vcpus: int
+    gpu_instance_type: str
+    gpu_instance_vcpus: int
+
+
+@dataclass
+class GcpDeploy:
+    region: str
+    dataproc_cluster: str
+
+
+@dataclass
+class SlurmDeploy:
+    partition: str
+    time: str
+    cpus_per_task: int
+
+
+@dataclass
+class Deploy:
+    images: Images
+    storage: Storage
+    pipeline: PipelineDeploy
+    train: TrainDeploy
+    eval: EvalDeploy
+    kubernetes: KubernetesDeploy
+    # platforms a deploy file may leave out (the local rehearsal has none of them)
+    aws: AwsDeploy | None = None
+    gcp: GcpDeploy | None = None
+    slurm: SlurmDeploy | None = None
+
+
+def load_deploy(path: Path = DEPLOY) -> Deploy:
+    return load_config(Deploy, path)

@@ -1,0 +1,42 @@
+"""Every generated file: relative path under ``infra/generated/`` → content."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from infra.render import aws, gcp, kubernetes, slurm
+from infra.render.commands import HEADER
+from infra.render.deploy import ROOT, Deploy
+
+GENERATED = ROOT / "infra" / "generated"
+
+
+def _yaml_docs(objects: list[dict]) -> str:
+    return HEADER + "---\n".join(yaml.safe_dump(o, sort_keys=False, width=100) for o in objects)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2) + "\n"
+
+
+def render_all(d: Deploy) -> dict[str, str]:
+    return {
+        "kubernetes/pipeline-job.yaml": _yaml_docs(kubernetes.pipeline(d)),
+        "kubernetes/train-job.yaml": _yaml_docs(kubernetes.train(d)),
+        "kubernetes/eval-job.yaml": _yaml_docs(kubernetes.evaluation(d)),
+        "slurm/train.sbatch": slurm.train(d),
+        "slurm/eval-array.sbatch": slurm.evaluation(d),
+        "slurm/submit.sh": slurm.submit(d),
+        "aws-batch/pipeline-job-definition.json": _json(aws.batch_pipeline(d)),
+        "aws-batch/train-job-definition.json": _json(aws.batch_train(d)),
+        "aws-batch/eval-job-definition.json": _json(aws.batch_eval(d)),
+        "aws-batch/compute-environments.json": _json(aws.batch_compute_environments(d)),
+        "aws-batch/job-queues.json": _json(aws.batch_job_queues(d)),
+        "aws-batch/submit.sh": aws.batch_submit_script(d),
+        "emr/pipeline-steps.json": _json(aws.emr_steps(d)),
+        "dataproc/submit-pipeline.sh": gcp.dataproc_submit(d),
+        "kubernetes/train-pytorchjob.yaml": _yaml_docs(kubernetes.train_pytorchjob(d)),
+    }

@@ -1,0 +1,239 @@
+"""Kubernetes: the pipeline as a Spark driver Job (executors as pods it creates), training as an
+Indexed Job of one pod per node (or a Kubeflow PyTorchJob), evaluation as an Indexed Job."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from infra.render.commands import NCCL_ENV, eval_command, spark_submit, torchrun
+from infra.render.deploy import Deploy
+
+SHM_MOUNT = {"name": "shm", "mountPath": "/dev/shm"}
+ENV = [{"name": name, "value": value} for name, value in NCCL_ENV.items()]
+
+
+def _metadata(d: Deploy, name: str) -> dict:
+    return {"name": name, "namespace": d.kubernetes.namespace, "labels": {"app": "flip"}}
+
+
+def _job(
+    d: Deploy,
+    name: str,
+    stage: str,
+    containers: list[dict],
+    *,
+    service_account: str,
+    backoff_limit: int,
+    indexed: int | None = None,
+    subdomain: str | None = None,
+    volumes: list[dict] | None = None,
+) -> dict:
+    """A batch/v1 Job; ``indexed=N`` makes it an Indexed Job of N pods, all at once."""
+    spec: dict[str, Any] = {}
+    if indexed is not None:
+        spec |= {"completionMode": "Indexed", "completions": indexed, "parallelism": indexed}
+    pod: dict[str, Any] = {"subdomain": subdomain} if subdomain else {}
+    pod |= {"serviceAccountName": service_account, "restartPolicy": "Never"}
+    pod["containers"] = containers
+    if volumes:
+        pod["volumes"] = volumes
+    spec["backoffLimit"] = backoff_limit
+    spec["template"] = {"metadata": {"labels": {"app": "flip", "stage": stage}}, "spec": pod}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(d, name), "spec": spec}
+
+
+def pipeline(d: Deploy) -> list[dict]:
+    image = d.images.pipeline
+    service_account = d.kubernetes.spark_service_account
+    command = spark_submit(
+        d,
+        "k8s://https://kubernetes.default.svc:443",
+        {
+            "spark.kubernetes.namespace": d.kubernetes.namespace,
+            "spark.kubernetes.container.image": image,
+            "spark.kubernetes.authenticate.driver.serviceAccountName": service_account,
+            "spark.kubernetes.executor.request.cores": str(d.pipeline.executor_cores),
+            "spark.driver.host": "$(POD_IP)",  # client mode: executors dial the driver pod
+            "spark.driver.bindAddress": "0.0.0.0",
+            # executors are owned by the driver pod: they go when it goes, never orphaned
+            "spark.kubernetes.driver.pod.name": "$(POD_NAME)",
+        },
+    )
+    container = {
+        "name": "driver",
+        "image": image,
+        "command": command,
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "resources": {"requests": {"cpu": "4", "memory": "16Gi"}},
+    }
+    # backoffLimit 3: a rerun keeps finished shards
+    job = _job(
+        d,
+        "flip-pipeline",
+        "pipeline",
+        [container],
+        service_account=service_account,
+        backoff_limit=3,
+    )
+    return [*spark_rbac(d, service_account), job]
+
+
+def spark_rbac(d: Deploy, service_account: str) -> list[dict]:
+    """The driver's identity: it creates, watches and deletes its executor pods (and the
+    service and config maps Spark makes for them), in its namespace only."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(d, service_account),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
+                "verbs": ["create", "get", "list", "watch", "delete", "deletecollection"],
+            }
+        ],
+    }
+    subject = {
+        "kind": "ServiceAccount",
+        "name": service_account,
+        "namespace": d.kubernetes.namespace,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(d, service_account),
+        "subjects": [subject],
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": service_account,
+        },
+    }
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(d, service_account),
+    }
+    return [account, role, binding]
+
+
+def train(d: Deploy) -> list[dict]:
+    t = d.train
+    name = "flip-train"
+    command = torchrun(d, "$(JOB_COMPLETION_INDEX)", f"{name}-0.{name}")
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(d, name),
+        "spec": {  # headless: pod i is reachable as flip-train-i.flip-train
+            "clusterIP": "None",
+            "selector": {"app": "flip", "stage": "train"},
+            "ports": [{"name": "rendezvous", "port": t.master_port}],
+        },
+    }
+    job = _job(
+        d,
+        name,
+        "train",
+        [_trainer_container(d, command)],
+        service_account=d.kubernetes.service_account,
+        # A failed pod is replaced alone; the other ranks fail in turn once their collectives
+        # time out (dist_timeout_s) and are replaced too; each resumes from the last checkpoint.
+        backoff_limit=20,
+        indexed=t.nodes,
+        subdomain=name,
+        volumes=[shm_volume(t.shm_gib)],
+    )
+    return [service, job]
+
+
+def _trainer_container(d: Deploy, command: list[str]) -> dict:
+    t = d.train
+    return {
+        "name": "trainer",
+        "image": d.images.gpu,
+        "command": command,
+        "env": ENV,
+        "resources": gpu_resources(t.cpus, t.memory_gib, t.gpus_per_node),
+        "volumeMounts": [SHM_MOUNT],
+    }
+
+
+def gpu_resources(cpus: int, memory_gib: int, gpus: int) -> dict:
+    """GPUs as a limit (Kubernetes needs requests = limits for them); CPU and memory requested,
+    so the scheduler places the pod on a node with room for its loader workers."""
+    return {
+        "requests": {"cpu": str(cpus), "memory": f"{memory_gib}Gi", "nvidia.com/gpu": str(gpus)},
+        "limits": {"nvidia.com/gpu": str(gpus)},
+    }
+
+
+def shm_volume(gib: int) -> dict:
+    """/dev/shm in memory, where loader workers hand their batches to the trainer (a
+    container's default is 64 MB); it counts against the pod's memory."""
+    return {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{gib}Gi"}}
+
+
+def train_pytorchjob(d: Deploy) -> list[dict]:
+    """The same training as a Kubeflow training-operator PyTorchJob (for clusters that run the
+    operator): a Master and nodes − 1 Workers. The operator gives each pod RANK (its node
+    index) and MASTER_ADDR; Kubernetes expands them in the command."""
+    t = d.train
+    container = _trainer_container(d, torchrun(d, "$(RANK)", "$(MASTER_ADDR)"))
+    # the operator reads the rendezvous port from the port of this name
+    container["ports"] = [{"name": "pytorchjob-port", "containerPort": t.master_port}]
+
+    def replica(count: int) -> dict:
+        pod = {  # copies: the YAML holds each replica's spec in full, without anchors
+            "serviceAccountName": d.kubernetes.service_account,
+            "containers": [copy.deepcopy(container)],
+            "volumes": [shm_volume(t.shm_gib)],
+        }
+        return {
+            "replicas": count,
+            "restartPolicy": "OnFailure",
+            "template": {"metadata": {"labels": {"app": "flip", "stage": "train"}}, "spec": pod},
+        }
+
+    specs = {"Master": replica(1)}
+    if t.nodes > 1:
+        specs["Worker"] = replica(t.nodes - 1)
+    return [
+        {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "PyTorchJob",
+            "metadata": _metadata(d, "flip-train"),
+            "spec": {
+                # preemption: failed pods restart and resume from the last checkpoint
+                "runPolicy": {"backoffLimit": 20, "cleanPodPolicy": "None"},
+                "pytorchReplicaSpecs": specs,
+            },
+        }
+    ]
+
+
+def evaluation(d: Deploy) -> list[dict]:
+    e = d.eval
+    container = {
+        "name": "eval",
+        "image": d.images.gpu,
+        "command": eval_command(d, "JOB_COMPLETION_INDEX"),
+        "resources": gpu_resources(e.cpus, e.memory_gib, 1),
+        "volumeMounts": [SHM_MOUNT],
+    }
+    return [
+        _job(
+            d,
+            "flip-eval",
+            "eval",
+            [container],
+            service_account=d.kubernetes.service_account,
+            backoff_limit=3,
+            indexed=e.checkpoints,
+            volumes=[shm_volume(e.shm_gib)],
+        )
+    ]

@@ -1,0 +1,74 @@
+"""SLURM: training as one multi-node batch script (srun runs torchrun once per node), the
+evaluation array, and a submit script that chains them."""
+
+from __future__ import annotations
+
+import shlex
+
+from flipcommon.config import ConfigError
+from infra.render.commands import HEADER, eval_command, shell_word, torchrun
+from infra.render.deploy import Deploy, SlurmDeploy
+
+
+def _slurm(d: Deploy) -> SlurmDeploy:
+    if d.slurm is None:
+        raise ConfigError("deploy.yaml has no slurm section")
+    return d.slurm
+
+
+def train(d: Deploy) -> str:
+    t, s = d.train, _slurm(d)
+    command = torchrun(d, "$SLURM_NODEID", "$MASTER_ADDR")
+    return (
+        "#!/bin/bash\n"
+        + HEADER
+        + f"#SBATCH --job-name={t.run_name}\n"
+        + f"#SBATCH --partition={s.partition}\n"
+        + f"#SBATCH --nodes={t.nodes}\n"
+        + "#SBATCH --ntasks-per-node=1\n"
+        + f"#SBATCH --gpus-per-node={t.gpus_per_node}\n"
+        + f"#SBATCH --cpus-per-task={s.cpus_per_task}\n"
+        + f"#SBATCH --time={s.time}\n"
+        + "#SBATCH --requeue\n"
+        + "# Requeued after preemption, the job resumes from its last checkpoint (resume=true).\n"
+        + "set -euo pipefail\n"
+        + 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
+        + "export MASTER_ADDR NCCL_DEBUG=WARN TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n"
+        + "# Submit from the project root, its environment active (or run inside the gpu image).\n"
+        + 'cd "$SLURM_SUBMIT_DIR"\n'
+        + "# single quotes on purpose: srun's bash expands the variables on each node\n"
+        + "# shellcheck disable=SC2016\n"
+        + "srun bash -c "
+        + shlex.quote(" ".join(shell_word(a) for a in command))
+        + "\n"
+    )
+
+
+def evaluation(d: Deploy) -> str:
+    e, s = d.eval, _slurm(d)
+    return (
+        "#!/bin/bash\n"
+        + HEADER
+        + "#SBATCH --job-name=flip-eval\n"
+        + f"#SBATCH --partition={s.partition}\n"
+        + f"#SBATCH --array=0-{e.checkpoints - 1}\n"
+        + "#SBATCH --gpus=1\n"
+        + f"#SBATCH --time={s.time}\n"
+        + "set -euo pipefail\n"
+        + 'cd "$SLURM_SUBMIT_DIR"\n'
+        + " ".join(shlex.quote(a) for a in eval_command(d, "SLURM_ARRAY_TASK_ID"))
+        + "\n"
+    )
+
+
+def submit(d: Deploy) -> str:
+    return (
+        "#!/bin/sh\n"
+        + HEADER
+        + "# Training, then the evaluation array once training has succeeded (afterok). The\n"
+        + "# shard set comes first, from the pipeline on a Spark cluster (see the other folders).\n"
+        + "# Run from the project root.\n"
+        + "set -eu\n"
+        + "TRAIN_JOB=$(sbatch --parsable infra/generated/slurm/train.sbatch)\n"
+        + 'sbatch --dependency="afterok:${TRAIN_JOB%%;*}" infra/generated/slurm/eval-array.sbatch\n'
+    )
