@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,6 +118,52 @@ def _features(cache: dict | None, key: tuple, compute):
     return cache[key]
 
 
+@dataclass(frozen=True)
+class Encoder:
+    """One model's image and text encoders as the tasks call them."""
+
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: Any
+    batch_size: int
+    workers: int = 0
+    # one dict per model: tasks over the same images share their features
+    feature_cache: dict | None = None
+
+    def images(self, image_set, key: tuple, label: str) -> tuple[torch.Tensor, list[int]]:
+        """Features of ``image_set`` and the indices of images that could not be read."""
+        return _features(
+            self.feature_cache,
+            key,
+            lambda: image_features(
+                self.model,
+                image_set,
+                self.preprocess,
+                self.device,
+                self.batch_size,
+                label,
+                self.workers,
+            ),
+        )
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        return text_features(self.model, texts, self.tokenizer, self.device, self.batch_size)
+
+
+@dataclass
+class Outcome:
+    """A task's figures before the shared bookkeeping: metrics, their chance levels, the counts
+    behind them and ``n``, the number of trials the chance test uses."""
+
+    values: dict
+    chance: dict
+    counts: dict
+    n: int
+    details: dict = field(default_factory=dict)
+    templates: list[str] | None = None
+
+
 def run_task(
     task: TaskConfig,
     model,
@@ -131,83 +179,27 @@ def run_task(
 
     ``feature_cache`` (one dict per model) lets tasks over the same images share features.
     """
+    encoder = Encoder(model, preprocess, tokenizer, device, batch_size, workers, feature_cache)
     data, dataset_templates = load_dataset(task, corpus_dir)
-    images, skipped = _features(
-        feature_cache,
-        (task.dataset, task.path, task.split, task.limit),
-        lambda: image_features(
-            model, data.images, preprocess, device, batch_size, task.name, workers
-        ),
-    )
-    details: dict = {"skipped_images": len(skipped)}
-    templates = None
+    key = (task.dataset, task.path, task.split, task.limit)
+    images, skipped = encoder.images(data.images, key, task.name)
     if task.task in ("zeroshot_classification", "linear_probe"):
         if not isinstance(data, ClassificationSet):
             raise UserError(f"task {task.name}: {task.task} needs a classification dataset")
-        labels = _drop_skipped_classification(data, skipped)
         if len(np.unique(data.labels)) < 2 and task.task == "zeroshot_classification":
             raise UserError(f"task {task.name}: zero-shot needs at least 2 classes")
     if task.task == "linear_probe":
-        train, _ = load_dataset(task, corpus_dir, task.train_split, task.train_limit)
-        train_images, train_skipped = _features(
-            feature_cache,
-            (task.dataset, task.path, task.train_split, task.train_limit),
-            lambda: image_features(
-                model,
-                train.images,
-                preprocess,
-                device,
-                batch_size,
-                f"{task.name} (train)",
-                workers,
-            ),
-        )
-        train_labels = _drop_skipped_classification(train, train_skipped)
-        values = linear_probe(
-            train_images.to(device),
-            torch.from_numpy(train_labels).to(device),
-            images.to(device),
-            torch.from_numpy(labels).to(device),
-            len(data.classnames),
-        )
-        details.update(
-            C=values.pop("C"),
-            penalty=values.pop("penalty"),
-            val_top1=values.pop("val_top1"),
-            skipped_train_images=len(train_skipped),
-        )
-        chance = _classification_chance(values, len(data.classnames))
-        counts = {
-            "train_samples": len(train_labels),
-            "samples": len(labels),
-            "classes": len(data.classnames),
-        }
-        n = len(labels)
+        outcome = _linear_probe(task, data, images, skipped, encoder, corpus_dir)
     elif task.task == "zeroshot_classification":
-        templates = resolve_templates(task, dataset_templates)
-        # all prompts in one batched pass: classes × templates
-        prompts = [t.format(c=c) for c in data.classnames for t in templates]
-        prompt_features = text_features(model, prompts, tokenizer, device, batch_size)
-        classifier = metrics.class_embeddings(list(prompt_features.split(len(templates))))
-        values = metrics.classification_metrics(images @ classifier.T, torch.from_numpy(labels))
-        chance = _classification_chance(values, len(data.classnames))
-        counts = {"samples": len(labels), "classes": len(data.classnames)}
-        n = len(labels)
+        outcome = _zeroshot(task, data, images, skipped, encoder, dataset_templates)
     elif task.task == "retrieval":
         if not isinstance(data, RetrievalSet):
             raise UserError(f"task {task.name}: retrieval needs an image-caption dataset")
-        captions, caption_image, num_images = _drop_skipped_retrieval(data, skipped)
-        texts = text_features(model, captions, tokenizer, device, batch_size)
-        values = metrics.retrieval_metrics(images, texts, torch.from_numpy(caption_image))
-        chance = {
-            m: metrics.chance_level(task.task, m, num_images=num_images, num_texts=len(captions))
-            for m in values
-        }
-        counts = {"images": num_images, "captions": len(captions)}
-        n = len(captions)
+        outcome = _retrieval(task, data, images, skipped, encoder)
     else:
         raise UserError(f"task {task.name}: unknown task type {task.task!r}")
-    above = {m: metrics.beats_chance(v, chance[m], n) for m, v in values.items()}
+    values, chance = outcome.values, outcome.chance
+    above = {m: metrics.beats_chance(v, chance[m], outcome.n) for m, v in values.items()}
     return {
         "task_name": task.name,
         "dataset": task.dataset,
@@ -215,7 +207,61 @@ def run_task(
         "metrics": values,
         "chance": chance,
         "beats_chance": above,
-        "counts": counts,
-        "details": details,
-        "templates": templates,
+        "counts": outcome.counts,
+        "details": {"skipped_images": len(skipped), **outcome.details},
+        "templates": outcome.templates,
     }
+
+
+def _linear_probe(task, data, images, skipped, encoder: Encoder, corpus_dir: str) -> Outcome:
+    labels = _drop_skipped_classification(data, skipped)
+    train, _ = load_dataset(task, corpus_dir, task.train_split, task.train_limit)
+    train_key = (task.dataset, task.path, task.train_split, task.train_limit)
+    train_images, train_skipped = encoder.images(train.images, train_key, f"{task.name} (train)")
+    train_labels = _drop_skipped_classification(train, train_skipped)
+    device = encoder.device
+    values = linear_probe(
+        train_images.to(device),
+        torch.from_numpy(train_labels).to(device),
+        images.to(device),
+        torch.from_numpy(labels).to(device),
+        len(data.classnames),
+    )
+    details = {
+        "C": values.pop("C"),
+        "penalty": values.pop("penalty"),
+        "val_top1": values.pop("val_top1"),
+        "skipped_train_images": len(train_skipped),
+    }
+    counts = {
+        "train_samples": len(train_labels),
+        "samples": len(labels),
+        "classes": len(data.classnames),
+    }
+    chance = _classification_chance(values, len(data.classnames))
+    return Outcome(values, chance, counts, len(labels), details)
+
+
+def _zeroshot(task, data, images, skipped, encoder: Encoder, dataset_templates) -> Outcome:
+    labels = _drop_skipped_classification(data, skipped)
+    templates = resolve_templates(task, dataset_templates)
+    # all prompts in one batched pass: classes × templates
+    prompts = [t.format(c=c) for c in data.classnames for t in templates]
+    prompt_features = encoder.texts(prompts)
+    classifier = metrics.class_embeddings(list(prompt_features.split(len(templates))))
+    values = metrics.classification_metrics(images @ classifier.T, torch.from_numpy(labels))
+    chance = _classification_chance(values, len(data.classnames))
+    counts = {"samples": len(labels), "classes": len(data.classnames)}
+    return Outcome(values, chance, counts, len(labels), templates=templates)
+
+
+def _retrieval(task, data, images, skipped, encoder: Encoder) -> Outcome:
+    captions, caption_image, num_images = _drop_skipped_retrieval(data, skipped)
+    texts = encoder.texts(captions)
+    values = metrics.retrieval_metrics(images, texts, torch.from_numpy(caption_image))
+    chance = {
+        m: metrics.chance_level(task.task, m, num_images=num_images, num_texts=len(captions))
+        for m in values
+    }
+    counts = {"images": num_images, "captions": len(captions)}
+    return Outcome(values, chance, counts, len(captions))

@@ -175,7 +175,6 @@ def writeup(
     model: str,
     chance: float,
 ) -> str:
-    seeds = len(config.seeds)
     at_chance = [s.arm for s in summaries if near_chance(s.metrics[config.headline], chance)]
     chance_line = (
         f"- Near chance (below twice the chance level of {100 * chance:.2f}%): "
@@ -194,19 +193,7 @@ def writeup(
         f"`{config.headline}`, at the end of each run; differences beyond two standard errors "
         "over seeds count as better or worse, others as a tie).",
         "",
-        "## Setup",
-        "",
-        f"- Model `{model}`, recipe `{config.train_config}` "
-        f"{' '.join(config.train_overrides)}; suite `{config.eval_config}`.",
-        f"- Every arm trains for {config.budget_s:g} s on the trainer's clock (the step loop; "
-        "checkpoint writes excluded), with warmup and cosine decay on that clock; "
-        f"{seeds} seed(s) per arm, seeds in the outer loop.",
-        f"- Batch {config.base_batch} × the arm's scale (the paper's Table 1a: 1×, 2×, 4× for "
-        f"0%, 50%, 75%); lr = {config.base_lr:g} × batch / 256.",
-        f"- +tuning arms spend the last {config.tuning_fraction:.0%} of the same budget "
-        f"unmasked (lr {config.tuning_base_lr:g} × batch / 256).",
-        f"- Evaluated at {config.eval_points} equal shares of the budget and at phase ends.",
-        "",
+        *_setup_lines(config, model),
         "## Results (final point, mean ± std over seeds, %)",
         "",
         tables["results.md"],
@@ -231,14 +218,37 @@ def writeup(
         "![accuracy vs training time](accuracy_vs_time.png)",
         "![accuracy vs samples seen](accuracy_vs_samples.png)",
         "",
-        "## Reading it",
-        "",
-        "- The masked arms see more samples in the same time; whether that buys accuracy "
-        "depends on how much of a step the image tower is (the text tower and the optimizer "
-        "update cost the same at every ratio) and on how much data there is to see.",
-        "- At this scale a run is minutes on a CPU and the corpus is a few thousand pairs, so "
-        "differences of a fraction of a point are within seed noise; the paper's setting "
-        "(400M pairs, large ViTs, GPUs) is where its claim was made.",
-        "",
+        *READING,
     ]
     return "\n".join(lines)
+
+
+READING = [
+    "## Reading it",
+    "",
+    "- The masked arms see more samples in the same time; whether that buys accuracy "
+    "depends on how much of a step the image tower is (the text tower and the optimizer "
+    "update cost the same at every ratio) and on how much data there is to see.",
+    "- At this scale a run is minutes on a CPU and the corpus is a few thousand pairs, so "
+    "differences of a fraction of a point are within seed noise; the paper's setting "
+    "(400M pairs, large ViTs, GPUs) is where its claim was made.",
+    "",
+]
+
+
+def _setup_lines(config: ExperimentConfig, model: str) -> list[str]:
+    return [
+        "## Setup",
+        "",
+        f"- Model `{model}`, recipe `{config.train_config}` "
+        f"{' '.join(config.train_overrides)}; suite `{config.eval_config}`.",
+        f"- Every arm trains for {config.budget_s:g} s on the trainer's clock (the step loop; "
+        "checkpoint writes excluded), with warmup and cosine decay on that clock; "
+        f"{len(config.seeds)} seed(s) per arm, seeds in the outer loop.",
+        f"- Batch {config.base_batch} × the arm's scale (the paper's Table 1a: 1×, 2×, 4× for "
+        f"0%, 50%, 75%); lr = {config.base_lr:g} × batch / 256.",
+        f"- +tuning arms spend the last {config.tuning_fraction:.0%} of the same budget "
+        f"unmasked (lr {config.tuning_base_lr:g} × batch / 256).",
+        f"- Evaluated at {config.eval_points} equal shares of the budget and at phase ends.",
+        "",
+    ]

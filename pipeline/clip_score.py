@@ -46,7 +46,8 @@ from pipeline.manifest import (
     shard_set_manifest,
     shard_sizes,
 )
-from pipeline.shard_download import ShardWriter, read_tar_images, read_tar_samples
+from pipeline.shard_download import ShardWriter
+from pipeline.shard_retry import read_tar_images, read_tar_samples
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from pipeline.progress import DownloadProgress
 from pipeline.shard_download import (
     BlocklistRef,
     ShardDownloader,
-    ShardRetrier,
     SitePacing,
     staging_root,
 )
+from pipeline.shard_retry import ShardRetrier
 from pipeline.url_shards import URL_COLUMNS
 
 log = logging.getLogger(__name__)

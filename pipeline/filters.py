@@ -22,6 +22,10 @@ class Rule:
 
 def build_rules(config: FilterConfig) -> list[Rule]:
     """The enabled rules, in the order a row is checked against them."""
+    return [*_caption_rules(config), *_image_rules(config), *_tag_rules(config)]
+
+
+def _caption_rules(config: FilterConfig) -> list[Rule]:
     text = F.col("TEXT")
     rules = [
         Rule("missing_url", F.col("URL").isNotNull() & F.col("URL").rlike(r"^https?://"), {}),
@@ -42,8 +46,14 @@ def build_rules(config: FilterConfig) -> list[Rule]:
                 {"min_words": config.min_caption_words, "max_words": config.max_caption_words},
             )
         )
+    return rules
+
+
+def _image_rules(config: FilterConfig) -> list[Rule]:
+    """Rules on the metadata's image size; a row without a size passes (checked on fetch)."""
     width, height = F.col("WIDTH"), F.col("HEIGHT")
     unknown_size = width.isNull() | height.isNull()
+    rules = []
     if config.min_image_side:
         rules.append(
             Rule(
@@ -61,6 +71,12 @@ def build_rules(config: FilterConfig) -> list[Rule]:
                 {"max_ratio": config.max_aspect_ratio},
             )
         )
+    return rules
+
+
+def _tag_rules(config: FilterConfig) -> list[Rule]:
+    """Rules on the metadata's tags and scores: NSFW, language, CLIP similarity."""
+    rules = []
     if config.nsfw_allowed:
         allowed = [tag.upper() for tag in config.nsfw_allowed]
         rules.append(

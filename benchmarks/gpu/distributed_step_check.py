@@ -57,6 +57,17 @@ def weights_equal_across_ranks(model: torch.nn.Module) -> bool:
     return all(torch.equal(gathered[0], other) for other in gathered[1:])
 
 
+def precision_of(model: torch.nn.Module, compute_dtypes: set[str]) -> dict:
+    """The dtypes blocks computed in, parameters are held in, and gradients came out in."""
+    return {
+        "block_compute_dtypes": sorted(compute_dtypes),
+        "param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+        "grad_dtypes": sorted(
+            {str(p.grad.dtype) for p in model.parameters() if p.grad is not None}
+        ),
+    }
+
+
 def run_mode(mode: str, args, rank: int, device: torch.device) -> dict:
     torch.manual_seed(0)  # one initial model on every rank, as the trainer builds it
     model, cfg, _ = build_model(args.model)
@@ -111,11 +122,7 @@ def run_mode(mode: str, args, rank: int, device: torch.device) -> dict:
         "loss_dtype": str(loss.dtype),
         "loss_finite": bool(torch.isfinite(loss)),
         "masks_differ_between_ranks": masks_differ_between_ranks(device),
-        "block_compute_dtypes": sorted(compute_dtypes),
-        "param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
-        "grad_dtypes": sorted(
-            {str(p.grad.dtype) for p in model.parameters() if p.grad is not None}
-        ),
+        **precision_of(model, compute_dtypes),
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
         if device.type == "cuda"
         else None,
