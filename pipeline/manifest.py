@@ -114,6 +114,7 @@ def shard_set_manifest(
 
 
 def write_manifest(
+    spark,
     output_dir: str,
     counts: dict[str, Any],
     parameters: dict[str, Any],
@@ -129,7 +130,7 @@ def write_manifest(
     reconcile(counts)
     from pipeline.report import write_report  # matplotlib only when a set is closed
 
-    write_report(output_dir, {**counts, "kept": counts["download"]["succeeded"]})
+    write_report(spark, output_dir, {**counts, "kept": counts["download"]["succeeded"]})
     sizes = shard_sizes(stats)
     kept = {**counts, "kept": counts["download"]["succeeded"]}
     manifest = shard_set_manifest(kept, parameters, sources, list(sizes))

@@ -1,59 +1,30 @@
-"""The shard set's human report, ``report.html``: status and error breakdown, image size and
-caption length histograms, samples per shard.
+"""The shard set's human report, ``report.html``: counts, status and failure reasons with one
+example each, image size and caption length histograms, a histogram of samples per shard (it
+stays readable at 40,000 shards), download throughput, and a grid of kept samples with their
+captions.
 
-Reads the per-shard parquet files one at a time (only the columns it needs) and accumulates
-fixed-bin histograms, so its memory does not grow with the corpus.
+The statistics come from ``pipeline.report_stats`` (computed by Spark tasks); the driver reads
+only the few samples of the grid.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
 import html
 import io
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
-import pyarrow.parquet as pq
+from PIL import Image
+from pyspark.sql import SparkSession
 
 from flipcommon.storage import url_join, write_bytes_atomic
+from pipeline.report_stats import CAPTION_BINS, SIDE_BINS, ShardSetStats, collect_stats
 
-SIDE_BINS = np.array([0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 1e9])
-CAPTION_BINS = np.array([0, 10, 20, 40, 80, 160, 320, 640, 1e9])
-COLUMNS = ["status", "error_message", "original_width", "original_height", "caption"]
-
-
-@dataclass
-class ShardSetStats:
-    status: collections.Counter = field(default_factory=collections.Counter)
-    errors: collections.Counter = field(default_factory=collections.Counter)
-    side_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(SIDE_BINS) - 1, int))
-    caption_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(CAPTION_BINS) - 1, int))
-    per_shard: dict[str, int] = field(default_factory=dict)
-
-    def add_shard(self, name: str, table) -> None:
-        frame = table.to_pandas()
-        self.status.update(frame["status"].fillna("unknown"))
-        self.errors.update(frame["error_message"].dropna())
-        ok = frame[frame["status"] == "success"]
-        self.per_shard[name] = len(ok)
-        sides = np.minimum(ok["original_width"], ok["original_height"]).dropna().to_numpy()
-        self.side_hist += np.histogram(sides, SIDE_BINS)[0]
-        lengths = frame["caption"].dropna().str.len().to_numpy()
-        self.caption_hist += np.histogram(lengths, CAPTION_BINS)[0]
-
-
-def collect_stats(output_dir: str) -> ShardSetStats:
-    fs, root = fsspec.core.url_to_fs(output_dir)
-    stats = ShardSetStats()
-    for path in sorted(fs.glob(f"{root}/*.parquet")):
-        with fs.open(path, "rb") as handle:
-            table = pq.read_table(handle, columns=COLUMNS)
-        stats.add_shard(path.rsplit("/", 1)[-1].removesuffix(".parquet"), table)
-    return stats
+GRID_SAMPLES = 24
+THUMBNAIL_PX = 128
+SHARD_HISTOGRAM_BINS = 30
 
 
 def _bin_labels(bins: np.ndarray) -> list[str]:
@@ -104,9 +75,11 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def render_html(stats: ShardSetStats, counts: dict[str, Any]) -> str:
+def render_html(
+    stats: ShardSetStats, counts: dict[str, Any], samples: list[tuple[bytes, str]] = ()
+) -> str:
+    """``samples``: kept (jpeg, caption) pairs for the grid."""
     errors = stats.errors.most_common(10)
-    shard_names = sorted(stats.per_shard)
     plots = [
         _bar_png(list(stats.status), list(stats.status.values()), "Download status", "status"),
         _bar_png([e[:40] for e, _ in errors], [n for _, n in errors], "Top errors", "error"),
@@ -122,9 +95,7 @@ def render_html(stats: ShardSetStats, counts: dict[str, Any]) -> str:
             "Caption length (characters), all rows sent to download",
             "characters",
         ),
-        _bar_png(
-            shard_names, [stats.per_shard[s] for s in shard_names], "Samples per shard", "shard"
-        ),
+        _shards_png(list(stats.per_shard.values())),
     ]
     timeline = (counts.get("download") or {}).get("run", {}).get("timeline") or []
     if len(timeline) >= 2:
@@ -133,16 +104,83 @@ def render_html(stats: ShardSetStats, counts: dict[str, Any]) -> str:
         [
             "<!doctype html><html><head><meta charset='utf-8'><title>Shard set report</title>",
             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
-            "pre{background:#f4f4f4;padding:1em}</style></head><body><h1>Shard set report</h1>",
+            "pre{background:#f4f4f4;padding:1em}td,th{padding:2px 8px;text-align:left}"
+            ".grid{display:flex;flex-wrap:wrap;gap:8px}.grid figure{width:160px;margin:0}"
+            ".grid figcaption{font-size:12px}</style></head><body><h1>Shard set report</h1>",
             "<h2>Counts (rows in = filtered + duplicates + failed + kept)</h2>",
             f"<pre>{html.escape(json.dumps(counts, indent=2))}</pre>",
             *[_img(p, "plot") for p in plots],
+            _failure_table(stats, errors),
+            _sample_grid(samples),
             "</body></html>",
         ]
     )
 
 
-def write_report(output_dir: str, counts: dict[str, Any]) -> str:
+def _shards_png(kept_per_shard: list[int]) -> bytes:
+    """How many shards hold how many samples: one bar per range, however many shards."""
+    if not kept_per_shard:
+        return _bar_png([], [], "Samples per shard", "samples kept")
+    low, high = min(kept_per_shard), max(kept_per_shard)
+    width = -(-(high - low + 1) // SHARD_HISTOGRAM_BINS)  # whole samples per bar
+    edges = np.arange(low, high + width + 1, width)
+    counts, _ = np.histogram(kept_per_shard, bins=edges)
+    labels = [
+        f"{a}–{b - 1}" if width > 1 else f"{a}"
+        for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)
+    ]
+    title = f"Samples per shard ({len(kept_per_shard)} shards)"
+    return _bar_png(labels, list(counts), title, "samples kept (shards per range)")
+
+
+def _failure_table(stats: ShardSetStats, errors: list[tuple[str, int]]) -> str:
+    rows = []
+    for reason, count in errors:
+        example = stats.failure_examples.get(reason, {})
+        rows.append(
+            f"<tr><td>{html.escape(reason)}</td><td>{count}</td>"
+            f"<td>{html.escape(str(example.get('status', '')))}</td>"
+            f"<td>{html.escape(str(example.get('url', '')))}</td></tr>"
+        )
+    return (
+        "<h2>Failure reasons, one example each</h2><table><tr><th>reason</th><th>rows</th>"
+        "<th>status</th><th>example URL</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _sample_grid(samples: list[tuple[bytes, str]]) -> str:
+    figures = []
+    for jpeg, caption in samples:
+        with Image.open(io.BytesIO(jpeg)) as image:
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+        data = base64.b64encode(buffer.getvalue()).decode()
+        figures.append(
+            f'<figure><img alt="sample" src="data:image/jpeg;base64,{data}">'
+            f"<figcaption>{html.escape(caption[:200])}</figcaption></figure>"
+        )
+    return f"<h2>Kept samples</h2><div class='grid'>{''.join(figures)}</div>"
+
+
+def grid_samples(output_dir: str, stats: ShardSetStats, limit: int = GRID_SAMPLES):
+    """The first kept (jpeg, caption) pairs, from as few shards as hold them."""
+    from pipeline.shard_retry import read_tar_samples
+
+    samples: list[tuple[bytes, str]] = []
+    for name in sorted(n for n, kept in stats.per_shard.items() if kept):
+        for parts in read_tar_samples(url_join(output_dir, f"{name}.tar")).values():
+            if "jpg" in parts and "txt" in parts:
+                samples.append((parts["jpg"], parts["txt"].decode("utf-8", "replace")))
+            if len(samples) >= limit:
+                return samples
+    return samples
+
+
+def write_report(spark: SparkSession, output_dir: str, counts: dict[str, Any]) -> str:
+    stats = collect_stats(spark, output_dir)
+    text = render_html(stats, counts, grid_samples(output_dir, stats))
     url = url_join(output_dir, "report.html")
-    write_bytes_atomic(url, render_html(collect_stats(output_dir), counts).encode())
+    write_bytes_atomic(url, text.encode())
     return url

@@ -145,6 +145,8 @@ def build_shard_set(
         "fetch": asdict(config.fetch),
         "decontamination": asdict(config.decontamination),
     }
-    result = manifest.write_manifest(config.output_dir, counts, parameters, sources, run_summary)
+    result = manifest.write_manifest(
+        spark, config.output_dir, counts, parameters, sources, run_summary
+    )
     log.info("shard set complete: %s", result["counts"])
     return result

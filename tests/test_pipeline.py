@@ -2,6 +2,7 @@
 
 import html
 import json
+import re
 import tarfile
 
 import pandas as pd
@@ -112,8 +113,15 @@ def test_shard_set_layout_and_manifest(shard_set):
     # five plots, and the download's throughput once its progress holds two points or more
     # (how many it holds depends on how long the download took)
     timeline = dl.get("run", {}).get("timeline") or []
-    assert report.count("<img") == 5 + (len(timeline) >= 2)
+    assert report.count('alt="plot"') == 5 + (len(timeline) >= 2)
     assert f'"kept": {counts["kept"]}' in report
+    assert report.count('alt="sample"') == min(24, counts["kept"])  # the grid of kept samples
+    # one example per failure reason (the manifest's), with a URL of the demo web
+    assert dl["errors"]
+    for reason in dl["errors"]:
+        pattern = f"<tr><td>{re.escape(reason)}</td><td>\\d+</td><td>\\w+</td><td>(.*?)</td>"
+        row = re.search(pattern, report)
+        assert row and row.group(1).startswith("http://127.0.0.1:"), reason
     for name, n in sizes.items():
         shard = name.removesuffix(".tar")
         with tarfile.open(shard_set / name) as tar:
@@ -295,3 +303,25 @@ def test_language_rule_uses_the_column_then_detects(spark):
     trusting = filters.build_rules(FilterConfig(languages=["en"], detect_language=False))
     _, drops = filters.apply_rules(df, trusting)
     assert drops["language"] == 1  # only the row tagged fr; untagged rows pass
+
+
+def test_the_shard_set_report_stays_small_at_40000_shards():
+    """A histogram of samples per shard, not a bar each: the page and its plots stay readable
+    and small whatever the shard count (synthetic statistics of 40,000 shards)."""
+    import collections
+
+    import numpy as np
+
+    from pipeline.report import render_html
+    from pipeline.report_stats import ShardSetStats
+
+    rng = np.random.default_rng(0)
+    kept = rng.binomial(10_000, 0.9, size=40_000)
+    stats = ShardSetStats(
+        status=collections.Counter(success=int(kept.sum()), failed_to_download=40_000_000),
+        errors=collections.Counter({f"http {code}": 1000 + code for code in range(400, 420)}),
+        per_shard={f"{i:05d}": int(n) for i, n in enumerate(kept)},
+    )
+    page = render_html(stats, {"kept": int(kept.sum())})
+    assert len(page) < 600_000, len(page)
+    assert page.count('alt="plot"') == 5
