@@ -136,15 +136,31 @@ def html_report(records: list[dict[str, Any]]) -> str:
     parts.append(f"<p>Checkpoint: <code>{html.escape(last['checkpoint'])}</code></p>")
     parts.append(_img(task_bars(last_records), "headline metric per task"))
     parts.append(_html_table(TABLE_HEADER, table_rows(last_records)))
+    parts += [_examples_html(r) for r in last_records if r.get("examples")]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _examples_html(record: dict[str, Any]) -> str:
+    """A retrieval task's example queries, each with its top images (the right one framed)."""
+    rows = []
+    for example in record["examples"]:
+        images = "".join(
+            f'<img alt="retrieved" src="{uri}" style="border:3px solid '
+            f'{"#2a2" if correct else "#ddd"};margin:2px">'
+            for uri, correct in zip(example["images"], example["correct"], strict=True)
+        )
+        rows.append(f"<p>“{html.escape(example['caption'])}”<br>{images}</p>")
+    title = f"{html.escape(record['task_name'])}: top images for a few captions (green: its own)"
+    return f"<h3>{title}</h3>" + "".join(rows)
 
 
 def write_results(output_dir: str, records: list[dict[str, Any]]) -> list[str]:
     results = {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "models": _models(records),
-        "results": records,
+        # the examples' thumbnails live in report.html only
+        "results": [{k: v for k, v in r.items() if k != "examples"} for r in records],
     }
     outputs = {
         "results.json": None,

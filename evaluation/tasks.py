@@ -13,6 +13,7 @@ import torch
 from evaluation import datasets, local_sets, metrics
 from evaluation.config import TaskConfig
 from evaluation.datasets import ClassificationSet, RetrievalSet
+from evaluation.examples import retrieval_examples
 from evaluation.features import image_features, text_features
 from evaluation.linear_probe import linear_probe
 from flipcommon.errors import UserError
@@ -162,6 +163,7 @@ class Outcome:
     n: int
     details: dict = field(default_factory=dict)
     templates: list[str] | None = None
+    examples: list[dict] | None = None  # a few queries with their top images (retrieval)
 
 
 def run_task(
@@ -210,6 +212,7 @@ def run_task(
         "counts": outcome.counts,
         "details": {"skipped_images": len(skipped), **outcome.details},
         "templates": outcome.templates,
+        **({"examples": outcome.examples} if outcome.examples else {}),
     }
 
 
@@ -264,4 +267,6 @@ def _retrieval(task, data, images, skipped, encoder: Encoder) -> Outcome:
         for m in values
     }
     counts = {"images": num_images, "captions": len(captions)}
-    return Outcome(values, chance, counts, len(captions))
+    kept = np.setdiff1d(np.arange(len(data.images)), skipped)
+    examples = retrieval_examples(data.images, kept, captions, caption_image, images, texts)
+    return Outcome(values, chance, counts, len(captions), examples=examples)

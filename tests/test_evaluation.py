@@ -123,7 +123,12 @@ def test_eval_stage_on_a_trained_checkpoint(micro_run, demo_corpus_dir, tmp_path
             assert 0.0 <= value <= 1.0 and 0.0 < record["chance"][metric] <= 1.0
     assert results["models"][-1]["checkpoint"].endswith("step_00000006")
     assert all(r["model"]["samples_seen"] == 48 for r in results["results"])
-    assert "<img" in (tmp_path / "eval" / "report.html").read_text()
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert "<img" in page
+    # each retrieval task shows 3 captions with their top 5 images; results.json stays lean
+    retrieval = [r for r in records if r["task"] == "retrieval"]
+    assert page.count('alt="retrieved"') == 15 * len(retrieval) > 0
+    assert all("examples" not in r for r in results["results"])
     assert "chance %" in capsys.readouterr().out
     assert "| fashion | top1 |" in (tmp_path / "eval" / "report.md").read_text()
 
