@@ -203,3 +203,26 @@ def test_the_gpu_machines_distributed_step_check_runs_on_cpu(tmp_path):
     assert mixed["loss_finite"] and mixed["block_compute_dtypes"] == ["torch.bfloat16"]
     assert mixed["param_dtypes"] == mixed["grad_dtypes"] == ["torch.float32"]
     assert results["fsdp"]["block_compute_dtypes"] == ["torch.float32"]  # autocast casts ops only
+
+
+@pytest.mark.slow
+def test_the_gpu_machines_step_check_runs_on_one_rank(tmp_path):
+    """With a single GPU the device check runs the same modes on one rank (the cross-rank
+    checks do not apply); here on the CPU."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
+    args += ["benchmarks/gpu/distributed_step_check.py", "--device", "cpu", "--model"]
+    args += ["flip_micro", "--batch", "8", "--steps", "1", "--warmup", "1", "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 ranks, cpu: all checks passed" in result.stdout
+    saved = json.loads((tmp_path / "distributed_step_check.json").read_text())
+    results = {r["mode"]: r for r in saved["results"]}
+    assert results["ddp"]["masks_differ_between_ranks"] is None  # not applicable to one rank
+    assert results["fsdp_bf16_accum"]["block_compute_dtypes"] == ["torch.bfloat16"]
