@@ -102,32 +102,70 @@ def near_chance(value: Stat, chance: float) -> bool:
 
 @dataclass(frozen=True)
 class Comparison:
+    """Welch's t-test of an arm against a baseline over seeds (unequal variances, the
+    Welch–Satterthwaite degrees of freedom, two-sided at 5%)."""
+
     arm: str
     baseline: str
     difference: float  # arm − baseline, in metric units
     stderr: float  # of the difference (Welch), nan with one seed on either side
     both_near_chance: bool = False  # then any difference is noise, whatever the error bars
+    df: float = math.nan  # Welch–Satterthwaite degrees of freedom
+    t: float = math.nan
+    p_value: float = math.nan  # two-sided
+    critical_t: float = math.nan  # |t| beyond this: p < 0.05 at ``df``
+    effect_size: float = math.nan  # Hedges' g: the difference in pooled standard deviations
 
     @property
     def outcome(self) -> str:
-        """better / worse beyond two standard errors, else tie; undecided without error bars;
-        a tie whenever both sides are near chance."""
+        """better / worse when Welch's test rejects equal means at 5%, else tie; undecided
+        without error bars; a tie whenever both sides are near chance."""
         if self.both_near_chance:
             return "tie"
-        if math.isnan(self.stderr):
+        if math.isnan(self.p_value):
             return "undecided"
-        if self.difference > 2 * self.stderr:
-            return "better"
-        if self.difference < -2 * self.stderr:
-            return "worse"
+        if self.p_value < 0.05:
+            return "better" if self.difference > 0 else "worse"
         return "tie"
+
+
+def welch(a: Stat, b: Stat) -> tuple[float, float, float, float, float]:
+    """Welch's t-test from two samples' means, standard deviations and sizes: (stderr, df, t,
+    two-sided p, critical |t| at 5%). All nan when a side has a single value."""
+    from scipy import stats as scipy_stats
+
+    nan5 = (math.nan,) * 5
+    if a.n < 2 or b.n < 2:
+        return nan5
+    va, vb = a.std**2 / a.n, b.std**2 / b.n
+    stderr = math.sqrt(va + vb)
+    difference = a.mean - b.mean
+    if stderr == 0:  # identical seeds on both sides: certain, whatever the df
+        p = 1.0 if difference == 0 else 0.0
+        return 0.0, math.inf, math.copysign(math.inf, difference) if difference else 0.0, p, 0.0
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    t = difference / stderr
+    p = 2 * scipy_stats.t.sf(abs(t), df)
+    return stderr, df, t, p, float(scipy_stats.t.ppf(0.975, df))
+
+
+def hedges_g(a: Stat, b: Stat) -> float:
+    if a.n < 2 or b.n < 2:
+        return math.nan
+    pooled = math.sqrt(((a.n - 1) * a.std**2 + (b.n - 1) * b.std**2) / (a.n + b.n - 2))
+    if pooled == 0:
+        return math.nan
+    correction = 1 - 3 / (4 * (a.n + b.n) - 9)  # small-sample bias of Cohen's d
+    return (a.mean - b.mean) / pooled * correction
 
 
 def compare(arm: ArmSummary, baseline: ArmSummary, key: str, chance: float = 0.0) -> Comparison:
     a, b = arm.metrics[key], baseline.metrics[key]
-    stderr = math.sqrt(a.std**2 / a.n + b.std**2 / b.n) if a.n > 1 and b.n > 1 else math.nan
+    stderr, df, t, p, critical = welch(a, b)
     noise = chance > 0 and near_chance(a, chance) and near_chance(b, chance)
-    return Comparison(arm.arm, baseline.arm, a.mean - b.mean, stderr, noise)
+    return Comparison(
+        arm.arm, baseline.arm, a.mean - b.mean, stderr, noise, df, t, p, critical, hedges_g(a, b)
+    )
 
 
 def comparisons(

@@ -92,14 +92,28 @@ def masking_table(summaries: list[ArmSummary], flops: dict[float, dict], key: st
     return _table(header, rows)
 
 
-def _comparison_lines(items: list[Comparison], label: str) -> list[str]:
-    lines = []
+def comparison_table(items: list[Comparison]) -> str:
+    """Welch's t-test of each comparison, with its degrees of freedom, critical value, p-value
+    and effect size (figures in points of the metric)."""
+    header = ["comparison", "difference", "std. error", "Welch t", "df", "critical t", "p"]
+    header += ["Hedges' g", "outcome"]
+    rows = []
     for c in items:
-        err = "" if math.isnan(c.stderr) else f" ± {100 * c.stderr:.2f} (standard error)"
-        lines.append(
-            f"- {c.arm} {label} {c.baseline}: {100 * c.difference:+.2f} points{err} → {c.outcome}"
+        tested = not math.isnan(c.p_value)
+        figures = (
+            [
+                f"{100 * c.stderr:.2f}",
+                f"{c.t:.2f}",
+                f"{c.df:.1f}",
+                f"{c.critical_t:.2f}",
+                f"{c.p_value:.3f}",
+                f"{c.effect_size:.2f}",
+            ]
+            if tested
+            else ["–"] * 6
         )
-    return lines
+        rows.append([f"{c.arm} vs {c.baseline}", f"{100 * c.difference:+.2f}", *figures, c.outcome])
+    return _table(header, rows)
 
 
 def plot_curves(runs: list[dict], key: str, x: str, xlabel: str) -> bytes:
@@ -190,8 +204,8 @@ def writeup(
         f"{config.output_dir}/results.json.",
         "",
         f"**Result: {verdict(compared['versus_unmasked'])}** (headline metric "
-        f"`{config.headline}`, at the end of each run; differences beyond two standard errors "
-        "over seeds count as better or worse, others as a tie).",
+        f"`{config.headline}`, at the end of each run; a difference whose Welch's t-test over "
+        "seeds gives p < 0.05 counts as better or worse, others as a tie).",
         "",
         *_setup_lines(config, model),
         "## Results (final point, mean ± std over seeds, %)",
@@ -211,8 +225,8 @@ def writeup(
         "",
         "## Comparisons",
         "",
-        *_comparison_lines(compared["versus_unmasked"], "vs"),
-        *_comparison_lines(compared["tuning"], "vs"),
+        comparison_table(compared["versus_unmasked"] + compared["tuning"]),
+        "",
         chance_line,
         "",
         "![accuracy vs training time](accuracy_vs_time.png)",

@@ -126,6 +126,24 @@ def test_verdict_states_whichever_way_the_result_falls():
     assert tuning.difference == pytest.approx(-0.01)
 
 
+def test_welch_test_matches_scipys_own_on_the_seeds_values():
+    """Our comparison works from each arm's mean, std and n; scipy's ttest_ind (Welch) from the
+    raw values: the same t, p and degrees of freedom."""
+    from scipy import stats as scipy_stats
+
+    from experiment.analysis import hedges_g, welch
+
+    clip, flip = [0.101, 0.118, 0.109], [0.131, 0.125, 0.142, 0.120]
+    stderr, df, t, p, critical = welch(stat(flip), stat(clip))
+    theirs = scipy_stats.ttest_ind(flip, clip, equal_var=False)
+    assert t == pytest.approx(theirs.statistic) and p == pytest.approx(theirs.pvalue)
+    assert df == pytest.approx(theirs.df)
+    assert critical == pytest.approx(scipy_stats.t.ppf(0.975, theirs.df))
+    assert (p < 0.05) == (abs(t) > critical)
+    assert hedges_g(stat(flip), stat(clip)) > 1  # a large effect in pooled standard deviations
+    assert all(math.isnan(x) for x in welch(stat([0.1]), stat(clip)))  # one seed: untestable
+
+
 def test_curve_averages_the_seeds_point_by_point():
     runs = [_run("a", 0, [0.1, 0.3]), _run("a", 1, [0.3, 0.5])]
     points = curve(runs, "t:m")
