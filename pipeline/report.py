@@ -165,12 +165,13 @@ def _sample_grid(samples: list[tuple[bytes, str]]) -> str:
 
 
 def grid_samples(output_dir: str, stats: ShardSetStats, limit: int = GRID_SAMPLES):
-    """The first kept (jpeg, caption) pairs, from as few shards as hold them."""
-    from pipeline.shard_retry import read_tar_samples
+    """The first kept (jpeg, caption) pairs, streamed from as few shards as hold them (the
+    rest of a shard is not read)."""
+    from pipeline.shard_retry import iter_tar_samples
 
     samples: list[tuple[bytes, str]] = []
     for name in sorted(n for n, kept in stats.per_shard.items() if kept):
-        for parts in read_tar_samples(url_join(output_dir, f"{name}.tar")).values():
+        for _, parts in iter_tar_samples(url_join(output_dir, f"{name}.tar")):
             if "jpg" in parts and "txt" in parts:
                 samples.append((parts["jpg"], parts["txt"].decode("utf-8", "replace")))
             if len(samples) >= limit:

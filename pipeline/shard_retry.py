@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tarfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -80,14 +81,29 @@ class ShardRetrier:
         return writer.commit(start_time, {"retry_pass": summary})
 
 
+def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A shard's samples in tar order, streamed: (key, {extension: bytes}); a sample's members
+    sit together in the tar, so a reader may stop after the first few."""
+    key, parts = None, {}
+    with fsspec.open(url, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name, _, ext = member.name.partition(".")
+            if key is not None and name != key:
+                yield key, parts
+                parts = {}
+            key = name
+            parts[ext] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, parts
+
+
 def read_tar_samples(url: str) -> dict[str, dict[str, bytes]]:
     """A shard's samples in tar order: key -> {extension: bytes} (jpg, txt, json)."""
     samples: dict[str, dict[str, bytes]] = {}
-    with fsspec.open(url, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-        for member in tar:
-            if member.isfile():
-                key, _, ext = member.name.partition(".")
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    for key, parts in iter_tar_samples(url):
+        samples.setdefault(key, {}).update(parts)
     return samples
 
 

@@ -80,7 +80,8 @@ def restore_full_state(
     problem = weights_mismatch(model, weights, where)
     if problem:
         raise CheckpointError(problem)
-    _load_full_state(model, optimizer, weights, optimizer_state, where, from_rank0=False)
+    legacy = _keyed_by_position(optimizer_state)
+    _load_full_state(model, optimizer, weights, optimizer_state, where, False, legacy)
 
 
 def resume_from(
@@ -106,8 +107,14 @@ def resume_from(
             saved = read_train_state(ckpt_dir)
             weights = read_weights(ckpt_dir)
             optimizer_state = saved["optimizer"]
-            problem = weights_mismatch(model, weights, ckpt_dir)
-            header = [{"train_state": saved["train_state"], "rng": saved["rng"], "error": problem}]
+            header = [
+                {
+                    "train_state": saved["train_state"],
+                    "rng": saved["rng"],
+                    "error": weights_mismatch(model, weights, ckpt_dir),
+                    "legacy": _keyed_by_position(optimizer_state),
+                }
+            ]
         except Exception as exc:  # the other ranks wait in the broadcast: tell them, then raise
             header = [{"error": f"{type(exc).__name__}: {exc}"}]
             dist.broadcast_object_list(header, src=0)
@@ -115,7 +122,13 @@ def resume_from(
     dist.broadcast_object_list(header, src=0)
     if header[0]["error"]:
         raise CheckpointError(header[0]["error"])
-    _load_full_state(model, optimizer, weights, optimizer_state, ckpt_dir, from_rank0=True)
+    if header[0]["legacy"]:  # rare and small enough: every rank takes the whole state
+        whole = [optimizer_state]
+        dist.broadcast_object_list(whole, src=0)
+        optimizer_state = whole[0]
+    _load_full_state(
+        model, optimizer, weights, optimizer_state, ckpt_dir, True, header[0]["legacy"]
+    )
     return {"train_state": header[0]["train_state"], "rng": header[0]["rng"]}
 
 
@@ -139,9 +152,11 @@ def _load_full_state(
     optimizer_state: dict[str, Any],
     where: str,
     from_rank0: bool,
+    legacy: bool,
 ) -> None:
-    """``from_rank0``: rank 0 holds the state, the others empty dicts; each rank keeps what it
-    needs (its shard under FSDP, everything otherwise)."""
+    """``from_rank0``: rank 0 holds the weights, the others empty dicts; each rank keeps what
+    it needs (its shard under FSDP, everything otherwise). ``legacy``: an optimizer state keyed
+    by position (written before checkpoints keyed it by name), whole on every rank."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
@@ -149,24 +164,13 @@ def _load_full_state(
     )
 
     options = StateDictOptions(full_state_dict=True, strict=True, broadcast_from_rank0=from_rank0)
-    # Ranks that each load their own copy must walk the tensors in the same order (each is a
-    # collective under FSDP); safetensors returns them in an order that differs by process.
+    # One order for every caller (each tensor is a collective under FSDP): safetensors returns
+    # them in an order that differs from process to process.
     weights = {name: weights[name] for name in sorted(weights)}
     try:
         set_model_state_dict(model, weights, options=options)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{where}: weights do not match the model config: {exc}") from exc
-    legacy = _keyed_by_position(optimizer_state)  # written before state was keyed by name
-    if from_rank0:
-        import torch.distributed as dist
-
-        flag = [legacy]
-        dist.broadcast_object_list(flag, src=0)
-        legacy = flag[0]
-        if legacy:  # rare and small enough: every rank takes the whole state
-            whole = [optimizer_state]
-            dist.broadcast_object_list(whole, src=0)
-            optimizer_state = whole[0]
     if legacy:
         optimizer.load_state_dict(optimizer_state)
         return
