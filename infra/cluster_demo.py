@@ -5,7 +5,8 @@ SLURM, Batch and EMR files — from infra/local/deploy.yaml, and run here:
 
 1. pipeline: ``spark-submit --master spark://…`` against a real standalone Spark master and
    worker started on loopback (pyspark's own launcher), the demo corpus served on loopback;
-2. training: ``torchrun --nnodes=1 --nproc-per-node=2 … -m training …`` (gloo on CPU);
+2. training: the Kubernetes training Job's ``torchrun --nnodes=1 --nproc-per-node=2
+   --rdzv-backend=c10d … -m training …`` with its rendezvous on loopback (gloo on CPU);
 3. evaluation: the array job, run index by index with ``JOB_COMPLETION_INDEX`` set as
    Kubernetes sets it, each index evaluating one checkpoint into its own folder.
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from infra.render import kubernetes  # noqa: E402
-from infra.render.commands import spark_submit, torchrun  # noqa: E402
+from infra.render.commands import spark_submit  # noqa: E402
 from infra.render.deploy import Deploy, load_deploy  # noqa: E402
 from pipeline.local_cluster import SPARK_SUBMIT, spark_env, standalone_cluster  # noqa: E402
 
@@ -63,6 +64,18 @@ def local_deploy(out: str, quick: bool) -> Deploy:
     return d
 
 
+RENDEZVOUS_HOST = "flip-train-0.flip-train"
+
+
+def kubernetes_command(objects: list[dict], kind: str) -> tuple[list[str], dict[str, str]]:
+    """The container command and its literal environment values, of the one object of
+    ``kind`` in a rendered manifest."""
+    (job,) = [o for o in objects if o["kind"] == kind]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    return list(container["command"]), env
+
+
 def run(step: str, argv: list[str], env: dict[str, str]) -> float:
     print(f"\n== {step}: {' '.join(argv[:6])} …", flush=True)
     start = time.monotonic()
@@ -85,12 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         submit[0] = str(SPARK_SUBMIT)
         times["pipeline"] = run("pipeline on a standalone Spark cluster", submit, env)
 
-    train = torchrun(d, "0", "127.0.0.1")
+    train, train_env = kubernetes_command(kubernetes.train(d), "Job")
+    # the rendezvous host is pod 0's name under the Job's headless service; here, loopback
+    train = [a.replace(RENDEZVOUS_HOST, "127.0.0.1") for a in train]
     train[0] = str(bin_dir / "torchrun")
-    times["training"] = run("training with torchrun, 2 processes (gloo)", train, env)
+    times["training"] = run(
+        "training with torchrun, 2 processes (gloo)", train, {**env, **train_env}
+    )
 
-    (job,) = kubernetes.evaluation(d)
-    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    command, _ = kubernetes_command(kubernetes.evaluation(d), "Job")
     command = [sys.executable, *command[1:]]
     start = time.monotonic()
     for index in range(d.eval.checkpoints):

@@ -19,6 +19,8 @@ import kubernetes.client as k8s
 import pytest
 import yaml
 from botocore.validate import ParamValidator
+from google.cloud import dataproc_v1
+from google.protobuf.json_format import ParseError
 
 from evaluation.config import EvalConfig
 from flipcommon.config import load_config
@@ -162,6 +164,34 @@ def test_emr_steps_match_aws_service_model():
     assert not report.has_errors(), report.generate_report()
 
 
+def _dataproc_workflow() -> dict:
+    return yaml.safe_load((GENERATED / "dataproc" / "pipeline-workflow.yaml").read_text())
+
+
+def test_dataproc_workflow_matches_the_dataproc_client_types():
+    """The workflow template parses as the Dataproc client's own WorkflowTemplate message
+    (an unknown field or a wrong type is an error), holds what the API requires, and the
+    submit script instantiates this very file."""
+    text = json.dumps(_dataproc_workflow())
+    template = dataproc_v1.WorkflowTemplate.from_json(text, ignore_unknown_fields=False)
+    (job,) = template.jobs
+    assert job.step_id and job.pyspark_job.main_python_file_uri  # required by the API
+    assert template.placement.cluster_selector.cluster_labels["goog-dataproc-cluster-name"]
+    assert int(job.pyspark_job.properties["spark.executor.instances"]) > 0
+    slip = text.replace("mainPythonFileUri", "mainPythonFile")
+    with pytest.raises(ParseError, match='no field named "mainPythonFile"'):
+        dataproc_v1.WorkflowTemplate.from_json(slip, ignore_unknown_fields=False)
+    script = (GENERATED / "dataproc" / "submit-pipeline.sh").read_text()
+    (line,) = [line for line in script.splitlines() if line.startswith("gcloud ")]
+    argv = shlex.split(line)
+    assert argv[:4] == ["gcloud", "dataproc", "workflow-templates", "instantiate-from-file"]
+    (file_flag,) = [a for a in argv if a.startswith("--file=")]
+    assert (
+        ROOT / file_flag.removeprefix("--file=")
+        == GENERATED / "dataproc" / "pipeline-workflow.yaml"
+    )
+
+
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -191,10 +221,10 @@ def _commands() -> list[tuple[str, list[str]]]:
             found.append((path.name, command))
     for step in json.loads((GENERATED / "emr" / "pipeline-steps.json").read_text()):
         found.append(("emr", step["HadoopJarStep"]["Args"]))
-    for line in (GENERATED / "dataproc" / "submit-pipeline.sh").read_text().splitlines():
-        if line.startswith("gcloud dataproc jobs submit pyspark "):
-            argv = shlex.split(line)
-            found.append(("dataproc", argv))
+    for job in _dataproc_workflow()["jobs"]:
+        found.append(
+            ("dataproc", [job["pysparkJob"]["mainPythonFileUri"], *job["pysparkJob"]["args"]])
+        )
     for path in sorted((GENERATED / "slurm").glob("*.sbatch")):
         for line in path.read_text().splitlines():
             if line.startswith("srun bash -c "):
@@ -239,9 +269,8 @@ def test_launchers_agree_with_deploy_yaml():
         conf = {}
         if argv[0] == "spark-submit":
             conf = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--conf")
-        if argv[0] == "gcloud":
-            properties = next(a for a in argv if a.startswith("--properties="))
-            conf = dict(p.split("=", 1) for p in properties.split("=", 1)[1].split(","))
+        if where == "dataproc":
+            conf = _dataproc_workflow()["jobs"][0]["pysparkJob"]["properties"]
         if conf:
             assert conf["spark.executor.instances"] == str(deploy["pipeline"]["executors"])
             assert conf["spark.dynamicAllocation.enabled"] == "false"

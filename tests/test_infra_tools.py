@@ -6,6 +6,7 @@ Each tool is shown to catch a slip too."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shlex
 import subprocess
@@ -17,6 +18,9 @@ import botocore.session
 import yaml
 from botocore.validate import ParamValidator
 from packaging.specifiers import SpecifierSet
+
+from infra.render.deploy import load_deploy
+from infra.render.files import render_all
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "infra" / "generated"
@@ -155,3 +159,45 @@ def test_slurm_evaluation_waits_for_training():
     assert '--dependency="afterok:${TRAIN_JOB%%;*}"' in evaluate
     for line in (train, evaluate):
         assert (ROOT / line.split()[-1].rstrip(")")).exists()
+
+
+def test_the_efa_option_renders_files_aws_and_kubernetes_accept(tmp_path):
+    """``train.efa_interfaces`` (off in the shipped deploy.yaml) on, as for p5.48xlarge: the
+    Batch training job gets the devices, the GPU compute environment a launch template with one
+    EFA interface per network card, the Kubernetes pods the EFA device plugin's resource; each
+    checked by the platform's own model."""
+    deploy = load_deploy()
+    deploy.train.efa_interfaces = 32
+    files = render_all(deploy)
+    job = json.loads(files["aws-batch/train-job-definition.json"])
+    container = job["nodeProperties"]["nodeRangeProperties"][0]["container"]
+    assert len(container["linuxParameters"]["devices"]) == 32
+    template = json.loads(files["aws-batch/efa-launch-template.json"])
+    (gpu,) = [
+        e
+        for e in json.loads(files["aws-batch/compute-environments.json"])
+        if e["computeEnvironmentName"] == "flip-gpu"
+    ]
+    assert (
+        gpu["computeResources"]["launchTemplate"]["launchTemplateName"]
+        == (template["LaunchTemplateName"])
+    )
+    for params, service, operation in [
+        (job, "batch", "RegisterJobDefinition"),
+        (gpu, "batch", "CreateComputeEnvironment"),
+        (template, "ec2", "CreateLaunchTemplate"),
+    ]:
+        shape = (
+            botocore.session.get_session()
+            .get_service_model(service)
+            .operation_model(operation)
+            .input_shape
+        )
+        report = ParamValidator().validate(params, shape)
+        assert not report.has_errors(), report.generate_report()
+    manifest = tmp_path / "train-job.yaml"
+    manifest.write_text(files["kubernetes/train-job.yaml"])
+    result = run_tool("kubernetes-validate", "--strict", manifest)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "vpc.amazonaws.com/efa: '32'" in files["kubernetes/train-job.yaml"]
+    assert "efa-launch-template.json" not in render_all(load_deploy())

@@ -8,6 +8,7 @@ from typing import Any
 
 from flipcommon.config import ConfigError
 from infra.render.commands import (
+    EFA_NCCL_ENV,
     HEADER,
     NCCL_ENV,
     eval_command,
@@ -84,6 +85,8 @@ def batch_train(d: Deploy) -> dict:
         # /dev/shm carries the loader workers' batches to each rank (Docker's default: 64 MB)
         "linuxParameters": {"sharedMemorySize": 1024 * t.shm_gib},
     }
+    if t.efa_interfaces:
+        _add_efa(container, t.efa_interfaces)
     return {
         "jobDefinitionName": "flip-train",
         "type": "multinode",
@@ -93,6 +96,46 @@ def batch_train(d: Deploy) -> dict:
             "mainNode": 0,
             "nodeRangeProperties": [{"targetNodes": f"0:{t.nodes - 1}", "container": container}],
         },
+    }
+
+
+def _add_efa(container: dict, interfaces: int) -> None:
+    """The node's EFA devices passed into the container, memory it may pin for RDMA without a
+    limit, and NCCL pointed at the EFA provider."""
+    container["linuxParameters"]["devices"] = [
+        {
+            "hostPath": f"/dev/infiniband/uverbs{i}",
+            "containerPath": f"/dev/infiniband/uverbs{i}",
+            "permissions": ["READ", "WRITE", "MKNOD"],
+        }
+        for i in range(interfaces)
+    ]
+    container["ulimits"] = [{"name": "memlock", "softLimit": -1, "hardLimit": -1}]
+    container["environment"] += [{"name": k, "value": v} for k, v in EFA_NCCL_ENV.items()]
+
+
+EFA_LAUNCH_TEMPLATE = "flip-gpu-efa"
+
+
+def efa_launch_template(d: Deploy) -> dict:
+    """``aws ec2 create-launch-template --cli-input-json``: the GPU instances with one EFA
+    interface per network card (the first card also carries the instance's primary interface),
+    used by the flip-gpu compute environment when ``train.efa_interfaces`` > 0."""
+    a = _aws(d)
+    interfaces = [
+        {
+            "NetworkCardIndex": card,
+            "DeviceIndex": 0 if card == 0 else 1,
+            "InterfaceType": "efa",
+            "Groups": a.security_group_ids,
+            "SubnetId": a.subnets[0],  # EFA traffic stays within one subnet
+            "DeleteOnTermination": True,
+        }
+        for card in range(d.train.efa_interfaces)
+    ]
+    return {
+        "LaunchTemplateName": EFA_LAUNCH_TEMPLATE,
+        "LaunchTemplateData": {"NetworkInterfaces": interfaces},
     }
 
 
@@ -130,14 +173,16 @@ def batch_compute_environments(d: Deploy) -> list[dict]:
         }
 
     gpu_nodes = max(d.train.nodes, 1)
+    gpu_extra: dict[str, Any] = {"placementGroup": a.placement_group}
+    if d.train.efa_interfaces:
+        # the launch template's interfaces name the subnet and groups themselves
+        gpu_extra["launchTemplate"] = {
+            "launchTemplateName": EFA_LAUNCH_TEMPLATE,
+            "version": "$Latest",
+        }
     return [
         environment("flip-cpu", a.cpu_instance_type, a.cpu_instance_vcpus * 4),
-        environment(
-            "flip-gpu",
-            a.gpu_instance_type,
-            a.gpu_instance_vcpus * gpu_nodes,
-            placementGroup=a.placement_group,
-        ),
+        environment("flip-gpu", a.gpu_instance_type, a.gpu_instance_vcpus * gpu_nodes, **gpu_extra),
     ]
 
 
@@ -162,7 +207,12 @@ def batch_submit_script(d: Deploy) -> str:
         + "# The pipeline, then training, then the evaluation array (one task per checkpoint),\n"
         + "# chained: each job starts only once the one before it has succeeded (dependsOn).\n"
         + "# Register the job definitions first (aws batch register-job-definition\n"
-        + "# --cli-input-json file://…), and create the compute environments and queues once.\n"
+        + "# --cli-input-json file://…), and create the compute environments and queues once"
+        + (
+            " (with EFA, the launch template\n# efa-launch-template.json before them).\n"
+            if d.train.efa_interfaces
+            else ".\n"
+        )
         + "set -eu\n"
         + "PIPELINE_JOB=$(aws batch submit-job --job-name flip-pipeline "
         + f"--job-queue flip-cpu-queue --job-definition flip-pipeline {ids})\n"

@@ -86,6 +86,8 @@ def spark_submit(d: Deploy, master: str, extra_conf: dict[str, str], app: str = 
 
 
 def torchrun(d: Deploy, node_rank: str, master_addr: str) -> list[str]:
+    """A static rendezvous: node ``node_rank`` of a fixed set, for schedulers that restart a
+    failed job as a whole (SLURM, AWS Batch multi-node)."""
     t = d.train
     return [
         "torchrun",
@@ -98,9 +100,30 @@ def torchrun(d: Deploy, node_rank: str, master_addr: str) -> list[str]:
     ]
 
 
+def torchrun_elastic(d: Deploy, endpoint_host: str, run_id: str) -> list[str]:
+    """An elastic (c10d) rendezvous, for schedulers that replace a failed pod alone
+    (Kubernetes): when any worker fails, or a replaced node joins, every node's agent stops its
+    workers and all start again together from the last checkpoint (``resume=true``), up to
+    ``train.max_restarts`` times; ranks are assigned by the rendezvous, not by a node index."""
+    t = d.train
+    return [
+        "torchrun",
+        f"--nnodes={t.nodes}",
+        f"--nproc-per-node={t.gpus_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint_host}:{t.master_port}",
+        f"--rdzv-id={run_id}",
+        f"--max-restarts={t.max_restarts}",
+        *stage_args("training", f"configs/train/{t.model}.yaml", train_overrides(d)),
+    ]
+
+
 def shell_word(arg: str) -> str:
     """Quote for the shell but keep $VARS expandable (the node's shell expands them)."""
     return f'"{arg}"' if "$" in arg else shlex.quote(arg)
 
 
 NCCL_ENV = {"NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+# NCCL over AWS EFA: libfabric's EFA provider with GPUDirect RDMA (the gpu-efa image holds
+# libfabric and the aws-ofi-nccl plugin)
+EFA_NCCL_ENV = {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1"}

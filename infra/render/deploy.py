@@ -49,6 +49,11 @@ class TrainDeploy:
     cpus: int  # per node
     memory_gib: int  # per node
     shm_gib: int  # /dev/shm per node
+    # gang restarts torchrun's agents make on their own before the pod fails (Kubernetes)
+    max_restarts: int = 3
+    # AWS Elastic Fabric Adapter interfaces per node (p5.48xlarge: 32, p4d.24xlarge: 4);
+    # 0 = none. Needs the gpu-efa image (infra/docker/Dockerfile).
+    efa_interfaces: int = 0
     overrides: list[str] = field(default_factory=list)
 
 

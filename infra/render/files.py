@@ -14,8 +14,12 @@ from infra.render.deploy import ROOT, Deploy
 GENERATED = ROOT / "infra" / "generated"
 
 
+def _yaml(obj: dict) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, width=100)
+
+
 def _yaml_docs(objects: list[dict]) -> str:
-    return HEADER + "---\n".join(yaml.safe_dump(o, sort_keys=False, width=100) for o in objects)
+    return HEADER + "---\n".join(_yaml(o) for o in objects)
 
 
 def _json(obj: Any) -> str:
@@ -23,7 +27,7 @@ def _json(obj: Any) -> str:
 
 
 def render_all(d: Deploy) -> dict[str, str]:
-    return {
+    files = {
         "kubernetes/pipeline-job.yaml": _yaml_docs(kubernetes.pipeline(d)),
         "kubernetes/train-job.yaml": _yaml_docs(kubernetes.train(d)),
         "kubernetes/eval-job.yaml": _yaml_docs(kubernetes.evaluation(d)),
@@ -38,5 +42,9 @@ def render_all(d: Deploy) -> dict[str, str]:
         "aws-batch/submit.sh": aws.batch_submit_script(d),
         "emr/pipeline-steps.json": _json(aws.emr_steps(d)),
         "dataproc/submit-pipeline.sh": gcp.dataproc_submit(d),
+        "dataproc/pipeline-workflow.yaml": HEADER + _yaml(gcp.dataproc_workflow(d)),
         "kubernetes/train-pytorchjob.yaml": _yaml_docs(kubernetes.train_pytorchjob(d)),
     }
+    if d.train.efa_interfaces and d.aws is not None:
+        files["aws-batch/efa-launch-template.json"] = _json(aws.efa_launch_template(d))
+    return files

@@ -6,11 +6,25 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from infra.render.commands import NCCL_ENV, eval_command, spark_submit, torchrun
+from infra.render.commands import (
+    EFA_NCCL_ENV,
+    NCCL_ENV,
+    eval_command,
+    spark_submit,
+    torchrun_elastic,
+)
 from infra.render.deploy import Deploy
 
 SHM_MOUNT = {"name": "shm", "mountPath": "/dev/shm"}
 ENV = [{"name": name, "value": value} for name, value in NCCL_ENV.items()]
+# Workers get a store of their own per rendezvous round instead of sharing the agents' one:
+# keys in the shared store are set apart by each node's local restart count, which differs
+# between a node whose worker failed and one restarted with it, so the restarted process group
+# would read the dead round's addresses (measured here: three rounds lost to "connection
+# refused" before the counts met).
+ELASTIC_ENV = [{"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"}]
+EFA_ENV = [{"name": name, "value": value} for name, value in EFA_NCCL_ENV.items()]
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
 
 
 def _metadata(d: Deploy, name: str) -> dict:
@@ -29,10 +43,15 @@ def _job(
     subdomain: str | None = None,
     volumes: list[dict] | None = None,
 ) -> dict:
-    """A batch/v1 Job; ``indexed=N`` makes it an Indexed Job of N pods, all at once."""
+    """A batch/v1 Job; ``indexed=N`` makes it an Indexed Job of N pods, all at once. A pod
+    evicted or preempted (a node drained, a spot node reclaimed) is replaced without counting
+    against ``backoff_limit``: only the job's own failures use it up."""
     spec: dict[str, Any] = {}
     if indexed is not None:
         spec |= {"completionMode": "Indexed", "completions": indexed, "parallelism": indexed}
+    spec["podFailurePolicy"] = {
+        "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+    }
     pod: dict[str, Any] = {"subdomain": subdomain} if subdomain else {}
     pod |= {"serviceAccountName": service_account, "restartPolicy": "Never"}
     pod["containers"] = containers
@@ -124,7 +143,9 @@ def spark_rbac(d: Deploy, service_account: str) -> list[dict]:
 def train(d: Deploy) -> list[dict]:
     t = d.train
     name = "flip-train"
-    command = torchrun(d, "$(JOB_COMPLETION_INDEX)", f"{name}-0.{name}")
+    # pod 0 hosts the rendezvous; if it is the one replaced, the others' agents lose it, fail,
+    # and are replaced in turn: the Job's backoff is the outer gang restart
+    command = torchrun_elastic(d, f"{name}-0.{name}", t.run_name)
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -141,9 +162,11 @@ def train(d: Deploy) -> list[dict]:
         "train",
         [_trainer_container(d, command)],
         service_account=d.kubernetes.service_account,
-        # A failed pod is replaced alone; the other ranks fail in turn once their collectives
-        # time out (dist_timeout_s) and are replaced too; each resumes from the last checkpoint.
-        backoff_limit=20,
+        # A worker that fails is restarted with all the others by torchrun (up to max_restarts);
+        # a pod that fails is replaced alone, and when its agent rejoins the rendezvous the
+        # survivors' agents restart their workers with it; everyone resumes from the last
+        # checkpoint. Backoff counts pods that give up (max_restarts used, rendezvous lost).
+        backoff_limit=2 * t.nodes,
         indexed=t.nodes,
         subdomain=name,
         volumes=[shm_volume(t.shm_gib)],
@@ -157,18 +180,22 @@ def _trainer_container(d: Deploy, command: list[str]) -> dict:
         "name": "trainer",
         "image": d.images.gpu,
         "command": command,
-        "env": ENV,
-        "resources": gpu_resources(t.cpus, t.memory_gib, t.gpus_per_node),
+        "env": ENV + ELASTIC_ENV + (EFA_ENV if t.efa_interfaces else []),
+        "resources": gpu_resources(t.cpus, t.memory_gib, t.gpus_per_node, t.efa_interfaces),
         "volumeMounts": [SHM_MOUNT],
     }
 
 
-def gpu_resources(cpus: int, memory_gib: int, gpus: int) -> dict:
-    """GPUs as a limit (Kubernetes needs requests = limits for them); CPU and memory requested,
-    so the scheduler places the pod on a node with room for its loader workers."""
+def gpu_resources(cpus: int, memory_gib: int, gpus: int, efa: int = 0) -> dict:
+    """GPUs (and EFA interfaces, from the EKS EFA device plugin) as limits: Kubernetes needs
+    requests = limits for extended resources; CPU and memory requested, so the scheduler places
+    the pod on a node with room for its loader workers."""
+    devices = {"nvidia.com/gpu": str(gpus)}
+    if efa:
+        devices[EFA_RESOURCE] = str(efa)
     return {
-        "requests": {"cpu": str(cpus), "memory": f"{memory_gib}Gi", "nvidia.com/gpu": str(gpus)},
-        "limits": {"nvidia.com/gpu": str(gpus)},
+        "requests": {"cpu": str(cpus), "memory": f"{memory_gib}Gi", **devices},
+        "limits": devices,
     }
 
 
@@ -183,7 +210,7 @@ def train_pytorchjob(d: Deploy) -> list[dict]:
     operator): a Master and nodes − 1 Workers. The operator gives each pod RANK (its node
     index) and MASTER_ADDR; Kubernetes expands them in the command."""
     t = d.train
-    container = _trainer_container(d, torchrun(d, "$(RANK)", "$(MASTER_ADDR)"))
+    container = _trainer_container(d, torchrun_elastic(d, "$(MASTER_ADDR)", t.run_name))
     # the operator reads the rendezvous port from the port of this name
     container["ports"] = [{"name": "pytorchjob-port", "containerPort": t.master_port}]
 
