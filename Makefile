@@ -13,6 +13,7 @@ SUITE ?= demo
 EVAL_CONFIG ?= configs/eval/$(SUITE).yaml
 CHECKPOINT ?=
 EXPERIMENT_CONFIG ?= configs/experiment/flip_vs_clip.yaml
+EXPLORE_CONFIG ?= configs/explore/demo.yaml
 ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -23,9 +24,9 @@ export PYTHONUNBUFFERED := 1
 
 # The demo, the experiment, the rehearsal and the tests must never reach a model hub (they use
 # random-init models and installed data); the stages run by hand are left to the user's setting.
-demo experiment cluster-demo test test-fast: export HF_HUB_OFFLINE := 1
+demo experiment explore cluster-demo test test-fast: export HF_HUB_OFFLINE := 1
 
-.PHONY: setup system-packages shards train eval demo experiment cluster-demo test test-fast lint manifests clean help
+.PHONY: setup system-packages shards train eval demo experiment explore cluster-demo test test-fast lint manifests clean help
 
 help:
 	@echo "make demo              shards -> train -> eval on the embedded demo corpus"
@@ -34,6 +35,7 @@ help:
 	@echo "make train MODEL=...   train a FLIP model        (configs/train/MODEL.yaml)"
 	@echo "make eval              evaluate a checkpoint on a suite (SUITE=demo CHECKPOINT=newest)"
 	@echo "make experiment        FLIP vs CLIP at equal training time, 3 seeds (~75 min on 2 cores)"
+	@echo "make explore           search the demo shard set by text in a browser (clip-retrieval)"
 	@echo "make manifests         render infra/generated/ from infra/deploy.yaml"
 	@echo "make cluster-demo      rehearse the cloud jobs here (standalone Spark, torchrun x2)"
 	@echo "extra key=value overrides go in ARGS='...'"
@@ -41,7 +43,10 @@ help:
 setup: system-packages $(STAMP)
 
 system-packages:
-	@bash infra/install_system_packages.sh
+	@bash infra/install_system_packages.sh $(SYSTEM_PACKAGE_EXTRAS)
+
+# the tests also drive a headless browser (the explorer's front end)
+test test-fast: SYSTEM_PACKAGE_EXTRAS := --browser
 
 # Re-installs only when the dependency pins change.
 $(STAMP): pyproject.toml requirements.lock
@@ -73,6 +78,11 @@ demo: setup
 experiment: setup
 	$(PY) -m pipeline $(PIPELINE_CONFIG)
 	$(PY) -m experiment $(EXPERIMENT_CONFIG) $(ARGS)
+
+# The shard set searchable by text in a browser (clip-retrieval's inference, index, back and
+# front ends), with the demo run's newest checkpoint; serves until Ctrl-C.
+explore: setup
+	$(PY) -m explore $(EXPLORE_CONFIG) $(ARGS)
 
 # The cloud jobs' own commands on this machine: standalone Spark, 2-process torchrun, eval array.
 cluster-demo: setup

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages the demo corpus, evaluation sets and Spark need, when missing.
+# Install the Debian packages the demo corpus, evaluation sets and Spark need, when missing
+# (usage: install_system_packages.sh [--browser]).
 # Idempotent: does nothing when all are present. apt needs root or passwordless sudo.
 set -euo pipefail
 
@@ -12,6 +13,10 @@ PACKAGES=(
   libcairo2                # cairosvg renders the SVGs with it
 )
 command -v java >/dev/null 2>&1 || PACKAGES+=(openjdk-17-jre-headless)  # Spark runs on the JVM
+# --browser (make test): headless Chromium and its WebDriver, for the explorer's browser test
+if [ "${1:-}" = "--browser" ]; then
+  PACKAGES+=(chromium chromium-driver)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

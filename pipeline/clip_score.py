@@ -14,10 +14,11 @@
 3. **Reshard** the kept samples, in source order and with their original keys, into a new
    shard set (same layout and contract), closed by its own ``sizes.json`` and ``manifest.json``.
 
-clip-retrieval itself is not a dependency: its 2.45 release pins transformers<5 (through
-sentence-transformers), fire<0.6 and flask-cors<5, which conflict with the measured set of
-this project (pyproject.toml, requirements.lock), so the embedding step runs open_clip
-directly and writes clip-retrieval's layout.
+The embedding pass is ours rather than clip-retrieval's inference so that it runs as Spark
+tasks on the pipeline's executors, one shard each, skipping shards already embedded; its
+output is clip-retrieval's layout, which ``clip-retrieval index`` reads as it is (tested), and
+its speed against clip-retrieval's inference is measured in
+``benchmarks/embed_vs_clip_retrieval.py``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Exact-resume tests compare weights to the last bit: MKL must not use fewer threads (another
+# summation order) when the machine is busy, as it may by default.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
 

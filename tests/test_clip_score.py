@@ -147,3 +147,27 @@ def test_pipeline_stage_runs_the_filter_into_its_default_folder(
     sizes = json.loads((tmp_path / "shards-clip" / "sizes.json").read_text())
     assert sum(sizes.values()) == manifest["counts"]["kept"]  # similarity >= -1 keeps all
     assert config.clip_score.output_dir == ""
+
+
+def test_clip_retrieval_indexes_what_we_write(filtered, tmp_path):
+    """clip-retrieval's own indexer (autofaiss) reads the filter's embeddings as they are: one
+    vector per sample, each image found as its own nearest neighbour, and the metadata copied
+    beside the index in the vectors' order."""
+    import faiss
+    from clip_retrieval.clip_index import clip_index
+
+    config, _ = filtered
+    embeddings = Path(config.output_dir) / "embeddings"
+    index = tmp_path / "index"
+    clip_index(str(embeddings), str(index), nb_cores=1)
+    images = np.concatenate(
+        [np.load(p) for p in sorted((embeddings / "img_emb").glob("*.npy"))]
+    ).astype(np.float32)
+    image_index = faiss.read_index(str(index / "image.index"))
+    assert image_index.ntotal == len(images) == faiss.read_index(str(index / "text.index")).ntotal
+    _, nearest = image_index.search(images[:5], 1)  # itself, or an identical image
+    assert np.allclose(images[nearest[:, 0]], images[:5], atol=1e-3)
+    ours = pd.concat(
+        [pd.read_parquet(p) for p in sorted((embeddings / "metadata").glob("*.parquet"))]
+    )
+    assert pd.read_parquet(index / "metadata")["key"].tolist() == ours["key"].tolist()

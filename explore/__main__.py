@@ -1,0 +1,56 @@
+"""``python -m explore CONFIG [key=value ...]``: search a shard set by text in a browser."""
+
+from __future__ import annotations
+
+from explore.config import ExploreConfig
+from flipcommon.cli import run_stage, stage_parser
+
+HELP = """\
+Search a finished shard set by text, in a browser, with clip-retrieval: its own inference
+embeds every image and caption with one of our checkpoints (or any open_clip model with local
+weights), autofaiss indexes them, and `clip-retrieval back` serves the index with its bundled
+front end. Type "a red apple": the shard set's matching images appear with their captions.
+
+Writes out_dir/embeddings/ (clip-retrieval's img_emb/, text_emb/, metadata/), out_dir/images/
+(each sample's image, which the back end inlines in its answers), out_dir/index/ (image.index,
+text.index, metadata) and out_dir/indices_paths.json; each step is skipped when done, so a
+rerun only serves. Then serves on port= until Ctrl-C (serve=false: build and stop).
+
+Model: model= a checkpoint folder or open_clip:NAME@WEIGHTS; empty: the newest checkpoint of
+train_run_dir. The shard set must be a local folder (or a mount): clip-retrieval reads tars by
+path. Scale: inference is one process (batch_size=, workers=); for a LAION-size set run
+clip-retrieval's own distributed inference and point it at this layout.
+
+Examples:
+  python -m explore configs/explore/demo.yaml
+  python -m explore configs/explore/demo.yaml model=runs/demo/train/checkpoints/step_00000200
+  python -m explore configs/explore/demo.yaml serve=false
+"""
+
+
+def _run(config: ExploreConfig, _args) -> None:
+    from explore.build import build, clip_model_name, resolve_model
+    from explore.serve import serve, write_indices_paths
+
+    model = resolve_model(config)
+    clip_model = clip_model_name(model)
+    index = build(config, clip_model)
+    indices_paths = write_indices_paths(index.parent, index)
+    if not config.serve:
+        print(f"index ready: {index}")
+        return
+    query = config.example_query.replace(" ", "+")
+    print(f"explore {config.shards} with {model}:")
+    print(f"  open http://127.0.0.1:{config.port}/?query={query}   (Ctrl-C stops)", flush=True)
+    serve(indices_paths, clip_model, config.port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser("python -m explore", HELP, "model=PATH port=1234")
+    from flipcommon.checkpoints import CheckpointError
+
+    run_stage(parser, ExploreConfig, _run, argv, user_errors=(CheckpointError,))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""The explorer's config: which shard set, which model, where the index goes, which port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ExploreConfig:
+    shards: str  # a finished shard set (a local folder: clip-retrieval reads the tars by path)
+    out_dir: str  # embeddings/, images/, index/ and indices_paths.json
+    # a checkpoint folder, or open_clip:NAME@WEIGHTS (any open_clip model, local weights);
+    # "" = the newest checkpoint of train_run_dir
+    model: str = ""
+    train_run_dir: str = ""
+    port: int = 1234  # clip-retrieval's back end listens on every interface (its choice)
+    serve: bool = True  # false: build the index and stop
+    batch_size: int = 64  # inference batch
+    workers: int = 2  # inference's image decoding processes
+    max_index_memory: str = "4G"  # autofaiss's budget for the index
+    available_memory: str = "16G"  # autofaiss: memory it may use while building
+    example_query: str = "a red apple"  # printed with the address
