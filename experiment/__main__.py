@@ -18,12 +18,18 @@ checkpoint, eval/, points.json), results.json, results.md, masking_table.md,
 accuracy_vs_time.png, accuracy_vs_samples.png, writeup.md. A rerun skips finished arms and
 resumes a cut-short one. Needs a shard set (make shards) and the held-out suite's data.
 
+Budget: budget_s of training time per arm, or budget_gflops=G: the same counted training
+compute per arm (FLOPs per sample counted on the model at each mask ratio × samples), which no
+machine's speed or load changes; wall time is recorded either way, and accuracy_vs_compute.png
+is drawn.
+
 Scale up: point train_config/train_overrides at real shards and a real model, set
-train_launcher to e.g. [torchrun, --nproc-per-node, "8", -m, training], raise budget_s.
+train_launcher to e.g. [torchrun, --nproc-per-node, "8", -m, training], raise the budget.
 
 Examples:
   python -m experiment configs/experiment/flip_vs_clip.yaml
   python -m experiment configs/experiment/flip_vs_clip.yaml budget_s=60 seeds=[0]
+  python -m experiment configs/experiment/flip_vs_clip.yaml budget_gflops=2e5
 """
 
 
@@ -39,7 +45,7 @@ def _run(config: ExperimentConfig, _args) -> None:
     model = load_config(TrainConfig, config.train_config, config.train_overrides).model
     ratios = sorted({a.mask_ratio for a in config.arms} | {0.0})
     flops = train_flops_per_sample(model.name, model.variant, ratios)
-    runs = run_arms(config)
+    runs = run_arms(config, {ratio: counts["total"] for ratio, counts in flops.items()})
     written = write_outputs(config, runs, flops, model.name)
     print(Path(config.output_dir, "writeup.md").read_text())
     print(f"wrote {', '.join(written)}")

@@ -19,6 +19,64 @@ def arm_dir(config: ExperimentConfig, arm: ArmConfig, seed: int) -> str:
     return url_join(config.output_dir, "arms", arm.name, f"seed{seed}")
 
 
+# counted training FLOPs of one sample, by mask ratio (experiment.flops, "total")
+FlopsPerSample = dict[float, float]
+
+
+def compute_budget(config: ExperimentConfig) -> bool:
+    """True when arms share a budget of counted compute rather than of training time."""
+    return config.budget_gflops > 0
+
+
+def arm_phases_by_compute(
+    config: ExperimentConfig, arm: ArmConfig, flops: FlopsPerSample
+) -> list[PhaseConfig]:
+    """The same split as by time, in samples: a phase at mask ratio r gets its share of
+    ``budget_gflops`` divided by the counted FLOPs of one sample at r, in whole batches (so
+    every arm spends the budget to within one batch, whatever the machine's speed)."""
+    batch = config.base_batch * arm.batch_scale
+    budget = config.budget_gflops * 1e9
+    tuning = budget * config.tuning_fraction if arm.unmasked_tuning else 0.0
+
+    def samples(flops_share: float, ratio: float, views: int) -> int:
+        return max(1, int(flops_share / (flops[ratio] * views) / batch)) * batch
+
+    pretrain = samples(budget - tuning, arm.mask_ratio, arm.views)
+    phases = [
+        PhaseConfig(
+            name="pretrain",
+            mask_ratio=arm.mask_ratio,
+            base_lr=config.base_lr,
+            samples=pretrain,
+            warmup_samples=int(pretrain * config.warmup_fraction),
+            views=arm.views,
+        )
+    ]
+    if tuning:
+        tuned = samples(tuning, 0.0, 1)
+        phases.append(
+            PhaseConfig(
+                name="unmasked_tuning",
+                mask_ratio=0.0,
+                base_lr=config.tuning_base_lr,
+                samples=tuned,
+                warmup_samples=int(tuned * config.warmup_fraction),
+            )
+        )
+    return phases
+
+
+def phase_gflops(phases: list[PhaseConfig], flops: FlopsPerSample, samples_seen: int) -> float:
+    """Counted training compute after ``samples_seen`` samples of a run of these phases (a
+    pair seen in ``views`` views costs that many samples)."""
+    total, start = 0.0, 0
+    for phase in phases:
+        done = min(max(samples_seen - start, 0), phase.samples)
+        total += done * flops[phase.mask_ratio] * phase.views
+        start += phase.samples
+    return total / 1e9
+
+
 def arm_phases(config: ExperimentConfig, arm: ArmConfig) -> list[PhaseConfig]:
     """Pre-training for the budget, or for all but tuning_fraction of it and then unmasked
     tuning for the rest. Lengths are on the trainer's clock, so every arm trains as long."""
@@ -31,6 +89,7 @@ def arm_phases(config: ExperimentConfig, arm: ArmConfig) -> list[PhaseConfig]:
             base_lr=config.base_lr,
             seconds=pretrain_s,
             warmup_seconds=pretrain_s * config.warmup_fraction,
+            views=arm.views,
         )
     ]
     if tuning_s:
@@ -47,32 +106,50 @@ def arm_phases(config: ExperimentConfig, arm: ArmConfig) -> list[PhaseConfig]:
 
 
 def arm_train_config(
-    base: TrainConfig, config: ExperimentConfig, arm: ArmConfig, seed: int
+    base: TrainConfig,
+    config: ExperimentConfig,
+    arm: ArmConfig,
+    seed: int,
+    flops: FlopsPerSample | None = None,
 ) -> TrainConfig:
+    batch = config.base_batch * arm.batch_scale
+    if compute_budget(config):
+        if flops is None:
+            raise ExperimentConfigError("budget_gflops needs the counted FLOPs per sample")
+        phases = arm_phases_by_compute(config, arm, flops)
+        steps = sum(p.samples for p in phases) // batch
+        # evaluation points at equal shares of the compute: every so many steps
+        every = {"checkpoint_every_steps": max(1, steps // config.eval_points)}
+        every["checkpoint_every_s"] = 0.0
+    else:
+        phases = arm_phases(config, arm)
+        every = {"checkpoint_every_steps": 0}
+        every["checkpoint_every_s"] = config.budget_s / config.eval_points
     return replace(
         base,
         run_dir=url_join(arm_dir(config, arm, seed), "train"),
-        phases=arm_phases(config, arm),
-        batch_size=config.base_batch * arm.batch_scale,
+        phases=phases,
+        batch_size=batch,
         seed=seed,
-        checkpoint_every_steps=0,
-        checkpoint_every_s=config.budget_s / config.eval_points,
         resume=True,  # a rerun of the experiment continues an arm a crash cut short
+        **every,
     )
 
 
 def validate(config: ExperimentConfig) -> None:
     if config.budget_s <= 0 or config.eval_points < 1:
         raise ExperimentConfigError("budget_s must be > 0 and eval_points >= 1")
+    if config.budget_gflops < 0:
+        raise ExperimentConfigError("budget_gflops must be >= 0 (0: budget_s of time)")
     if not config.seeds or not config.arms:
         raise ExperimentConfigError("the experiment needs at least one seed and one arm")
     names = [a.name for a in config.arms]
     if len(set(names)) != len(names):
         raise ExperimentConfigError(f"arm names must be unique: {names}")
     for arm in config.arms:
-        if not 0.0 <= arm.mask_ratio < 1.0 or arm.batch_scale < 1:
+        if not 0.0 <= arm.mask_ratio < 1.0 or arm.batch_scale < 1 or arm.views < 1:
             raise ExperimentConfigError(
-                f"arm {arm.name}: mask_ratio in [0, 1) and batch_scale >= 1"
+                f"arm {arm.name}: mask_ratio in [0, 1), batch_scale >= 1 and views >= 1"
             )
         if "/" in arm.name or not arm.name:
             raise ExperimentConfigError(

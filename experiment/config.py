@@ -13,6 +13,9 @@ class ArmConfig:
     mask_ratio: float = 0.0
     batch_scale: int = 1  # batch = base_batch × this (the paper's Table 1a: 1×, 2×, 4×)
     unmasked_tuning: bool = False  # end with tuning_fraction of the budget at mask ratio 0
+    # masked views of each pair per pre-training step: 2 spends what masking saves on a second
+    # view of the same pairs rather than on more pairs (e.g. 50% masking, batch_scale 1)
+    views: int = 1
 
 
 def _paper_arms() -> list[ArmConfig]:
@@ -36,6 +39,10 @@ class ExperimentConfig:
     # The held-out suite run at every evaluation point of every arm.
     eval_config: str = "configs/eval/experiment.yaml"
     budget_s: float = 150.0  # training time per arm, on the trainer's clock
+    # > 0: every arm gets this much training compute instead (forward + backward GFLOPs per
+    # sample counted on the model by experiment/flops.py, × samples): a budget no machine's
+    # speed changes. Each phase then runs a number of samples; wall time is still recorded.
+    budget_gflops: float = 0.0
     eval_points: int = 4  # evaluations at equal shares of the budget (plus phase ends)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     base_batch: int = 64  # the unmasked arm's batch; others scale it by batch_scale

@@ -166,6 +166,10 @@ def write_outputs(
     (out / "accuracy_vs_samples.png").write_bytes(
         plot_curves(runs, config.headline, "samples_seen", "samples seen")
     )
+    if all("gflops" in p for r in runs for p in r["points"]):
+        (out / "accuracy_vs_compute.png").write_bytes(
+            plot_curves(runs, config.headline, "gflops", "training compute (counted GFLOPs)")
+        )
     (out / "writeup.md").write_text(writeup(config, summaries, compared, files, model, chance))
     write_json_atomic(
         str(out / "results.json"),
@@ -178,6 +182,8 @@ def write_outputs(
         },
     )
     names = [*files, "accuracy_vs_time.png", "accuracy_vs_samples.png", "writeup.md"]
+    if (out / "accuracy_vs_compute.png").exists():
+        names.append("accuracy_vs_compute.png")
     return [str(out / n) for n in [*names, "results.json"]]
 
 
@@ -198,7 +204,7 @@ def writeup(
         else f"- Every arm ends clearly above twice the chance level ({100 * chance:.2f}%)."
     )
     lines = [
-        "# FLIP vs CLIP at equal training time",
+        "# FLIP vs CLIP at equal training " + ("compute" if config.budget_gflops > 0 else "time"),
         "",
         f"Generated {dt.date.today().isoformat()} by `make experiment` from "
         f"{config.output_dir}/results.json.",
@@ -229,6 +235,11 @@ def writeup(
         "",
         chance_line,
         "",
+        *(
+            ["![accuracy vs training compute](accuracy_vs_compute.png)"]
+            if config.budget_gflops > 0
+            else []
+        ),
         "![accuracy vs training time](accuracy_vs_time.png)",
         "![accuracy vs samples seen](accuracy_vs_samples.png)",
         "",
@@ -250,15 +261,26 @@ READING = [
 ]
 
 
+def _budget_line(config: ExperimentConfig) -> str:
+    if config.budget_gflops > 0:
+        return (
+            f"- Every arm trains on {config.budget_gflops:g} GFLOPs of counted training compute "
+            "(forward + backward FLOPs per sample counted on the model at the phase's mask "
+            "ratio × samples, in whole batches), warmup and cosine decay over its samples; "
+        )
+    return (
+        f"- Every arm trains for {config.budget_s:g} s on the trainer's clock (the step loop; "
+        "checkpoint writes excluded), with warmup and cosine decay on that clock; "
+    )
+
+
 def _setup_lines(config: ExperimentConfig, model: str) -> list[str]:
     return [
         "## Setup",
         "",
         f"- Model `{model}`, recipe `{config.train_config}` "
         f"{' '.join(config.train_overrides)}; suite `{config.eval_config}`.",
-        f"- Every arm trains for {config.budget_s:g} s on the trainer's clock (the step loop; "
-        "checkpoint writes excluded), with warmup and cosine decay on that clock; "
-        f"{len(config.seeds)} seed(s) per arm, seeds in the outer loop.",
+        _budget_line(config) + f"{len(config.seeds)} seed(s) per arm, seeds in the outer loop.",
         f"- Batch {config.base_batch} × the arm's scale (the paper's Table 1a: 1×, 2×, 4× for "
         f"0%, 50%, 75%); lr = {config.base_lr:g} × batch / 256.",
         f"- +tuning arms spend the last {config.tuning_fraction:.0%} of the same budget "

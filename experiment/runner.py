@@ -20,7 +20,15 @@ import yaml
 from evaluation.config import EvalConfig
 from evaluation.report import write_results
 from evaluation.stage import evaluate_checkpoint
-from experiment.arms import ExperimentConfigError, arm_dir, arm_train_config, validate
+from experiment.arms import (
+    ExperimentConfigError,
+    FlopsPerSample,
+    arm_dir,
+    arm_train_config,
+    compute_budget,
+    phase_gflops,
+    validate,
+)
 from experiment.config import ArmConfig, ExperimentConfig
 from flipcommon.checkpoints import STATE_FILE, list_checkpoints
 from flipcommon.config import load_config
@@ -35,8 +43,10 @@ class ArmFailed(RuntimeError):
     pass
 
 
-def run_arms(config: ExperimentConfig) -> list[dict]:
-    """Train and evaluate every (seed, arm); return one record per run with its points."""
+def run_arms(config: ExperimentConfig, flops: FlopsPerSample | None = None) -> list[dict]:
+    """Train and evaluate every (seed, arm); return one record per run with its points.
+    ``flops`` (counted training FLOPs per sample by mask ratio) sizes the arms' phases under a
+    compute budget."""
     validate(config)
     if "://" in config.output_dir:
         raise ExperimentConfigError("output_dir is the experiment's local work folder (no URL)")
@@ -49,12 +59,17 @@ def run_arms(config: ExperimentConfig) -> list[dict]:
     for seed in config.seeds:
         for arm in config.arms:
             print(f"== [{len(runs) + 1}/{total}] arm {arm.name}, seed {seed}", flush=True)
-            runs.append(run_arm(config, base, suite, arm, seed))
+            runs.append(run_arm(config, base, suite, arm, seed, flops))
     return runs
 
 
 def run_arm(
-    config: ExperimentConfig, base: TrainConfig, suite: EvalConfig, arm: ArmConfig, seed: int
+    config: ExperimentConfig,
+    base: TrainConfig,
+    suite: EvalConfig,
+    arm: ArmConfig,
+    seed: int,
+    flops: FlopsPerSample | None = None,
 ) -> dict:
     folder = Path(arm_dir(config, arm, seed))
     done = folder / POINTS_FILE
@@ -63,17 +78,22 @@ def run_arm(
         check_same_setup(record, config, arm, seed)
         print(f"   done before: {done}", flush=True)
         return record
-    train_config = arm_train_config(base, config, arm, seed)
+    train_config = arm_train_config(base, config, arm, seed, flops)
     train(config, train_config, folder)
     checkpoints = list_checkpoints(train_config.run_dir)
     points = evaluate(suite, checkpoints, str(folder / "eval"))
+    if compute_budget(config) and flops is not None:
+        for point in points:
+            point["gflops"] = phase_gflops(train_config.phases, flops, point["samples_seen"])
     record = {
         "arm": arm.name,
         "seed": seed,
         "mask_ratio": arm.mask_ratio,
         "batch_size": train_config.batch_size,
         "unmasked_tuning": arm.unmasked_tuning,
+        "views": arm.views,
         "budget_s": config.budget_s,
+        "budget_gflops": config.budget_gflops,
         "points": points,
     }
     write_json_atomic(str(done), record)  # last: marks the arm done
@@ -94,10 +114,14 @@ def check_same_setup(record: dict, config: ExperimentConfig, arm: ArmConfig, see
         "mask_ratio": arm.mask_ratio,
         "batch_size": config.base_batch * arm.batch_scale,
         "unmasked_tuning": arm.unmasked_tuning,
+        "views": arm.views,
         "budget_s": config.budget_s,
+        "budget_gflops": config.budget_gflops,
         "seed": seed,
     }
-    differing = {k: (record.get(k), v) for k, v in expected.items() if record.get(k) != v}
+    # records written before these settings existed ran with their defaults
+    was = {"views": 1, "budget_gflops": 0.0} | record
+    differing = {k: (was.get(k), v) for k, v in expected.items() if was.get(k) != v}
     if differing:
         raise ExperimentConfigError(
             f"{arm_dir(config, arm, seed)} holds a run of another setup (was, now: {differing}): "

@@ -106,6 +106,48 @@ def test_accumulation_replays_the_same_patch_removal():
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_two_identical_views_give_the_one_view_loss_and_gradients():
+    """Unmasked, both views are the same image: their mean loss is the single view's."""
+    images, tokens = _inputs()
+    one = _model()
+    loss = forward_backward(one, one, images, tokens, nullcontext_autocast)
+    for accum_steps in (1, 4):
+        two = _model()
+        two_loss = forward_backward(
+            two, two, images, tokens, nullcontext_autocast, accum_steps, views=2
+        )
+        torch.testing.assert_close(two_loss, loss, rtol=1e-5, atol=1e-6)
+        reference = _grads(one)
+        for name, grad in _grads(two).items():
+            torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_two_masked_views_each_see_their_own_patches_against_the_whole_batch():
+    """Masked, each view draws its own patches; with micro-batches the loss is still each
+    view's loss over the whole batch (view v of every micro-batch together), averaged."""
+    from training.loss import contrastive_loss
+
+    model = _model()
+    set_mask_ratio(model, 0.5)
+    images, tokens = _inputs()
+    torch.manual_seed(7)
+    loss = forward_backward(model, model, images, tokens, nullcontext_autocast, 2, views=2)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        feats = [
+            model(i.repeat(2, 1, 1, 1), t.repeat(2, 1))[:2]
+            for i, t in zip(images.chunk(2), tokens.chunk(2), strict=True)
+        ]
+    views = [
+        (torch.cat([f[0].chunk(2)[v] for f in feats]), torch.cat([f[1].chunk(2)[v] for f in feats]))
+        for v in range(2)
+    ]
+    assert not torch.allclose(views[0][0], views[1][0], atol=1e-3)  # different patches
+    torch.testing.assert_close(views[0][1], views[1][1])  # the same captions
+    expected = sum(contrastive_loss(i, t, model.logit_scale) for i, t in views) / 2
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_batch_must_split_into_micro_batches():
     model = _model()
     images, tokens = _inputs()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from experiment.analysis import (
     Stat,
@@ -17,7 +18,7 @@ from experiment.analysis import (
     summarise,
     verdict,
 )
-from experiment.arms import arm_train_config, validate
+from experiment.arms import arm_train_config, phase_gflops, validate
 from experiment.config import ArmConfig, ExperimentConfig
 from training.config import TrainConfig
 from training.phases import plan_phases
@@ -43,14 +44,76 @@ def test_every_arm_trains_for_the_same_budget():
     assert [a.batch_scale for a in config.arms] == [1, 2, 2, 4, 4]  # the paper's Table 1a
 
 
+# counted training FLOPs per sample by mask ratio, shaped like a small ViT's
+FLOPS = {0.0: 1.0e8, 0.5: 6.0e7, 0.75: 4.0e7}
+
+
+def test_a_compute_budget_gives_every_arm_the_same_counted_flops():
+    """With budget_gflops each phase runs whole batches of samples, as many as its share of
+    the compute buys at its mask ratio: every arm spends the budget to within one batch of its
+    costliest phase, with no clock in it."""
+    config = ExperimentConfig(budget_gflops=2000, tuning_fraction=0.1, base_batch=8, eval_points=4)
+    base = TrainConfig()
+    for arm in config.arms:
+        train = arm_train_config(base, config, arm, seed=0, flops=FLOPS)
+        batch = train.batch_size
+        total = sum(p.samples for p in train.phases)
+        spent = phase_gflops(train.phases, FLOPS, total)
+        assert 2000 - batch * FLOPS[0.0] / 1e9 * 2 < spent <= 2000
+        assert all(p.samples % batch == 0 and not p.seconds for p in train.phases)
+        assert train.checkpoint_every_s == 0
+        assert train.checkpoint_every_steps == total // batch // 4
+        if arm.unmasked_tuning:
+            tuning = train.phases[1]
+            assert tuning.mask_ratio == 0.0
+            assert tuning.samples * FLOPS[0.0] / 1e9 == pytest.approx(200, abs=batch / 10)
+        assert train == arm_train_config(base, config, arm, seed=0, flops=FLOPS)
+    # halfway through the first phase, half of that phase's compute
+    flip75 = arm_train_config(base, config, config.arms[3], seed=0, flops=FLOPS)
+    half = flip75.phases[0].samples // 2
+    assert phase_gflops(flip75.phases, FLOPS, half) == pytest.approx(half * 4e7 / 1e9)
+    with pytest.raises(ValueError, match="FLOPs per sample"):
+        arm_train_config(base, config, config.arms[0], seed=0)
+    # two views of each pair cost twice a pair: half the pairs for the same compute
+    two_views = ArmConfig("flip50x2", mask_ratio=0.5, batch_scale=1, views=2)
+    one_view = ArmConfig("flip50", mask_ratio=0.5, batch_scale=1)
+    phase_2v = arm_train_config(base, config, two_views, 0, FLOPS).phases[0]
+    phase_1v = arm_train_config(base, config, one_view, 0, FLOPS).phases[0]
+    assert phase_2v.views == 2 and abs(2 * phase_2v.samples - phase_1v.samples) <= 16
+    assert phase_gflops([phase_2v], FLOPS, phase_2v.samples) == pytest.approx(
+        phase_gflops([phase_1v], FLOPS, phase_1v.samples), rel=0.01
+    )
+
+
+def test_the_compute_curve_is_drawn_when_points_carry_compute(tmp_path):
+    from experiment.report import write_outputs
+
+    runs = _runs([0.1, 0.2], [0.3, 0.3], [0.4, 0.5])
+    for run in runs:
+        for point in run["points"]:
+            point["gflops"] = point["samples_seen"] * 1e-3
+            point["phase"] = "pretrain"
+    config = ExperimentConfig(
+        output_dir=str(tmp_path), budget_gflops=2, headline="t:m", table_metrics=[]
+    )
+    flops = {r: {"image": f / 2, "total": f} for r, f in FLOPS.items()}
+    written = write_outputs(config, runs, flops, "flip_micro")
+    assert (tmp_path / "accuracy_vs_compute.png").read_bytes()[:4] == b"\x89PNG"
+    assert str(tmp_path / "accuracy_vs_compute.png") in written
+    writeup = (tmp_path / "writeup.md").read_text()
+    assert "equal training compute" in writeup and "2 GFLOPs of counted" in writeup
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
         ({"budget_s": 0}, "budget_s"),
+        ({"budget_gflops": -1}, "budget_gflops"),
         ({"seeds": []}, "seed"),
         ({"arms": [ArmConfig("a"), ArmConfig("a")]}, "unique"),
         ({"arms": [ArmConfig("a/b")]}, "folder"),
         ({"arms": [ArmConfig("a", mask_ratio=1.0)]}, "mask_ratio"),
+        ({"arms": [ArmConfig("a", views=0)]}, "views"),
         ({"tuning_fraction": 1.0}, "tuning_fraction"),
         ({"headline": "top1"}, "TASK:METRIC"),
     ],
@@ -214,3 +277,69 @@ def test_make_experiment_in_miniature(tmp_path, shard_set, demo_corpus_dir):
     assert again.returncode == 0 and again.stdout.count("done before") == 4
     changed = subprocess.run([*args, "budget_s=5"], capture_output=True, text=True, timeout=300)
     assert changed.returncode == 2 and "another setup" in changed.stderr
+    by_compute = subprocess.run(
+        [*args, "budget_gflops=1"], capture_output=True, text=True, timeout=300
+    )
+    assert by_compute.returncode == 2 and "budget_gflops" in by_compute.stderr
+
+
+def test_an_arm_on_a_compute_budget_runs_its_counted_samples(tmp_path, shard_set, demo_corpus_dir):
+    """Through the command line: an arm of two masked views with unmasked tuning, on a budget
+    of counted GFLOPs; its points carry their compute, ending at the budget."""
+    from experiment.flops import train_flops_per_sample
+
+    per_sample = train_flops_per_sample("flip_micro", "openclip", [0.0, 0.5])
+    batch = 8
+    # about 6 steps of two half-masked views and 2 unmasked steps
+    cost = {r: c["total"] for r, c in per_sample.items()}
+    budget = batch * (6 * 2 * cost[0.5] + 2 * cost[0.0]) / 1e9
+    out = tmp_path / "experiment"
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        json.dumps(
+            {
+                "demo_corpus_dir": str(demo_corpus_dir),
+                "tasks": [
+                    {
+                        "name": "emoji_r",
+                        "dataset": "emoji_heldout",
+                        "task": "retrieval",
+                        "limit": 64,
+                    }
+                ],
+            }
+        )
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "experiment",
+        "configs/experiment/flip_vs_clip.yaml",
+        f"output_dir={out}",
+        f"eval_config={suite}",
+        f"train_overrides=[data.shards={shard_set}, model.name=flip_micro, data.workers=0, "
+        "data.shuffle_buffer=16]",
+        f"budget_gflops={budget}",
+        "tuning_fraction=0.25",
+        "eval_points=2",
+        f"base_batch={batch}",
+        "seeds=[0]",
+        "arms=[{name: flip50x2+tuning, mask_ratio: 0.5, views: 2, unmasked_tuning: true}]",
+        "headline=emoji_r:image_retrieval_recall@10",
+        "table_metrics=[]",
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert run["views"] == 2 and run["budget_gflops"] == pytest.approx(budget)
+    folder = out / "arms" / "flip50x2+tuning" / "seed0"
+    phases = yaml.safe_load((folder / "train_config.yaml").read_text())["phases"]
+    assert [(p["mask_ratio"], p["views"]) for p in phases] == [(0.5, 2), (0.0, 1)]
+    points = run["points"]
+    assert points[-1]["samples_seen"] == sum(p["samples"] for p in phases)
+    # the budget spent, to within one batch of each phase
+    slack = batch * (2 * cost[0.5] + cost[0.0]) / 1e9
+    assert budget - slack < points[-1]["gflops"] <= budget * (1 + 1e-9)
+    assert [p["gflops"] for p in points] == sorted(p["gflops"] for p in points)
+    assert (out / "accuracy_vs_compute.png").read_bytes()[:4] == b"\x89PNG"
+    assert "equal training compute" in (out / "writeup.md").read_text()

@@ -211,6 +211,39 @@ def test_timed_phases_run_for_their_training_time(tmp_path, shard_set):
     assert any(1.0 <= s < 2.0 for s in seconds)  # the one at 1 s, mid-pretraining
 
 
+def test_a_phase_of_two_masked_views_trains_through_the_cli(tmp_path, shard_set):
+    import subprocess
+    import sys
+
+    from tests.conftest import micro_training_args
+
+    run_dir = tmp_path / "run"
+    phases = (
+        "phases=[{name: pretrain, mask_ratio: 0.5, views: 2, samples: 32, base_lr: 1.0e-3}, "
+        "{name: unmasked_tuning, mask_ratio: 0.0, samples: 16, base_lr: 1.0e-4}]"
+    )
+    result = subprocess.run(
+        [sys.executable, *micro_training_args(run_dir, shard_set, phases, "log_every_steps=1")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "phase pretrain: mask ratio 0.50 x 2 views, 4 steps" in result.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples_seen"] for r in records] == [8, 16, 24, 32, 40, 48]  # pairs, not views
+    assert all(r["loss"] == r["loss"] for r in records)  # finite
+    bad = subprocess.run(
+        [
+            sys.executable,
+            *micro_training_args(run_dir, shard_set, phases.replace("views: 2", "views: 0")),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "views must be >= 1" in bad.stderr
+
+
 def test_two_phase_run_writes_checkpoints_metrics_and_plot(micro_run):
     latest = latest_checkpoint(str(micro_run))
     assert latest.endswith("step_00000006")  # 32/8 masked + 16/8 unmasked steps

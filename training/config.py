@@ -24,6 +24,10 @@ class PhaseConfig:
     # Images per process per forward pass in this phase, when it differs from the run's
     # micro_batch (0: the run's). Unmasked tuning holds about twice the activations of 50%.
     micro_batch: int = 0
+    # Masked views of each pair per step: 2 spends the compute that masking saves on a second
+    # view of the same image (its own random patches) instead of on more pairs; the loss is the
+    # mean of the views' losses. Each view also runs the text tower (the batch is repeated).
+    views: int = 1
 
 
 @dataclass

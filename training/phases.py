@@ -18,6 +18,7 @@ class PhasePlan:
     peak_lr: float
     seconds: float = 0.0  # > 0: a timed phase (length and schedule on the training clock)
     warmup_seconds: float = 0.0
+    views: int = 1  # masked views of each pair per step
 
     def finished(self, phase_step: int, phase_seconds: float) -> bool:
         if self.seconds:
@@ -41,17 +42,28 @@ def plan_phases(
             raise UserError(f"phase {phase.name}: mask_ratio must be in [0, 1)")
         if phase.seconds < 0 or phase.warmup_seconds < 0:
             raise UserError(f"phase {phase.name}: seconds and warmup_seconds must be >= 0")
+        if phase.views < 1:
+            raise UserError(f"phase {phase.name}: views must be >= 1")
         peak_lr = scaled_lr(phase.base_lr, global_batch)
         if phase.seconds and not steps_override:
             if phase.warmup_seconds > phase.seconds:
                 raise UserError(f"phase {phase.name}: warmup_seconds exceeds seconds")
             plans.append(
                 PhasePlan(
-                    phase.name, phase.mask_ratio, 0, 0, peak_lr, phase.seconds, phase.warmup_seconds
+                    phase.name,
+                    phase.mask_ratio,
+                    0,
+                    0,
+                    peak_lr,
+                    phase.seconds,
+                    phase.warmup_seconds,
+                    phase.views,
                 )
             )
             continue
         steps = steps_override or max(1, phase.samples // global_batch)
         warmup = 0 if steps_override else min(steps, phase.warmup_samples // global_batch)
-        plans.append(PhasePlan(phase.name, phase.mask_ratio, steps, warmup, peak_lr))
+        plans.append(
+            PhasePlan(phase.name, phase.mask_ratio, steps, warmup, peak_lr, views=phase.views)
+        )
     return plans

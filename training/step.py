@@ -7,6 +7,10 @@ into the cached features, and back-propagate the loss over the *whole* batch. Th
 gradients equal those of one pass over the whole batch. The RNG state of each micro-batch's
 first pass is replayed in its second, so the same patches are removed both times, and the
 temperature takes its gradient from one of the passes only.
+
+Views: with ``views`` > 1 each pair is seen as that many images, each with its own random
+patches removed (the batch is repeated before the forward, so DDP and FSDP see one ordinary
+forward); the loss is the mean of each view's contrastive loss over the whole batch.
 """
 
 from __future__ import annotations
@@ -24,6 +28,28 @@ from training.sharding import skip_gradient_sync
 def _features(train_model: nn.Module, images: torch.Tensor, tokens: torch.Tensor):
     image_features, text_features, _ = train_model(images, tokens)
     return image_features.float(), text_features.float()
+
+
+def _repeat(images: torch.Tensor, tokens: torch.Tensor, views: int):
+    if views == 1:
+        return images, tokens
+    return images.repeat(views, 1, 1, 1), tokens.repeat(views, 1)
+
+
+def _views_loss(
+    image_chunks: list[torch.Tensor],
+    text_chunks: list[torch.Tensor],
+    logit_scale: torch.Tensor,
+    views: int,
+) -> torch.Tensor:
+    """Mean over views of the contrastive loss of the whole batch: each chunk's features hold
+    its views one after the other; view v of every chunk is put together before the loss."""
+    losses = []
+    for v in range(views):
+        images = torch.cat([c.chunk(views)[v] for c in image_chunks])
+        texts = torch.cat([c.chunk(views)[v] for c in text_chunks])
+        losses.append(contrastive_loss(images, texts, logit_scale))
+    return torch.stack(losses).mean()
 
 
 def _rng_state(device: torch.device):
@@ -44,6 +70,7 @@ def forward_backward(
     tokens: torch.Tensor,
     autocast: Callable[[], contextlib.AbstractContextManager],
     accum_steps: int = 1,
+    views: int = 1,
 ) -> torch.Tensor:
     """Compute the loss of the batch and accumulate its gradients; returns the loss (detached).
 
@@ -52,8 +79,8 @@ def forward_backward(
     """
     if accum_steps <= 1:
         with autocast():
-            image_features, text_features = _features(train_model, images, tokens)
-            loss = contrastive_loss(image_features, text_features, model.logit_scale)
+            image_features, text_features = _features(train_model, *_repeat(images, tokens, views))
+            loss = _views_loss([image_features], [text_features], model.logit_scale, views)
         loss.backward()
         return loss.detach()
 
@@ -66,7 +93,9 @@ def forward_backward(
         for micro_images, micro_tokens in zip(image_chunks, token_chunks, strict=True):
             rng_states.append(_rng_state(device))
             with autocast():
-                image_features, text_features = _features(train_model, micro_images, micro_tokens)
+                image_features, text_features = _features(
+                    train_model, *_repeat(micro_images, micro_tokens, views)
+                )
             cached_images.append(image_features)
             cached_texts.append(text_features)
     after_first_pass = _rng_state(device)
@@ -77,15 +106,13 @@ def forward_backward(
         with contextlib.nullcontext() if last else skip_gradient_sync(train_model):
             with autocast():
                 image_features, text_features = _features(
-                    train_model, image_chunks[j], token_chunks[j]
+                    train_model, *_repeat(image_chunks[j], token_chunks[j], views)
                 )
-                all_images = torch.cat(
-                    cached_images[:j] + [image_features] + cached_images[j + 1 :]
-                )
-                all_texts = torch.cat(cached_texts[:j] + [text_features] + cached_texts[j + 1 :])
+                all_images = cached_images[:j] + [image_features] + cached_images[j + 1 :]
+                all_texts = cached_texts[:j] + [text_features] + cached_texts[j + 1 :]
                 # the temperature's gradient comes from the full batch once, not once per chunk
                 logit_scale = model.logit_scale if last else model.logit_scale.detach()
-                loss = contrastive_loss(all_images, all_texts, logit_scale)
+                loss = _views_loss(all_images, all_texts, logit_scale, views)
             loss.backward()
     _set_rng_state(after_first_pass, device)
     return loss.detach()

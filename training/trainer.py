@@ -82,7 +82,7 @@ def _train_phase(
         t0 = time.perf_counter()
         images, tokens, skipped = next(batches)
         data_time = time.perf_counter() - t0
-        loss = _step(run, images, tokens, run.splits[phase_index].accum_steps)
+        loss = _step(run, images, tokens, run.splits[phase_index].accum_steps, plan.views)
         step_seconds = time.perf_counter() - t0
         if clocked:
             step_seconds = agreed_max(step_seconds, run.device)
@@ -122,9 +122,10 @@ def _log_phase_start(run: TrainRun, phase_index: int) -> None:
     plan, split = run.plans[phase_index], run.splits[phase_index]
     set_mask_ratio(run.model, plan.mask_ratio)
     log.info(
-        "phase %s: mask ratio %.2f, %s, peak lr %.2e, %d micro-batch(es) of %d per step",
+        "phase %s: mask ratio %.2f%s, %s, peak lr %.2e, %d micro-batch(es) of %d per step",
         plan.name,
         plan.mask_ratio,
+        f" x {plan.views} views" if plan.views > 1 else "",
         f"{plan.seconds:g} s of training time" if plan.seconds else f"{plan.steps} steps",
         plan.peak_lr,
         split.accum_steps,
@@ -160,12 +161,16 @@ def _report(
     )
 
 
-def _step(run: TrainRun, images: torch.Tensor, tokens: torch.Tensor, accum_steps: int):
+def _step(
+    run: TrainRun, images: torch.Tensor, tokens: torch.Tensor, accum_steps: int, views: int = 1
+):
     """One optimizer step on a batch fresh from the loader; returns the loss (on the device)."""
     images = run.to_model_input(images.to(run.device, non_blocking=True))
     tokens = tokens.to(run.device, non_blocking=True)
     run.optimizer.zero_grad(set_to_none=True)
-    loss = forward_backward(run.train_model, run.model, images, tokens, run.autocast, accum_steps)
+    loss = forward_backward(
+        run.train_model, run.model, images, tokens, run.autocast, accum_steps, views
+    )
     if run.sharded:
         average_replicated_grads(run.model)
     run.optimizer.step()
