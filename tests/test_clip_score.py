@@ -150,23 +150,45 @@ def test_pipeline_stage_runs_the_filter_into_its_default_folder(
 
 
 def test_clip_retrieval_indexes_what_we_write(filtered, tmp_path):
-    """clip-retrieval's own indexer (autofaiss) reads the filter's embeddings as they are: one
-    vector per sample, each image found as its own nearest neighbour, and the metadata copied
-    beside the index in the vectors' order."""
-    import faiss
-    from clip_retrieval.clip_index import clip_index
+    """clip-retrieval's own indexer (`clip-retrieval index`, autofaiss) reads the filter's
+    embeddings as they are: one vector per sample, each image found as its own nearest
+    neighbour, and the metadata copied beside the index in the vectors' order. (faiss runs in
+    subprocesses: its OpenMP runtime would change this process's threading for later tests.)"""
+    import subprocess
+    import sys
 
     config, _ = filtered
     embeddings = Path(config.output_dir) / "embeddings"
     index = tmp_path / "index"
-    clip_index(str(embeddings), str(index), nb_cores=1)
+    tool = Path(sys.executable).parent / "clip-retrieval"
+    built = subprocess.run(
+        [str(tool), "index", str(embeddings), str(index), "--nb_cores", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
     images = np.concatenate(
         [np.load(p) for p in sorted((embeddings / "img_emb").glob("*.npy"))]
     ).astype(np.float32)
-    image_index = faiss.read_index(str(index / "image.index"))
-    assert image_index.ntotal == len(images) == faiss.read_index(str(index / "text.index")).ntotal
-    _, nearest = image_index.search(images[:5], 1)  # itself, or an identical image
-    assert np.allclose(images[nearest[:, 0]], images[:5], atol=1e-3)
+    np.save(tmp_path / "queries.npy", images[:5])
+    search = (
+        "import faiss, json, numpy as np, sys\n"
+        "image = faiss.read_index(sys.argv[1] + '/image.index')\n"
+        "text = faiss.read_index(sys.argv[1] + '/text.index')\n"
+        "_, found = image.search(np.load(sys.argv[2]), 1)\n"
+        "print(json.dumps([image.ntotal, text.ntotal, found[:, 0].tolist()]))\n"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", search, str(index), str(tmp_path / "queries.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    image_total, text_total, nearest = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert image_total == text_total == len(images)
+    assert np.allclose(images[nearest], images[:5], atol=1e-3)  # itself, or an identical image
     ours = pd.concat(
         [pd.read_parquet(p) for p in sorted((embeddings / "metadata").glob("*.parquet"))]
     )

@@ -283,6 +283,7 @@ def test_make_experiment_in_miniature(tmp_path, shard_set, demo_corpus_dir):
     assert by_compute.returncode == 2 and "budget_gflops" in by_compute.stderr
 
 
+@pytest.mark.slow
 def test_an_arm_on_a_compute_budget_runs_its_counted_samples(tmp_path, shard_set, demo_corpus_dir):
     """Through the command line: an arm of two masked views with unmasked tuning, on a budget
     of counted GFLOPs; its points carry their compute, ending at the budget."""
