@@ -21,8 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from explore.build import clip_model_name, shard_paths  # noqa: E402
-from flipcommon.shard_set import read_sizes  # noqa: E402
+from explore.build import (  # noqa: E402
+    clip_model_name,
+    clip_retrieval_inference,
+    shard_sizes,
+)
 from pipeline.clip_score import ShardEmbedder  # noqa: E402
 from pipeline.config import ClipScoreConfig  # noqa: E402
 
@@ -30,24 +33,8 @@ from pipeline.config import ClipScoreConfig  # noqa: E402
 def ours(spark, shards: str, checkpoint: str, out: str, batch: int) -> None:
     config = ClipScoreConfig(enabled=True, checkpoint=checkpoint, batch_size=batch)
     embedder = ShardEmbedder(os.path.abspath(shards), out, config)
-    names = [Path(p).stem for p in shard_paths(shards)]
+    names = [Path(p).stem for p in shard_sizes(shards)]
     spark.sparkContext.parallelize(names, len(names)).map(embedder).collect()
-
-
-def theirs(shards: str, clip_model: str, out: str, batch: int, cores: int) -> None:
-    from clip_retrieval.clip_inference.main import main as clip_inference
-
-    clip_inference(
-        input_dataset="{" + ",".join(shard_paths(shards)) + "}",
-        output_folder=out,
-        input_format="webdataset",
-        enable_metadata=True,
-        clip_model=clip_model,
-        use_jit=False,
-        batch_size=batch,
-        num_prepro_workers=cores,
-        wds_number_file_per_input_file=max(read_sizes(shards).values()),
-    )
 
 
 def main() -> None:
@@ -65,7 +52,7 @@ def main() -> None:
         .config("spark.ui.enabled", "false")
         .getOrCreate()
     )
-    samples = sum(read_sizes(args.shards).values())
+    samples = sum(shard_sizes(args.shards).values())
     clip_model = clip_model_name(args.checkpoint)
     times: dict[str, list[float]] = {"ours": [], "clip-retrieval": []}
     for round_ in range(args.rounds):
@@ -76,7 +63,8 @@ def main() -> None:
                 if name == "ours":
                     ours(spark, args.shards, args.checkpoint, out, args.batch)
                 else:
-                    theirs(args.shards, clip_model, out, args.batch, args.cores)
+                    tars = shard_sizes(args.shards)
+                    clip_retrieval_inference(tars, out, clip_model, args.batch, args.cores)
                 times[name].append(time.perf_counter() - start)
             print(f"round {round_}: {name} {samples / times[name][-1]:.0f} samples/s", flush=True)
     rates = {name: samples / statistics.median(t) for name, t in times.items()}

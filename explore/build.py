@@ -74,54 +74,63 @@ def clip_model_name(model: str) -> str:
     return f"open_clip:{name}/{os.path.abspath(weights)}"
 
 
-def shard_paths(shards: str) -> list[str]:
-    """The finished shard set's tars, as absolute local paths."""
+def shard_sizes(shards: str) -> dict[str, int]:
+    """The finished shard set's tars, as absolute local paths, with their sample counts."""
     if "://" in shards:
         raise ExploreError(f"{shards}: clip-retrieval reads the tars by path; copy or mount it")
     root = os.path.abspath(shards)
-    return [os.path.join(root, name) for name in sorted(read_sizes(root))]
+    return {os.path.join(root, name): n for name, n in sorted(read_sizes(root).items())}
 
 
 def _done(folder: Path) -> bool:
     return (folder / DONE).exists()
 
 
-def embed(tars: list[str], out: Path, clip_model: str, config: ExploreConfig) -> None:
+def clip_retrieval_inference(
+    tars: dict[str, int], out: str, clip_model: str, batch_size: int, workers: int
+) -> None:
+    """clip-retrieval's inference over the tars in webdataset format, metadata included."""
     from clip_retrieval.clip_inference.main import main as clip_inference
 
-    if _done(out):
-        return
-    log.info("clip-retrieval inference over %d shards into %s", len(tars), out)
     clip_inference(
         input_dataset="{" + ",".join(tars) + "}",  # brace-expanded by clip-retrieval
-        output_folder=str(out),
+        output_folder=out,
         input_format="webdataset",
         enable_metadata=True,
         clip_model=clip_model,
         use_jit=False,
-        batch_size=config.batch_size,
-        num_prepro_workers=config.workers,
-        wds_number_file_per_input_file=max(read_sizes(os.path.dirname(tars[0])).values()),
+        batch_size=batch_size,
+        num_prepro_workers=workers,
+        wds_number_file_per_input_file=max(tars.values()),
     )
+
+
+def embed(tars: dict[str, int], out: Path, clip_model: str, config: ExploreConfig) -> None:
+    if _done(out):
+        return
+    log.info("clip-retrieval inference over %d shards into %s", len(tars), out)
+    clip_retrieval_inference(tars, str(out), clip_model, config.batch_size, config.workers)
     (out / DONE).touch()
 
 
-def write_images(tars: list[str], images: Path, metadata: Path) -> None:
+def write_images(tars: dict[str, int], images: Path, metadata: Path) -> None:
     """Every sample's image as ``images/KEY.jpg``; ``image_path`` in the metadata then names
     it (the back end inlines an ``image_path`` it can open)."""
     if _done(images):
         return
     images.mkdir(parents=True, exist_ok=True)
+    written = set()
     for tar in tars:
         for key, jpg in read_tar_images(tar).items():
             (images / f"{key}.jpg").write_bytes(jpg)
+            written.add(key)
     for part in sorted(glob.glob(str(metadata / "*.parquet"))):
         table = pq.read_table(part)
         keys = table.column("image_path").to_pylist()
-        paths = [str(images / f"{key}.jpg") for key in keys]
-        missing = [p for p in paths if not os.path.exists(p)]
+        missing = [key for key in keys if key not in written]
         if missing:
             raise ExploreError(f"{len(missing)} indexed samples have no image, e.g. {missing[0]}")
+        paths = [str(images / f"{key}.jpg") for key in keys]
         index = table.schema.get_field_index("image_path")
         table = table.set_column(index, "image_path", [paths])
         pq.write_table(table, part)
@@ -147,7 +156,7 @@ def build_index(embeddings: Path, index: Path, config: ExploreConfig) -> None:
 def build(config: ExploreConfig, clip_model: str) -> Path:
     """Embeddings, images and index under ``out_dir``; returns the index folder."""
     out = Path(config.out_dir).resolve()
-    tars = shard_paths(config.shards)
+    tars = shard_sizes(config.shards)
     embeddings, index = out / "embeddings", out / "index"
     embed(tars, embeddings, clip_model, config)
     write_images(tars, out / "images", embeddings / "metadata")

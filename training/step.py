@@ -44,6 +44,9 @@ def _views_loss(
 ) -> torch.Tensor:
     """Mean over views of the contrastive loss of the whole batch: each chunk's features hold
     its views one after the other; view v of every chunk is put together before the loss."""
+    if views == 1:
+        images, texts = (c[0] if len(c) == 1 else torch.cat(c) for c in (image_chunks, text_chunks))
+        return contrastive_loss(images, texts, logit_scale)
     losses = []
     for v in range(views):
         images = torch.cat([c.chunk(views)[v] for c in image_chunks])

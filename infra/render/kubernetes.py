@@ -20,8 +20,8 @@ ENV = [{"name": name, "value": value} for name, value in NCCL_ENV.items()]
 # Workers get a store of their own per rendezvous round instead of sharing the agents' one:
 # keys in the shared store are set apart by each node's local restart count, which differs
 # between a node whose worker failed and one restarted with it, so the restarted process group
-# would read the dead round's addresses (measured here: three rounds lost to "connection
-# refused" before the counts met).
+# would read the dead round's addresses (without this, tests/test_gang_restart.py lost three
+# rounds to "connection refused" before the counts met).
 ELASTIC_ENV = [{"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"}]
 EFA_ENV = [{"name": name, "value": value} for name, value in EFA_NCCL_ENV.items()]
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
