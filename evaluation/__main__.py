@@ -10,8 +10,9 @@ Evaluate a checkpoint (open_clip layout: open_clip_config.json + open_clip_model
 on a suite of tasks (the config's tasks:): zero-shot classification (top-1, top-5, mean
 per-class recall), image-text retrieval (recall@1/5/10 both ways) and linear probe (logistic
 regression on frozen features, its C swept over CLIP's 1e-6…1e6 on a validation split). Images
-are never masked at evaluation. Datasets: built in (fashion_mnist, animal_mnist, tuxpaint,
-emoji_heldout) or on disk with path= (image_folder, clip_benchmark_wds, shard_set).
+are never masked at evaluation. Datasets: built in (fashion_mnist, animal_mnist, tuxpaint;
+emoji_heldout and concepts_heldout, held out of the demo corpus: the Noto emoji style, and whole
+concepts never trained on) or on disk with path= (image_folder, clip_benchmark_wds, shard_set).
 
 Which model: checkpoint= a checkpoint folder (any fsspec URL; empty: the newest of
 train_run_dir); checkpoints=[A,B] several, compared; every_checkpoint=true all of the run

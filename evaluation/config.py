@@ -9,7 +9,8 @@ from typing import Literal
 @dataclass
 class TaskConfig:
     name: str = ""  # a label for the results table, e.g. "fashion_mnist/zeroshot"
-    # built in: fashion_mnist | animal_mnist | tuxpaint | emoji_heldout
+    # built in: fashion_mnist | animal_mnist | tuxpaint | emoji_heldout | concepts_heldout
+    # (the last two are held out of the demo corpus: the Noto emoji style, and whole concepts)
     # on disk (set path): image_folder | clip_benchmark_wds | shard_set (tar URLs, comma-separated)
     dataset: Literal[
         "",
@@ -17,6 +18,7 @@ class TaskConfig:
         "animal_mnist",
         "tuxpaint",
         "emoji_heldout",
+        "concepts_heldout",
         "image_folder",
         "clip_benchmark_wds",
         "shard_set",
@@ -27,7 +29,7 @@ class TaskConfig:
     split: str = "test"
     train_split: str = "train"  # linear_probe: where the probe is fitted
     train_limit: int = 0  # linear_probe: 0 = the whole training split
-    label: Literal["name", "group"] = "name"  # emoji_heldout classification
+    label: Literal["name", "group"] = "name"  # emoji_heldout, concepts_heldout classification
     # prompt templates with {c}; "@clip_benchmark:imagenet1k" expands to a set clip_benchmark
     # ships (CLIP's 80 ImageNet prompts), "@imagenet7" to CLIP's 7-prompt ensemble subset;
     # empty: the dataset's own templates, else "{c}"

@@ -151,15 +151,35 @@ def _flatten(image: Image.Image, max_side: int = 256) -> Image.Image:
     return Image.alpha_composite(background, image).convert("RGB")
 
 
-def _heldout_emoji(corpus_dir: str) -> pd.DataFrame:
+def _corpus_split(corpus_dir: str, split: str) -> pd.DataFrame:
     items_path = Path(corpus_dir) / "items.parquet"
     if not items_path.exists():
         raise DatasetMissing(
-            f"{items_path} not found: the held-out emoji are rendered with the demo corpus "
+            f"{items_path} not found: the held-out sets are rendered with the demo corpus "
             "(run `make shards`, or set demo_corpus_dir)"
         )
     items = pd.read_parquet(items_path)
-    return items[items["split"] == "heldout"].sort_values("key").reset_index(drop=True)
+    if split not in set(items["split"]):
+        raise DatasetMissing(
+            f"{items_path} has no {split!r} items: it was rendered by an older version of the "
+            "demo corpus (run `make shards` to render it again)"
+        )
+    return items[items["split"] == split].sort_values("key").reset_index(drop=True)
+
+
+def _heldout_items(corpus_dir: str, dataset: str, limit: int) -> pd.DataFrame:
+    """emoji_heldout: the Noto art style, never trained on. concepts_heldout: whole concepts
+    never trained on, in the training art styles (skin-tone variants left out of the set, so
+    that no two classes or captions differ only by skin tone)."""
+    if dataset == "emoji_heldout":
+        items = _corpus_split(corpus_dir, "heldout")
+    elif dataset == "concepts_heldout":
+        items = _corpus_split(corpus_dir, "concept_heldout")
+        items = items[~items["name"].str.contains("skin tone")].reset_index(drop=True)
+        items["name"] = items["name"].str.lower()
+    else:
+        raise UserError(f"no held-out set named {dataset!r} (emoji_heldout, concepts_heldout)")
+    return items.iloc[:limit] if limit else items
 
 
 def _load_images(corpus_dir: str, keys: list[str]) -> list[Image.Image]:
@@ -170,22 +190,20 @@ def _load_images(corpus_dir: str, keys: list[str]) -> list[Image.Image]:
     return out
 
 
-def emoji_heldout_classification(corpus_dir: str, label: str, limit: int = 0) -> ClassificationSet:
-    """Noto-style emoji (an art style never trained on), classified by name or CLDR group."""
-    items = _heldout_emoji(corpus_dir)
-    if limit:
-        items = items.iloc[:limit]
+def heldout_classification(
+    corpus_dir: str, dataset: str, label: str, limit: int = 0
+) -> ClassificationSet:
+    """A held-out set of the demo corpus, classified by name or group."""
     if label not in ("name", "group"):
-        raise UserError(f"emoji_heldout label must be 'name' or 'group', not {label!r}")
+        raise UserError(f"{dataset} label must be 'name' or 'group', not {label!r}")
+    items = _heldout_items(corpus_dir, dataset, limit)
     classnames = sorted(items[label].unique())
     index = {c: i for i, c in enumerate(classnames)}
     labels = np.array([index[c] for c in items[label]], dtype=np.int64)
     return ClassificationSet(_load_images(corpus_dir, list(items["key"])), labels, classnames)
 
 
-def emoji_heldout_retrieval(corpus_dir: str, limit: int = 0) -> RetrievalSet:
-    items = _heldout_emoji(corpus_dir)
-    if limit:
-        items = items.iloc[:limit]
+def heldout_retrieval(corpus_dir: str, dataset: str, limit: int = 0) -> RetrievalSet:
+    items = _heldout_items(corpus_dir, dataset, limit)
     images = _load_images(corpus_dir, list(items["key"]))
     return RetrievalSet(images, list(items["caption"]), np.arange(len(images)))

@@ -18,7 +18,8 @@ from evaluation.features import image_features, text_features
 from evaluation.linear_probe import linear_probe
 from flipcommon.errors import UserError
 
-BUILTIN = ("fashion_mnist", "animal_mnist", "tuxpaint", "emoji_heldout")
+BUILTIN = ("fashion_mnist", "animal_mnist", "tuxpaint", "emoji_heldout", "concepts_heldout")
+DEMO_CORPUS_SETS = ("emoji_heldout", "concepts_heldout")
 LOCAL = ("image_folder", "clip_benchmark_wds", "shard_set")
 
 
@@ -34,10 +35,13 @@ def load_dataset(task: TaskConfig, corpus_dir: str, split: str | None = None, li
         return datasets.animal_mnist(split, limit), None
     if task.dataset == "tuxpaint":
         return datasets.tuxpaint(split, limit), None
-    if task.dataset == "emoji_heldout":
+    if task.dataset in DEMO_CORPUS_SETS:
         if task.task == "retrieval":
-            return datasets.emoji_heldout_retrieval(corpus_dir, limit), None
-        return datasets.emoji_heldout_classification(corpus_dir, task.label, limit), None
+            return datasets.heldout_retrieval(corpus_dir, task.dataset, limit), None
+        return (
+            datasets.heldout_classification(corpus_dir, task.dataset, task.label, limit),
+            None,
+        )
     if task.dataset == "image_folder":
         return local_sets.image_folder(task.path, split, limit), None
     if task.dataset == "clip_benchmark_wds":

@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 
 from pipeline.demo import emoji, openclipart, render
-from pipeline.demo.corpus import LAION_SCHEMA, load_items, write_laion_metadata
+from pipeline.demo.corpus import (
+    LAION_SCHEMA,
+    concept_of,
+    load_items,
+    plan_tasks,
+    write_laion_metadata,
+)
 from pipeline.demo.web import NO_FAULTS, DemoWeb, FaultRates, fault_for
 
 
@@ -63,6 +69,7 @@ def test_corpus_items_and_laion_metadata(demo_corpus_dir, tmp_path):
     items = load_items(demo_corpus_dir)
     assert set(items["source"]) == {"openclipart", "openmoji", "noto"}
     assert set(items[items["source"] == "noto"]["split"]) == {"heldout"}
+    assert set(items[items["source"] != "noto"]["split"]) <= {"train", "concept_heldout"}
     out = tmp_path / "meta.parquet"
     rows = write_laion_metadata(items, "http://127.0.0.1:1", out)
     table = pq.read_table(out)
@@ -125,3 +132,26 @@ def test_demo_web_without_faults_serves_everything(demo_corpus_dir):
         assert _get(f"{web.base_url}/img/{key}.jpg")[0] == 200
         with pytest.raises(urllib.error.HTTPError):
             _get(f"{web.base_url}/img/does-not-exist.jpg")
+
+
+def test_variants_of_one_emoji_are_one_concept():
+    assert concept_of("woman farmer medium-dark skin tone") == "farmer"
+    assert concept_of("man farmer") == concept_of("farmer") == "farmer"
+    assert concept_of("woman and man holding hands light skin tone, dark skin tone") == (
+        concept_of("people holding hands")
+    )
+    assert concept_of("kiss man, man, medium-light skin tone") == "kiss"
+    assert concept_of("Red Apple") == "red apple"
+    assert concept_of("man") == "man"  # nothing left but the person: the name stays
+
+
+def test_held_out_concepts_never_reach_training():
+    """A whole concept leaves training from every source (the real plan: every emoji, every
+    clip art); about one in ten concepts, with images of both training art styles."""
+    tasks = plan_tasks(limit_per_source=0)
+    trained = {t.concept for t in tasks if t.split == "train"}
+    held = [t for t in tasks if t.split == "concept_heldout"]
+    assert held and not trained & {t.concept for t in held}
+    assert {t.source for t in held} == {"openclipart", "openmoji"}
+    share = len({t.concept for t in held}) / len(trained | {t.concept for t in held})
+    assert 0.07 < share < 0.13

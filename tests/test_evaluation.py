@@ -75,7 +75,7 @@ def test_missing_dataset_names_what_to_install(monkeypatch, tmp_path):
     with pytest.raises(datasets.DatasetMissing, match="dataset-fashion-mnist"):
         datasets.fashion_mnist("test")
     with pytest.raises(datasets.DatasetMissing, match="make shards"):
-        datasets.emoji_heldout_retrieval(str(tmp_path))
+        datasets.heldout_retrieval(str(tmp_path), "emoji_heldout")
 
 
 def _suite(limit: int) -> list[TaskConfig]:

@@ -3,18 +3,22 @@
 Layout of the cache folder::
 
     images/{key}.jpg        the "web" images, served by ``demo.web``
-    items.parquet           key, caption, source, split, width, height, name, group
-    heldout/                Noto-style emoji, never in training: an evaluation set
+    items.parquet           key, caption, source, split, width, height, name, group, concept
 
-Training pairs are OpenClipart + OpenMoji; the Noto art style is held out for evaluation.
+Training pairs are OpenClipart + OpenMoji (split ``train``). Two evaluation sets are held out:
+``heldout``, every emoji in the Noto art style (never trained on: out of distribution), and
+``concept_heldout``, every image of one concept in ten, in the training art styles (whole
+concepts never trained on: in distribution).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,7 @@ from pipeline.demo import emoji, openclipart, render
 
 log = logging.getLogger(__name__)
 
-CORPUS_VERSION = 3  # bump when rendering or captioning changes, to invalidate caches
+CORPUS_VERSION = 4  # bump when rendering or captioning changes, to invalidate caches
 LAION_SCHEMA = pa.schema(
     [
         ("SAMPLE_ID", pa.int64()),
@@ -47,6 +51,37 @@ LICENSES = {
 }
 
 
+# In-distribution held-out concepts: this many per thousand, chosen by a hash of the concept
+# itself, so that a concept leaves training from both sources at once and for every version.
+HELDOUT_CONCEPTS_PER_MILLE = 100
+_SKIN_TONE = re.compile(r"\s*\b(light|medium-light|medium|medium-dark|dark) skin tone,?")
+# Words that only say who is shown: "woman farmer", "man farmer" and "farmer" are one concept.
+_PERSON_WORDS = {"man", "woman", "person", "men", "women", "people", "boy", "girl"}
+
+
+def without_skin_tone(name: str) -> str:
+    return " ".join(_SKIN_TONE.sub("", name).split()).strip(" ,")
+
+
+def concept_of(name: str) -> str:
+    """The concept an image shows: its name without skin tone or gender (variants of one emoji
+    are near-duplicates, so they are held out or trained together)."""
+    words = [w for w in re.findall(r"[\w'-]+", without_skin_tone(name.lower()))]
+    kept = [w for w in words if w not in _PERSON_WORDS]
+    while kept and kept[0] in ("and", "with"):
+        kept = kept[1:]
+    return " ".join(kept) or " ".join(words) or name.lower()
+
+
+def is_heldout_concept(concept: str) -> bool:
+    digest = hashlib.sha256(concept.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") % 1000 < HELDOUT_CONCEPTS_PER_MILLE
+
+
+def training_split(concept: str) -> str:
+    return "concept_heldout" if is_heldout_concept(concept) else "train"
+
+
 @dataclass(frozen=True)
 class CorpusSpec:
     cache_dir: str
@@ -63,6 +98,7 @@ class _RenderTask:
     split: str
     name: str
     group: str
+    concept: str
     svg_path: str = ""
     emoji_text: str = ""
 
@@ -90,6 +126,7 @@ def _render(task: _RenderTask, images_dir: str, max_side: int) -> dict | None:
         "height": image.height,
         "name": task.name,
         "group": task.group,
+        "concept": task.concept,
     }
 
 
@@ -109,13 +146,15 @@ def _limited(items: Iterable, limit: int) -> list:
 def plan_tasks(limit_per_source: int) -> list[_RenderTask]:
     tasks: list[_RenderTask] = []
     for i, (item, _) in enumerate(_limited(openclipart.iter_openclipart(), limit_per_source)):
+        name = openclipart.clean_title(item.title)
         tasks.append(
             _RenderTask(
                 key=f"oca{i:05d}",
                 source="openclipart",
                 caption=openclipart.make_caption(item),
-                split="train",
-                name=openclipart.clean_title(item.title),
+                split=training_split(concept_of(name)),
+                name=name,
+                concept=concept_of(name),
                 group=item.path.relative_to(openclipart.OPENCLIPART_ROOT).parts[0],
                 svg_path=str(item.path),
             )
@@ -127,9 +166,10 @@ def plan_tasks(limit_per_source: int) -> list[_RenderTask]:
                 key=f"omj{i:05d}",
                 source="openmoji",
                 caption=emoji.emoji_caption(concept),
-                split="train",
+                split=training_split(concept_of(concept.name)),
                 name=concept.name,
                 group=concept.group,
+                concept=concept_of(concept.name),
                 svg_path=str(path),
             )
         )
@@ -145,6 +185,7 @@ def plan_tasks(limit_per_source: int) -> list[_RenderTask]:
                 split="heldout",
                 name=concept.name,
                 group=concept.group,
+                concept=concept_of(concept.name),
                 emoji_text=concept.text,
             )
         )
