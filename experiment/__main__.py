@@ -19,7 +19,8 @@ accuracy_vs_time.png, accuracy_vs_samples.png, writeup.md. A rerun skips finishe
 resumes a cut-short one. Needs a shard set (make shards) and the held-out suite's data.
 
 Budget: budget_s of training time per arm, or budget_gflops=G: the same counted training
-compute per arm (FLOPs per sample counted on the model at each mask ratio × samples), which no
+compute per arm (FLOPs per sample counted on the model at each mask ratio and image size ×
+samples), which no
 machine's speed or load changes; wall time is recorded either way, and accuracy_vs_compute.png
 is drawn.
 
@@ -34,7 +35,7 @@ Examples:
 
 
 def _run(config: ExperimentConfig, _args) -> None:
-    from experiment.arms import validate
+    from experiment.arms import flops_settings, validate
     from experiment.flops import train_flops_per_sample
     from experiment.report import write_outputs
     from experiment.runner import run_arms
@@ -43,9 +44,8 @@ def _run(config: ExperimentConfig, _args) -> None:
 
     validate(config)
     model = load_config(TrainConfig, config.train_config, config.train_overrides).model
-    ratios = sorted({a.mask_ratio for a in config.arms} | {0.0})
-    flops = train_flops_per_sample(model.name, model.variant, ratios)
-    runs = run_arms(config, {ratio: counts["total"] for ratio, counts in flops.items()})
+    flops = train_flops_per_sample(model.name, model.variant, flops_settings(config))
+    runs = run_arms(config, {setting: counts["total"] for setting, counts in flops.items()})
     written = write_outputs(config, runs, flops, model.name)
     print(Path(config.output_dir, "writeup.md").read_text())
     print(f"wrote {', '.join(written)}")

@@ -54,6 +54,8 @@ class ArmSummary:
     samples_seen: Stat
     steps: Stat  # optimizer steps taken in the budget
     metrics: dict[str, Stat]  # TASK:METRIC -> over seeds, at each run's final point
+    views: int = 1
+    image_size: int = 0  # pre-training image size (0: the model's)
 
 
 def summarise(runs: list[dict], keys: list[str]) -> list[ArmSummary]:
@@ -71,6 +73,8 @@ def summarise(runs: list[dict], keys: list[str]) -> list[ArmSummary]:
                 samples_seen=stat([r["points"][-1]["samples_seen"] for r in arm_runs]),
                 steps=stat([r["points"][-1].get("step") or math.nan for r in arm_runs]),
                 metrics={k: stat([final_metric(r, k) for r in arm_runs]) for k in keys},
+                views=first.get("views", 1),
+                image_size=first.get("image_size", 0),
             )
         )
     return summaries

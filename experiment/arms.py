@@ -19,8 +19,8 @@ def arm_dir(config: ExperimentConfig, arm: ArmConfig, seed: int) -> str:
     return url_join(config.output_dir, "arms", arm.name, f"seed{seed}")
 
 
-# counted training FLOPs of one sample, by mask ratio (experiment.flops, "total")
-FlopsPerSample = dict[float, float]
+# counted training FLOPs of one sample by (mask ratio, image size) (experiment.flops, "total")
+FlopsPerSample = dict[tuple[float, int], float]
 
 
 def compute_budget(config: ExperimentConfig) -> bool:
@@ -28,42 +28,47 @@ def compute_budget(config: ExperimentConfig) -> bool:
     return config.budget_gflops > 0
 
 
-def arm_phases_by_compute(
-    config: ExperimentConfig, arm: ArmConfig, flops: FlopsPerSample
+def _phases(
+    config: ExperimentConfig, arm: ArmConfig, pretrain: dict, tuning: dict | None
 ) -> list[PhaseConfig]:
-    """The same split as by time, in samples: a phase at mask ratio r gets its share of
-    ``budget_gflops`` divided by the counted FLOPs of one sample at r, in whole batches (so
-    every arm spends the budget to within one batch, whatever the machine's speed)."""
-    batch = config.base_batch * arm.batch_scale
-    budget = config.budget_gflops * 1e9
-    tuning = budget * config.tuning_fraction if arm.unmasked_tuning else 0.0
-
-    def samples(flops_share: float, ratio: float, views: int) -> int:
-        return max(1, int(flops_share / (flops[ratio] * views) / batch)) * batch
-
-    pretrain = samples(budget - tuning, arm.mask_ratio, arm.views)
+    """Pre-training at the arm's masking, then (``tuning`` given) unmasked tuning; the
+    lengths come as PhaseConfig fields: seconds or samples, with their warmup."""
     phases = [
         PhaseConfig(
             name="pretrain",
             mask_ratio=arm.mask_ratio,
             base_lr=config.base_lr,
-            samples=pretrain,
-            warmup_samples=int(pretrain * config.warmup_fraction),
             views=arm.views,
+            image_size=arm.image_size,
+            **pretrain,
         )
     ]
     if tuning:
-        tuned = samples(tuning, 0.0, 1)
         phases.append(
             PhaseConfig(
-                name="unmasked_tuning",
-                mask_ratio=0.0,
-                base_lr=config.tuning_base_lr,
-                samples=tuned,
-                warmup_samples=int(tuned * config.warmup_fraction),
+                name="unmasked_tuning", mask_ratio=0.0, base_lr=config.tuning_base_lr, **tuning
             )
         )
     return phases
+
+
+def arm_phases_by_compute(
+    config: ExperimentConfig, arm: ArmConfig, flops: FlopsPerSample
+) -> list[PhaseConfig]:
+    """The same split as by time, in samples: a phase at mask ratio r (and image size s) gets
+    its share of ``budget_gflops`` divided by the counted FLOPs of one sample at (r, s) (times
+    its views), in whole batches, so every arm spends the budget to within one batch per phase,
+    whatever the machine's speed."""
+    batch = config.base_batch * arm.batch_scale
+    budget = config.budget_gflops * 1e9
+    tuning = budget * config.tuning_fraction if arm.unmasked_tuning else 0.0
+
+    def length(flops_share: float, per_sample: float) -> dict:
+        samples = max(1, int(flops_share / per_sample / batch)) * batch
+        return {"samples": samples, "warmup_samples": int(samples * config.warmup_fraction)}
+
+    pretrain = length(budget - tuning, flops[(arm.mask_ratio, arm.image_size)] * arm.views)
+    return _phases(config, arm, pretrain, length(tuning, flops[(0.0, 0)]) if tuning else None)
 
 
 def phase_gflops(phases: list[PhaseConfig], flops: FlopsPerSample, samples_seen: int) -> float:
@@ -72,7 +77,7 @@ def phase_gflops(phases: list[PhaseConfig], flops: FlopsPerSample, samples_seen:
     total, start = 0.0, 0
     for phase in phases:
         done = min(max(samples_seen - start, 0), phase.samples)
-        total += done * flops[phase.mask_ratio] * phase.views
+        total += done * flops[(phase.mask_ratio, phase.image_size)] * phase.views
         start += phase.samples
     return total / 1e9
 
@@ -81,28 +86,17 @@ def arm_phases(config: ExperimentConfig, arm: ArmConfig) -> list[PhaseConfig]:
     """Pre-training for the budget, or for all but tuning_fraction of it and then unmasked
     tuning for the rest. Lengths are on the trainer's clock, so every arm trains as long."""
     tuning_s = config.budget_s * config.tuning_fraction if arm.unmasked_tuning else 0.0
-    pretrain_s = config.budget_s - tuning_s
-    phases = [
-        PhaseConfig(
-            name="pretrain",
-            mask_ratio=arm.mask_ratio,
-            base_lr=config.base_lr,
-            seconds=pretrain_s,
-            warmup_seconds=pretrain_s * config.warmup_fraction,
-            views=arm.views,
-        )
-    ]
-    if tuning_s:
-        phases.append(
-            PhaseConfig(
-                name="unmasked_tuning",
-                mask_ratio=0.0,
-                base_lr=config.tuning_base_lr,
-                seconds=tuning_s,
-                warmup_seconds=tuning_s * config.warmup_fraction,
-            )
-        )
-    return phases
+
+    def length(seconds: float) -> dict:
+        return {"seconds": seconds, "warmup_seconds": seconds * config.warmup_fraction}
+
+    pretrain = length(config.budget_s - tuning_s)
+    return _phases(config, arm, pretrain, length(tuning_s) if tuning_s else None)
+
+
+def flops_settings(config: ExperimentConfig) -> list[tuple[float, int]]:
+    """The (mask ratio, image size) pairs whose compute the arms need counted."""
+    return sorted({(a.mask_ratio, a.image_size) for a in config.arms} | {(0.0, 0)})
 
 
 def arm_train_config(
@@ -119,20 +113,19 @@ def arm_train_config(
         phases = arm_phases_by_compute(config, arm, flops)
         steps = sum(p.samples for p in phases) // batch
         # evaluation points at equal shares of the compute: every so many steps
-        every = {"checkpoint_every_steps": max(1, steps // config.eval_points)}
-        every["checkpoint_every_s"] = 0.0
+        every_steps, every_s = max(1, steps // config.eval_points), 0.0
     else:
         phases = arm_phases(config, arm)
-        every = {"checkpoint_every_steps": 0}
-        every["checkpoint_every_s"] = config.budget_s / config.eval_points
+        every_steps, every_s = 0, config.budget_s / config.eval_points
     return replace(
         base,
         run_dir=url_join(arm_dir(config, arm, seed), "train"),
         phases=phases,
         batch_size=batch,
         seed=seed,
+        checkpoint_every_steps=every_steps,
+        checkpoint_every_s=every_s,
         resume=True,  # a rerun of the experiment continues an arm a crash cut short
-        **every,
     )
 
 
@@ -151,6 +144,8 @@ def validate(config: ExperimentConfig) -> None:
             raise ExperimentConfigError(
                 f"arm {arm.name}: mask_ratio in [0, 1), batch_scale >= 1 and views >= 1"
             )
+        if arm.image_size < 0:
+            raise ExperimentConfigError(f"arm {arm.name}: image_size >= 0 (0: the model's)")
         if "/" in arm.name or not arm.name:
             raise ExperimentConfigError(
                 f"arm name {arm.name!r} names a folder: no '/' and not empty"

@@ -16,6 +16,9 @@ class ArmConfig:
     # masked views of each pair per pre-training step: 2 spends what masking saves on a second
     # view of the same pairs rather than on more pairs (e.g. 50% masking, batch_scale 1)
     views: int = 1
+    # > 0: pre-train on images downsampled to this size (fewer patch tokens by resolution
+    # rather than by masking); unmasked tuning, if any, runs at the model's full size
+    image_size: int = 0
 
 
 def _paper_arms() -> list[ArmConfig]:

@@ -42,7 +42,9 @@ def results_table(summaries: list[ArmSummary], keys: list[str]) -> str:
     rows = [
         [
             s.arm,
-            f"{s.mask_ratio:.0%}",
+            f"{s.mask_ratio:.0%}"
+            + (f" ×{s.views} views" if s.views > 1 else "")
+            + (f" at {s.image_size} px" if s.image_size else ""),
             str(s.batch_size),
             str(s.seeds),
             f"{s.samples_seen.mean:,.0f}",
@@ -55,9 +57,13 @@ def results_table(summaries: list[ArmSummary], keys: list[str]) -> str:
     return _table(header, rows)
 
 
-def masking_table(summaries: list[ArmSummary], flops: dict[float, dict], key: str) -> str:
+def masking_table(
+    summaries: list[ArmSummary], flops: dict[tuple[float, int], dict], key: str
+) -> str:
     """The miniature of the paper's Table 1a: per mask ratio, compute per sample, time per
-    sample, samples in the budget, accuracy without and with unmasked tuning."""
+    sample, samples in the budget, accuracy without and with unmasked tuning (arms of one view
+    at full size; the others are in the results table)."""
+    summaries = [s for s in summaries if s.views == 1 and s.image_size == 0]
     header = [
         "mask ratio",
         "batch",
@@ -75,7 +81,7 @@ def masking_table(summaries: list[ArmSummary], flops: dict[float, dict], key: st
         )
         tuned = next((s for s in summaries if s.mask_ratio == ratio and s.unmasked_tuning), None)
         ref = plain or tuned
-        count = flops.get(ratio, {})
+        count = flops.get((ratio, 0), {})
         ms = 1000 * ref.train_seconds.mean / ref.samples_seen.mean
         rows.append(
             [
@@ -146,7 +152,7 @@ def plot_curves(runs: list[dict], key: str, x: str, xlabel: str) -> bytes:
 
 
 def write_outputs(
-    config: ExperimentConfig, runs: list[dict], flops: dict[float, dict], model: str
+    config: ExperimentConfig, runs: list[dict], flops: dict[tuple[float, int], dict], model: str
 ) -> list[str]:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +182,9 @@ def write_outputs(
         {
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "headline": config.headline,
-            "flops_per_sample": {str(k): v for k, v in flops.items()},
+            "flops_per_sample": {
+                f"{ratio}" + (f"@{size}px" if size else ""): v for (ratio, size), v in flops.items()
+            },
             "verdict": verdict(compared["versus_unmasked"]),
             "runs": runs,
         },

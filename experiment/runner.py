@@ -45,8 +45,8 @@ class ArmFailed(RuntimeError):
 
 def run_arms(config: ExperimentConfig, flops: FlopsPerSample | None = None) -> list[dict]:
     """Train and evaluate every (seed, arm); return one record per run with its points.
-    ``flops`` (counted training FLOPs per sample by mask ratio) sizes the arms' phases under a
-    compute budget."""
+    ``flops`` (counted training FLOPs per sample by mask ratio and image size) sizes the arms'
+    phases under a compute budget."""
     validate(config)
     if "://" in config.output_dir:
         raise ExperimentConfigError("output_dir is the experiment's local work folder (no URL)")
@@ -92,6 +92,7 @@ def run_arm(
         "batch_size": train_config.batch_size,
         "unmasked_tuning": arm.unmasked_tuning,
         "views": arm.views,
+        "image_size": arm.image_size,
         "budget_s": config.budget_s,
         "budget_gflops": config.budget_gflops,
         "points": points,
@@ -115,12 +116,13 @@ def check_same_setup(record: dict, config: ExperimentConfig, arm: ArmConfig, see
         "batch_size": config.base_batch * arm.batch_scale,
         "unmasked_tuning": arm.unmasked_tuning,
         "views": arm.views,
+        "image_size": arm.image_size,
         "budget_s": config.budget_s,
         "budget_gflops": config.budget_gflops,
         "seed": seed,
     }
     # records written before these settings existed ran with their defaults
-    was = {"views": 1, "budget_gflops": 0.0} | record
+    was = {"views": 1, "image_size": 0, "budget_gflops": 0.0} | record
     differing = {k: (was.get(k), v) for k, v in expected.items() if was.get(k) != v}
     if differing:
         raise ExperimentConfigError(

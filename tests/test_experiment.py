@@ -44,8 +44,8 @@ def test_every_arm_trains_for_the_same_budget():
     assert [a.batch_scale for a in config.arms] == [1, 2, 2, 4, 4]  # the paper's Table 1a
 
 
-# counted training FLOPs per sample by mask ratio, shaped like a small ViT's
-FLOPS = {0.0: 1.0e8, 0.5: 6.0e7, 0.75: 4.0e7}
+# counted training FLOPs per sample by (mask ratio, image size), shaped like a small ViT's
+FLOPS = {(0.0, 0): 1.0e8, (0.5, 0): 6.0e7, (0.75, 0): 4.0e7, (0.0, 32): 3.5e7}
 
 
 def test_a_compute_budget_gives_every_arm_the_same_counted_flops():
@@ -59,14 +59,14 @@ def test_a_compute_budget_gives_every_arm_the_same_counted_flops():
         batch = train.batch_size
         total = sum(p.samples for p in train.phases)
         spent = phase_gflops(train.phases, FLOPS, total)
-        assert 2000 - batch * FLOPS[0.0] / 1e9 * 2 < spent <= 2000
+        assert 2000 - batch * FLOPS[(0.0, 0)] / 1e9 * 2 < spent <= 2000
         assert all(p.samples % batch == 0 and not p.seconds for p in train.phases)
         assert train.checkpoint_every_s == 0
         assert train.checkpoint_every_steps == total // batch // 4
         if arm.unmasked_tuning:
             tuning = train.phases[1]
             assert tuning.mask_ratio == 0.0
-            assert tuning.samples * FLOPS[0.0] / 1e9 == pytest.approx(200, abs=batch / 10)
+            assert tuning.samples * FLOPS[(0.0, 0)] / 1e9 == pytest.approx(200, abs=batch / 10)
         assert train == arm_train_config(base, config, arm, seed=0, flops=FLOPS)
     # halfway through the first phase, half of that phase's compute
     flip75 = arm_train_config(base, config, config.arms[3], seed=0, flops=FLOPS)
@@ -83,6 +83,13 @@ def test_a_compute_budget_gives_every_arm_the_same_counted_flops():
     assert phase_gflops([phase_2v], FLOPS, phase_2v.samples) == pytest.approx(
         phase_gflops([phase_1v], FLOPS, phase_1v.samples), rel=0.01
     )
+    # pre-training at a lower resolution buys samples at its own counted cost; the tuning
+    # phase runs at full size
+    low_res = ArmConfig("clip32+tuning", batch_scale=2, image_size=32, unmasked_tuning=True)
+    phases = arm_train_config(base, config, low_res, 0, FLOPS).phases
+    assert [(p.mask_ratio, p.image_size) for p in phases] == [(0.0, 32), (0.0, 0)]
+    assert phases[0].samples * 3.5e7 / 1e9 == pytest.approx(1800, abs=16 * 3.5e7 / 1e9)
+    assert phase_gflops(phases, FLOPS, sum(p.samples for p in phases)) <= 2000
 
 
 def test_the_compute_curve_is_drawn_when_points_carry_compute(tmp_path):
@@ -215,26 +222,13 @@ def test_curve_averages_the_seeds_point_by_point():
     assert [x for x, _ in curve(runs, "t:m", "samples_seen")] == [100, 200]
 
 
-@pytest.mark.slow
-def test_make_experiment_in_miniature(tmp_path, shard_set, demo_corpus_dir):
+def _experiment_cli(tmp_path, shard_set, demo_corpus_dir, tasks: list[dict], *overrides: str):
+    """``python -m experiment`` on the micro model and the test shard set, evaluating ``tasks``
+    of the held-out emoji; returns (argv, output folder)."""
     out = tmp_path / "experiment"
     suite = tmp_path / "suite.yaml"
-    suite.write_text(
-        json.dumps(
-            {
-                "demo_corpus_dir": str(demo_corpus_dir),
-                "tasks": [
-                    {
-                        "name": "emoji",
-                        "dataset": "emoji_heldout",
-                        "task": "zeroshot_classification",
-                    },
-                    {"name": "emoji_r", "dataset": "emoji_heldout", "task": "retrieval"},
-                ],
-            }
-        )
-    )
-    args = [
+    suite.write_text(json.dumps({"demo_corpus_dir": str(demo_corpus_dir), "tasks": tasks}))
+    argv = [
         sys.executable,
         "-m",
         "experiment",
@@ -243,15 +237,31 @@ def test_make_experiment_in_miniature(tmp_path, shard_set, demo_corpus_dir):
         f"eval_config={suite}",
         f"train_overrides=[data.shards={shard_set}, model.name=flip_micro, data.workers=0, "
         "data.shuffle_buffer=16]",
-        "budget_s=4",
         "eval_points=2",
+        *overrides,
+    ]
+    return argv, out
+
+
+@pytest.mark.slow
+def test_make_experiment_in_miniature(tmp_path, shard_set, demo_corpus_dir):
+    tasks = [
+        {"name": "emoji", "dataset": "emoji_heldout", "task": "zeroshot_classification"},
+        {"name": "emoji_r", "dataset": "emoji_heldout", "task": "retrieval"},
+    ]
+    args, out = _experiment_cli(
+        tmp_path,
+        shard_set,
+        demo_corpus_dir,
+        tasks,
+        "budget_s=4",
         "base_batch=8",
         "seeds=[0, 1]",
         "arms=[{name: clip, mask_ratio: 0.0}, "
         "{name: flip75+tuning, mask_ratio: 0.75, batch_scale: 2, unmasked_tuning: true}]",
         "headline=emoji:top1",
         "table_metrics=[emoji_r:image_retrieval_recall@10]",
-    ]
+    )
     first = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for name in ("results.md", "masking_table.md", "writeup.md", "results.json"):
@@ -289,46 +299,25 @@ def test_an_arm_on_a_compute_budget_runs_its_counted_samples(tmp_path, shard_set
     of counted GFLOPs; its points carry their compute, ending at the budget."""
     from experiment.flops import train_flops_per_sample
 
-    per_sample = train_flops_per_sample("flip_micro", "openclip", [0.0, 0.5])
+    per_sample = train_flops_per_sample("flip_micro", "openclip", [(0.0, 0), (0.5, 0)])
     batch = 8
     # about 6 steps of two half-masked views and 2 unmasked steps
-    cost = {r: c["total"] for r, c in per_sample.items()}
+    cost = {r: c["total"] for (r, _), c in per_sample.items()}
     budget = batch * (6 * 2 * cost[0.5] + 2 * cost[0.0]) / 1e9
-    out = tmp_path / "experiment"
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(
-        json.dumps(
-            {
-                "demo_corpus_dir": str(demo_corpus_dir),
-                "tasks": [
-                    {
-                        "name": "emoji_r",
-                        "dataset": "emoji_heldout",
-                        "task": "retrieval",
-                        "limit": 64,
-                    }
-                ],
-            }
-        )
-    )
-    args = [
-        sys.executable,
-        "-m",
-        "experiment",
-        "configs/experiment/flip_vs_clip.yaml",
-        f"output_dir={out}",
-        f"eval_config={suite}",
-        f"train_overrides=[data.shards={shard_set}, model.name=flip_micro, data.workers=0, "
-        "data.shuffle_buffer=16]",
+    task = {"name": "emoji_r", "dataset": "emoji_heldout", "task": "retrieval", "limit": 64}
+    args, out = _experiment_cli(
+        tmp_path,
+        shard_set,
+        demo_corpus_dir,
+        [task],
         f"budget_gflops={budget}",
         "tuning_fraction=0.25",
-        "eval_points=2",
         f"base_batch={batch}",
         "seeds=[0]",
         "arms=[{name: flip50x2+tuning, mask_ratio: 0.5, views: 2, unmasked_tuning: true}]",
         "headline=emoji_r:image_retrieval_recall@10",
         "table_metrics=[]",
-    ]
+    )
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = json.loads((out / "results.json").read_text())["runs"]

@@ -244,6 +244,63 @@ def test_a_phase_of_two_masked_views_trains_through_the_cli(tmp_path, shard_set)
     assert bad.returncode == 2 and "views must be >= 1" in bad.stderr
 
 
+def test_any_resolution_is_open_clips_forward_at_full_size_and_trains_the_embedding_below():
+    from training.resolution import downsample, enable_any_resolution
+
+    torch.manual_seed(0)
+    model, _, _ = build_model("flip_micro")  # 32 px, 8 px patches
+    model.eval()
+    images = torch.randn(3, 3, 32, 32)
+    before = model.encode_image(images)
+    enable_any_resolution(model)
+    assert torch.equal(model.encode_image(images), before)  # open_clip's own code at 32 px
+    seen = []
+    model.visual.transformer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    small = downsample(images, 16)
+    assert small.shape == (3, 3, 16, 16)
+    model.train()
+    model.encode_image(small).sum().backward()
+    assert seen[-1][1] == 1 + 4  # a 2x2 grid and the class token
+    # the resized embedding is in the graph: its full-size parameter learns from small images
+    grad = model.visual.positional_embedding.grad
+    assert grad is not None and grad.shape == (1 + 16, 64) and grad[1:].abs().sum() > 0
+
+
+def test_a_low_resolution_phase_then_full_size_tuning_through_the_cli(tmp_path, shard_set):
+    import subprocess
+    import sys
+
+    from tests.conftest import micro_training_args
+
+    run_dir = tmp_path / "run"
+    phases = (
+        "phases=[{name: pretrain, mask_ratio: 0.0, image_size: 16, samples: 32, base_lr: 1e-3}, "
+        "{name: unmasked_tuning, mask_ratio: 0.0, samples: 16, base_lr: 1.0e-4}]"
+    )
+    result = subprocess.run(
+        [sys.executable, *micro_training_args(run_dir, shard_set, phases, "log_every_steps=1")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "phase pretrain: mask ratio 0.00 at 16 px, 4 steps" in result.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples_seen"] for r in records] == [8, 16, 24, 32, 40, 48]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    # the checkpoint is a plain open_clip model at its own size
+    model, _, _ = build_model("flip_micro")
+    checkpoint = latest_checkpoint(str(run_dir))
+    load_weights_into(model, read_weights(checkpoint), checkpoint)
+    assert model.encode_image(torch.randn(1, 3, 32, 32)).shape == (1, 64)
+    bad = subprocess.run(
+        [sys.executable, *micro_training_args(run_dir, shard_set, phases.replace("16,", "12,"))],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "multiple of the model's 8 px patch" in bad.stderr
+
+
 def test_two_phase_run_writes_checkpoints_metrics_and_plot(micro_run):
     latest = latest_checkpoint(str(micro_run))
     assert latest.endswith("step_00000006")  # 32/8 masked + 16/8 unmasked steps

@@ -28,6 +28,10 @@ class PhaseConfig:
     # view of the same image (its own random patches) instead of on more pairs; the loss is the
     # mean of the views' losses. Each view also runs the text tower (the batch is repeated).
     views: int = 1
+    # Train this phase on images downsampled to this many pixels a side (0: the model's size),
+    # a multiple of the patch: fewer patch tokens, like masking, but every region is seen at
+    # lower detail. A later phase at 0 tunes the same weights at full size.
+    image_size: int = 0
 
 
 @dataclass

@@ -19,6 +19,7 @@ class PhasePlan:
     seconds: float = 0.0  # > 0: a timed phase (length and schedule on the training clock)
     warmup_seconds: float = 0.0
     views: int = 1  # masked views of each pair per step
+    image_size: int = 0  # > 0: images downsampled to this size (0: the model's)
 
     def finished(self, phase_step: int, phase_seconds: float) -> bool:
         if self.seconds:
@@ -44,6 +45,8 @@ def plan_phases(
             raise UserError(f"phase {phase.name}: seconds and warmup_seconds must be >= 0")
         if phase.views < 1:
             raise UserError(f"phase {phase.name}: views must be >= 1")
+        if phase.image_size < 0:
+            raise UserError(f"phase {phase.name}: image_size must be >= 0 (0: the model's)")
         peak_lr = scaled_lr(phase.base_lr, global_batch)
         if phase.seconds and not steps_override:
             if phase.warmup_seconds > phase.seconds:
@@ -58,12 +61,21 @@ def plan_phases(
                     phase.seconds,
                     phase.warmup_seconds,
                     phase.views,
+                    phase.image_size,
                 )
             )
             continue
         steps = steps_override or max(1, phase.samples // global_batch)
         warmup = 0 if steps_override else min(steps, phase.warmup_samples // global_batch)
         plans.append(
-            PhasePlan(phase.name, phase.mask_ratio, steps, warmup, peak_lr, views=phase.views)
+            PhasePlan(
+                phase.name,
+                phase.mask_ratio,
+                steps,
+                warmup,
+                peak_lr,
+                views=phase.views,
+                image_size=phase.image_size,
+            )
         )
     return plans

@@ -23,6 +23,7 @@ from training.distributed import Dist, init_distributed, resolve_device
 from training.model import build_model, preprocess_cfg
 from training.optim import build_optimizer
 from training.phases import PhasePlan, plan_phases
+from training.resolution import check_image_size, enable_any_resolution
 from training.sharding import shard_model
 from training.text_lengths import group_text_by_length
 
@@ -70,6 +71,9 @@ def set_up(config: TrainConfig) -> TrainRun:
 
     sharded = dist_info.world_size > 1 and config.parallelism == "fsdp"
     model, model_cfg, reg_name = _build_model(config, dist_info, device, sharded)
+    for size in {plan.image_size for plan in plans if plan.image_size}:
+        check_image_size(size, model)
+        enable_any_resolution(model)
     optimizer = build_optimizer(model, plans[0].peak_lr, config.weight_decay, tuple(config.betas))
     state, last_checkpoint = ckpt.TrainState(), None
     if config.resume:

@@ -19,6 +19,7 @@ from training.masking import set_mask_ratio
 from training.observe import Progress, Watchers, plot_curves
 from training.optim import set_lr
 from training.phases import PhasePlan
+from training.resolution import downsample
 from training.setup import TrainRun, set_up
 from training.sharding import average_replicated_grads
 from training.step import forward_backward
@@ -82,7 +83,7 @@ def _train_phase(
         t0 = time.perf_counter()
         images, tokens, skipped = next(batches)
         data_time = time.perf_counter() - t0
-        loss = _step(run, images, tokens, run.splits[phase_index].accum_steps, plan.views)
+        loss = _step(run, images, tokens, run.splits[phase_index].accum_steps, plan)
         step_seconds = time.perf_counter() - t0
         if clocked:
             step_seconds = agreed_max(step_seconds, run.device)
@@ -122,10 +123,11 @@ def _log_phase_start(run: TrainRun, phase_index: int) -> None:
     plan, split = run.plans[phase_index], run.splits[phase_index]
     set_mask_ratio(run.model, plan.mask_ratio)
     log.info(
-        "phase %s: mask ratio %.2f%s, %s, peak lr %.2e, %d micro-batch(es) of %d per step",
+        "phase %s: mask ratio %.2f%s%s, %s, peak lr %.2e, %d micro-batch(es) of %d per step",
         plan.name,
         plan.mask_ratio,
         f" x {plan.views} views" if plan.views > 1 else "",
+        f" at {plan.image_size} px" if plan.image_size else "",
         f"{plan.seconds:g} s of training time" if plan.seconds else f"{plan.steps} steps",
         plan.peak_lr,
         split.accum_steps,
@@ -162,14 +164,16 @@ def _report(
 
 
 def _step(
-    run: TrainRun, images: torch.Tensor, tokens: torch.Tensor, accum_steps: int, views: int = 1
+    run: TrainRun, images: torch.Tensor, tokens: torch.Tensor, accum_steps: int, plan: PhasePlan
 ):
     """One optimizer step on a batch fresh from the loader; returns the loss (on the device)."""
     images = run.to_model_input(images.to(run.device, non_blocking=True))
+    if plan.image_size:
+        images = downsample(images, plan.image_size)
     tokens = tokens.to(run.device, non_blocking=True)
     run.optimizer.zero_grad(set_to_none=True)
     loss = forward_backward(
-        run.train_model, run.model, images, tokens, run.autocast, accum_steps, views
+        run.train_model, run.model, images, tokens, run.autocast, accum_steps, plan.views
     )
     if run.sharded:
         average_replicated_grads(run.model)
