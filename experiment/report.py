@@ -274,7 +274,8 @@ def _budget_line(config: ExperimentConfig) -> str:
         return (
             f"- Every arm trains on {config.budget_gflops:g} GFLOPs of counted training compute "
             "(forward + backward FLOPs per sample counted on the model at the phase's mask "
-            "ratio × samples, in whole batches), warmup and cosine decay over its samples; "
+            "ratio and image size, × its views, × samples, in whole batches), warmup and cosine "
+            "decay over its samples; "
         )
     return (
         f"- Every arm trains for {config.budget_s:g} s on the trainer's clock (the step loop; "
@@ -292,7 +293,7 @@ def _setup_lines(config: ExperimentConfig, model: str) -> list[str]:
         f"- Batch {config.base_batch} × the arm's scale (the paper's Table 1a: 1×, 2×, 4× for "
         f"0%, 50%, 75%); lr = {config.base_lr:g} × batch / 256.",
         f"- +tuning arms spend the last {config.tuning_fraction:.0%} of the same budget "
-        f"unmasked (lr {config.tuning_base_lr:g} × batch / 256).",
+        f"unmasked at full size (lr {config.tuning_base_lr:g} × batch / 256).",
         f"- Evaluated at {config.eval_points} equal shares of the budget and at phase ends.",
         "",
     ]

@@ -78,6 +78,24 @@ def test_missing_dataset_names_what_to_install(monkeypatch, tmp_path):
         datasets.heldout_retrieval(str(tmp_path), "emoji_heldout")
 
 
+def test_held_out_concepts_are_the_corpus_items_never_trained_on(demo_corpus_dir, tmp_path):
+    import pandas as pd
+
+    items = pd.read_parquet(demo_corpus_dir / "items.parquet")
+    held = items[items["split"] == "concept_heldout"]
+    assert len(held) and not set(held["concept"]) & set(items[items["split"] == "train"]["concept"])
+    names = datasets.heldout_classification(str(demo_corpus_dir), "concepts_heldout", "name")
+    texts = datasets.heldout_retrieval(str(demo_corpus_dir), "concepts_heldout")
+    kept = held[~held["name"].str.contains("skin tone")]
+    assert len(names.images) == len(texts.images) == len(kept)
+    assert sorted(names.classnames) == sorted(set(kept["name"].str.lower()))
+    assert sorted(texts.captions) == sorted(kept["caption"])
+    # a corpus rendered before concepts were held out says what to do
+    items[items["split"] != "concept_heldout"].to_parquet(tmp_path / "items.parquet")
+    with pytest.raises(datasets.DatasetMissing, match="older version"):
+        datasets.heldout_retrieval(str(tmp_path), "concepts_heldout")
+
+
 def _suite(limit: int) -> list[TaskConfig]:
     return [
         TaskConfig(

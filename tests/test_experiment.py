@@ -3,10 +3,12 @@ the whole thing through its command line."""
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from experiment.analysis import (
@@ -42,6 +44,20 @@ def test_every_arm_trains_for_the_same_budget():
         else:
             assert len(train.phases) == 1
     assert [a.batch_scale for a in config.arms] == [1, 2, 2, 4, 4]  # the paper's Table 1a
+
+
+def test_the_full_experiment_holds_the_default_arms_on_the_same_budget():
+    from flipcommon.config import load_config
+
+    default = load_config(ExperimentConfig, "configs/experiment/flip_vs_clip.yaml")
+    full = load_config(ExperimentConfig, "configs/experiment/flip_vs_clip_full.yaml")
+    for config in (default, full):
+        validate(config)
+    assert default.budget_gflops > 0 and full.budget_gflops == default.budget_gflops
+    assert all(arm in full.arms for arm in default.arms) and len(full.arms) > len(default.arms)
+    same = ("train_config", "train_overrides", "eval_config", "seeds", "base_batch", "base_lr")
+    assert all(getattr(full, key) == getattr(default, key) for key in same)
+    assert full.output_dir != default.output_dir  # a rerun of either resumes its own arms
 
 
 # counted training FLOPs per sample by (mask ratio, image size), shaped like a small ViT's
@@ -243,6 +259,26 @@ def _experiment_cli(tmp_path, shard_set, demo_corpus_dir, tasks: list[dict], *ov
     return argv, out
 
 
+def _one_arm_on_compute(
+    tmp_path, shard_set, demo_corpus_dir, budget: float, arm: str, *overrides: str
+):
+    """One seed of one arm on a budget of ``budget`` GFLOPs, evaluated by retrieval on the
+    held-out emoji."""
+    task = {"name": "emoji_r", "dataset": "emoji_heldout", "task": "retrieval", "limit": 64}
+    return _experiment_cli(
+        tmp_path,
+        shard_set,
+        demo_corpus_dir,
+        [task],
+        f"budget_gflops={budget}",
+        "seeds=[0]",
+        f"arms=[{arm}]",
+        "headline=emoji_r:image_retrieval_recall@10",
+        "table_metrics=[]",
+        *overrides,
+    )
+
+
 @pytest.mark.slow
 def test_make_experiment_in_miniature(tmp_path, shard_set, demo_corpus_dir):
     tasks = [
@@ -255,6 +291,7 @@ def test_make_experiment_in_miniature(tmp_path, shard_set, demo_corpus_dir):
         demo_corpus_dir,
         tasks,
         "budget_s=4",
+        "budget_gflops=0",
         "base_batch=8",
         "seeds=[0, 1]",
         "arms=[{name: clip, mask_ratio: 0.0}, "
@@ -304,19 +341,14 @@ def test_an_arm_on_a_compute_budget_runs_its_counted_samples(tmp_path, shard_set
     # about 6 steps of two half-masked views and 2 unmasked steps
     cost = {r: c["total"] for (r, _), c in per_sample.items()}
     budget = batch * (6 * 2 * cost[0.5] + 2 * cost[0.0]) / 1e9
-    task = {"name": "emoji_r", "dataset": "emoji_heldout", "task": "retrieval", "limit": 64}
-    args, out = _experiment_cli(
+    args, out = _one_arm_on_compute(
         tmp_path,
         shard_set,
         demo_corpus_dir,
-        [task],
-        f"budget_gflops={budget}",
+        budget,
+        "{name: flip50x2+tuning, mask_ratio: 0.5, views: 2, unmasked_tuning: true}",
         "tuning_fraction=0.25",
         f"base_batch={batch}",
-        "seeds=[0]",
-        "arms=[{name: flip50x2+tuning, mask_ratio: 0.5, views: 2, unmasked_tuning: true}]",
-        "headline=emoji_r:image_retrieval_recall@10",
-        "table_metrics=[]",
     )
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -333,3 +365,43 @@ def test_an_arm_on_a_compute_budget_runs_its_counted_samples(tmp_path, shard_set
     assert [p["gflops"] for p in points] == sorted(p["gflops"] for p in points)
     assert (out / "accuracy_vs_compute.png").read_bytes()[:4] == b"\x89PNG"
     assert "equal training compute" in (out / "writeup.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_an_arm_a_crash_cut_short(tmp_path, shard_set, demo_corpus_dir):
+    """On a compute budget an arm is a run of sample phases: cut short after its first
+    checkpoint, a rerun of the experiment continues it and ends on the very weights of an
+    uninterrupted run."""
+    from experiment.flops import train_flops_per_sample
+    from flipcommon.checkpoints import LATEST_FILE, latest_checkpoint, read_weights
+
+    per_sample = train_flops_per_sample("flip_micro", "openclip", [(0.0, 0)])[(0.0, 0)]
+    budget = 8 * 8 * per_sample["total"] / 1e9  # 8 steps of 8
+    args, out = _one_arm_on_compute(
+        tmp_path,
+        shard_set,
+        demo_corpus_dir,
+        budget,
+        "{name: clip, mask_ratio: 0.0}",
+        "base_batch=8",
+        "keep_checkpoints=all",
+    )
+    first = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    train_dir = out / "arms" / "clip" / "seed0" / "train"
+    uninterrupted = read_weights(latest_checkpoint(str(train_dir)))
+    checkpoints = sorted(p for p in (train_dir / "checkpoints").iterdir() if p.is_dir())
+    assert len(checkpoints) == 2  # halfway and at the end
+    # what a crash after the first checkpoint leaves: no points.json, LATEST on the first
+    (out / "arms" / "clip" / "seed0" / "points.json").unlink()
+    shutil.rmtree(checkpoints[1])
+    (train_dir / "checkpoints" / LATEST_FILE).write_text(checkpoints[0].name)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    log = (out / "arms" / "clip" / "seed0" / "train.log").read_text()
+    assert f"resumed from {checkpoints[0]} at step 4" in log
+    resumed = read_weights(latest_checkpoint(str(train_dir)))
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert [p["samples_seen"] for p in run["points"]] == [32, 64]
