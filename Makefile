@@ -12,7 +12,7 @@ TRAIN_CONFIG ?= configs/train/$(MODEL).yaml
 SUITE ?= demo
 EVAL_CONFIG ?= configs/eval/$(SUITE).yaml
 CHECKPOINT ?=
-# FULL=1: every arm of the experiment (about 3.5 hours) instead of the default four
+# FULL=1: every arm of the experiment (about 3 hours, estimated) instead of the default four
 EXPERIMENT_CONFIG ?= configs/experiment/$(if $(FULL),flip_vs_clip_full,flip_vs_clip).yaml
 EXPLORE_CONFIG ?= configs/explore/demo.yaml
 ARGS ?=
@@ -35,8 +35,8 @@ help:
 	@echo "make shards            build the shard set      (PIPELINE_CONFIG=$(PIPELINE_CONFIG))"
 	@echo "make train MODEL=...   train a FLIP model        (configs/train/MODEL.yaml)"
 	@echo "make eval              evaluate a checkpoint on a suite (SUITE=demo CHECKPOINT=newest)"
-	@echo "make experiment        FLIP vs CLIP at equal training compute, 4 arms x 3 seeds (~90 min)"
-	@echo "make experiment FULL=1 the same with all 8 arms (~3.5 h on 2 cores)"
+	@echo "make experiment        FLIP vs CLIP at equal training compute, 4 arms x 3 seeds (~75 min)"
+	@echo "make experiment FULL=1 the same with all 8 arms (~3 h on 2 cores, estimated)"
 	@echo "make explore           search the demo shard set by text in a browser (clip-retrieval)"
 	@echo "make manifests         render infra/generated/ from infra/deploy.yaml"
 	@echo "make cluster-demo      rehearse the cloud jobs here (standalone Spark, torchrun x2)"

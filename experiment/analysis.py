@@ -172,15 +172,27 @@ def compare(arm: ArmSummary, baseline: ArmSummary, key: str, chance: float = 0.0
     )
 
 
+def _plain_clip(summaries: list[ArmSummary]) -> ArmSummary | None:
+    return next(
+        (
+            s
+            for s in summaries
+            if s.mask_ratio == 0 and not s.unmasked_tuning and s.views == 1 and not s.image_size
+        ),
+        None,
+    )
+
+
 def comparisons(
     summaries: list[ArmSummary], key: str, chance: float = 0.0
 ) -> dict[str, list[Comparison]]:
-    """Each masked arm against the unmasked baseline (the first arm with mask ratio 0), and
-    each +tuning arm against the same ratio without tuning."""
-    baseline = next((s for s in summaries if s.mask_ratio == 0 and not s.unmasked_tuning), None)
+    """Every other arm against the unmasked baseline (the first plain CLIP arm: no masking, no
+    tuning, one view at full size), and each +tuning arm against the same ratio without
+    tuning."""
+    baseline = _plain_clip(summaries)
     versus_clip = []
     if baseline is not None:
-        versus_clip = [compare(s, baseline, key, chance) for s in summaries if s.mask_ratio > 0]
+        versus_clip = [compare(s, baseline, key, chance) for s in summaries if s is not baseline]
     versus_untuned = []
     for tuned in (s for s in summaries if s.unmasked_tuning):
         untuned = next(
@@ -198,27 +210,28 @@ def comparisons(
     return {"versus_unmasked": versus_clip, "tuning": versus_untuned}
 
 
-def verdict(versus_unmasked: list[Comparison]) -> str:
-    """One sentence on whether FLIP beat CLIP at equal training time here."""
+def verdict(versus_unmasked: list[Comparison], budget: str = "training time") -> str:
+    """One sentence on whether FLIP (or another way of spending the budget) beat CLIP at equal
+    ``budget`` here."""
     if not versus_unmasked:
-        return "no masked arm was compared with an unmasked one"
+        return "no arm was compared with plain unmasked CLIP"
     outcomes = {c.outcome for c in versus_unmasked}
     winners = [c.arm for c in versus_unmasked if c.outcome == "better"]
     if winners:
-        return f"FLIP beat CLIP at equal training time: {', '.join(winners)} scored higher"
+        return f"FLIP beat CLIP at equal {budget}: {', '.join(winners)} scored higher"
     if outcomes == {"worse"}:
-        return "CLIP beat FLIP at equal training time: every masked arm scored lower"
+        return f"CLIP beat FLIP at equal {budget}: every other arm scored lower"
     if "undecided" in outcomes:
         return "undecided: one seed gives no error bars"
     losers = [c.arm for c in versus_unmasked if c.outcome == "worse"]
     tail = f" ({', '.join(losers)} scored lower)" if losers else ""
-    return "FLIP did not beat CLIP at equal training time: no masked arm scored higher" + tail
+    return f"FLIP did not beat CLIP at equal {budget}: no other arm scored higher" + tail
 
 
 def budget_use(summaries: list[ArmSummary]) -> list[str]:
     """How each masked arm spent the same time, against the unmasked baseline: samples seen and
     optimizer steps taken (a larger batch sees more samples in fewer steps)."""
-    baseline = next((s for s in summaries if s.mask_ratio == 0 and not s.unmasked_tuning), None)
+    baseline = _plain_clip(summaries)
     if baseline is None:
         return []
     lines = []

@@ -185,7 +185,7 @@ def write_outputs(
             "flops_per_sample": {
                 f"{ratio}" + (f"@{size}px" if size else ""): v for (ratio, size), v in flops.items()
             },
-            "verdict": verdict(compared["versus_unmasked"]),
+            "verdict": verdict(compared["versus_unmasked"], _budget_word(config)),
             "runs": runs,
         },
     )
@@ -217,7 +217,8 @@ def writeup(
         f"Generated {dt.date.today().isoformat()} by `make experiment` from "
         f"{config.output_dir}/results.json.",
         "",
-        f"**Result: {verdict(compared['versus_unmasked'])}** (headline metric "
+        f"**Result: {verdict(compared['versus_unmasked'], _budget_word(config))}** "
+        "(headline metric "
         f"`{config.headline}`, at the end of each run; a difference whose Welch's t-test over "
         "seeds gives p < 0.05 counts as better or worse, others as a tie).",
         "",
@@ -267,6 +268,10 @@ READING = [
     "(400M pairs, large ViTs, GPUs) is where its claim was made.",
     "",
 ]
+
+
+def _budget_word(config: ExperimentConfig) -> str:
+    return "training compute" if config.budget_gflops > 0 else "training time"
 
 
 def _budget_line(config: ExperimentConfig) -> str:
