@@ -211,36 +211,39 @@ def test_timed_phases_run_for_their_training_time(tmp_path, shard_set):
     assert any(1.0 <= s < 2.0 for s in seconds)  # the one at 1 s, mid-pretraining
 
 
-def test_a_phase_of_two_masked_views_trains_through_the_cli(tmp_path, shard_set):
+def _two_phase_cli(run_dir, shard_set, phases: str, *overrides: str):
+    """``python -m training`` on the micro model with ``phases``; returns the finished process."""
     import subprocess
     import sys
 
     from tests.conftest import micro_training_args
 
+    return subprocess.run(
+        [sys.executable, *micro_training_args(run_dir, shard_set, phases, *overrides)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _logged_samples(run_dir) -> list[int]:
+    """Samples seen at each logged step; every logged loss is finite."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    return [r["samples_seen"] for r in records]
+
+
+def test_a_phase_of_two_masked_views_trains_through_the_cli(tmp_path, shard_set):
     run_dir = tmp_path / "run"
     phases = (
         "phases=[{name: pretrain, mask_ratio: 0.5, views: 2, samples: 32, base_lr: 1.0e-3}, "
         "{name: unmasked_tuning, mask_ratio: 0.0, samples: 16, base_lr: 1.0e-4}]"
     )
-    result = subprocess.run(
-        [sys.executable, *micro_training_args(run_dir, shard_set, phases, "log_every_steps=1")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _two_phase_cli(run_dir, shard_set, phases, "log_every_steps=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "phase pretrain: mask ratio 0.50 x 2 views, 4 steps" in result.stderr
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["samples_seen"] for r in records] == [8, 16, 24, 32, 40, 48]  # pairs, not views
-    assert all(r["loss"] == r["loss"] for r in records)  # finite
-    bad = subprocess.run(
-        [
-            sys.executable,
-            *micro_training_args(run_dir, shard_set, phases.replace("views: 2", "views: 0")),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    assert _logged_samples(run_dir) == [8, 16, 24, 32, 40, 48]  # pairs, not views
+    bad = _two_phase_cli(run_dir, shard_set, phases.replace("views: 2", "views: 0"))
     assert bad.returncode == 2 and "views must be >= 1" in bad.stderr
 
 
@@ -267,37 +270,21 @@ def test_any_resolution_is_open_clips_forward_at_full_size_and_trains_the_embedd
 
 
 def test_a_low_resolution_phase_then_full_size_tuning_through_the_cli(tmp_path, shard_set):
-    import subprocess
-    import sys
-
-    from tests.conftest import micro_training_args
-
     run_dir = tmp_path / "run"
     phases = (
         "phases=[{name: pretrain, mask_ratio: 0.0, image_size: 16, samples: 32, base_lr: 1e-3}, "
         "{name: unmasked_tuning, mask_ratio: 0.0, samples: 16, base_lr: 1.0e-4}]"
     )
-    result = subprocess.run(
-        [sys.executable, *micro_training_args(run_dir, shard_set, phases, "log_every_steps=1")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _two_phase_cli(run_dir, shard_set, phases, "log_every_steps=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "phase pretrain: mask ratio 0.00 at 16 px, 4 steps" in result.stderr
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["samples_seen"] for r in records] == [8, 16, 24, 32, 40, 48]
-    assert all(math.isfinite(r["loss"]) for r in records)
+    assert _logged_samples(run_dir) == [8, 16, 24, 32, 40, 48]
     # the checkpoint is a plain open_clip model at its own size
     model, _, _ = build_model("flip_micro")
     checkpoint = latest_checkpoint(str(run_dir))
     load_weights_into(model, read_weights(checkpoint), checkpoint)
     assert model.encode_image(torch.randn(1, 3, 32, 32)).shape == (1, 64)
-    bad = subprocess.run(
-        [sys.executable, *micro_training_args(run_dir, shard_set, phases.replace("16,", "12,"))],
-        capture_output=True,
-        text=True,
-    )
+    bad = _two_phase_cli(run_dir, shard_set, phases.replace("16,", "12,"))
     assert bad.returncode == 2 and "multiple of the model's 8 px patch" in bad.stderr
 
 
