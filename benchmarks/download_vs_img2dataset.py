@@ -65,21 +65,32 @@ def run_ours(url_list: str, out: str, args) -> int:
         threads=args.threads,
     )
     fetch = FetchConfig(deadline_s=20, socket_timeout_s=10, allowed_networks=["127.0.0.0/8"])
-    download_shards(url_list, out, download, fetch)
+    download_shards(split_url_list(url_list, f"{out}-urls", args.per_shard), out, download, fetch)
     return shard_span(out)
+
+
+def split_url_list(path: str, folder: str, per_shard: int):
+    """The one-file URL list cut into our per-shard parts (as img2dataset's reader cuts it)."""
+    from pipeline.url_shards import UrlList, part_url
+
+    table = pq.read_table(path)
+    os.makedirs(folder, exist_ok=True)
+    for shard, start in enumerate(range(0, table.num_rows, per_shard)):
+        pq.write_table(table.slice(start, per_shard), part_url(folder, shard))
+    return UrlList(folder, table.num_rows, per_shard)
 
 
 def run_img2dataset(url_list: str, out: str, args) -> int:
     from img2dataset import download
 
-    from pipeline.download import EXTRA_COLUMNS
+    from pipeline.url_shards import URL_COLUMNS
 
     download(
         url_list=url_list,
         input_format="parquet",
         url_col="URL",
         caption_col="TEXT",
-        save_additional_columns=list(EXTRA_COLUMNS),
+        save_additional_columns=[c for c in URL_COLUMNS if c not in ("URL", "TEXT")],
         output_folder=out,
         output_format="webdataset",
         image_size=args.image_size,

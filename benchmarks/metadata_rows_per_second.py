@@ -125,6 +125,7 @@ def main() -> None:
     from pipeline import filters, ingest, url_shards
     from pipeline.config import FilterConfig, SparkConfig
     from pipeline.spark_session import get_spark
+    from pipeline.stage import deduplicated
 
     start = time.perf_counter()
     files = ensure_data(Path(args.data), args.rows)
@@ -159,7 +160,7 @@ def main() -> None:
         start = time.perf_counter()
         metadata = ingest.read_metadata(spark, files, "parquet")
         kept, drops = filters.apply_rules(metadata, rules)
-        unique = kept.dropDuplicates(["URL", "TEXT"]).cache()
+        unique = deduplicated(kept).cache()
         sent = unique.count()
         filtered_at = time.perf_counter()
         url_shards.write_url_list(unique, out, sent, 10_000)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -31,14 +32,14 @@ from pipeline.config import DownloadConfig, FetchConfig, SparkConfig  # noqa: E4
 from pipeline.domains import SPREAD_FILE  # noqa: E402
 from pipeline.download import download_shards  # noqa: E402
 from pipeline.spark_session import get_spark  # noqa: E402
-from pipeline.url_shards import URL_COLUMNS, write_url_list  # noqa: E402
+from pipeline.url_shards import URL_COLUMNS, UrlList, write_url_list  # noqa: E402
 from tests.hostile_web import HostileWeb, max_requests_in_window  # noqa: E402
 
 TASKS = 2
 SAMPLES_PER_SHARD = 12
 
 
-def run(spark, url_list: str, out: str, interval: float, webs: list[HostileWeb]) -> list[list]:
+def run(spark, url_list: UrlList, out: str, interval: float, webs: list[HostileWeb]) -> list[list]:
     for web in webs:
         web.requests.clear()
     download = DownloadConfig(image_size=32, samples_per_shard=SAMPLES_PER_SHARD, threads=8)
@@ -74,9 +75,9 @@ def main() -> None:
         frame["TEXT"], frame["LICENSE"], frame["NSFW"], frame["similarity"] = "x", "?", "?", 0.3
         df = spark.createDataFrame(frame).select(*URL_COLUMNS)
         ours = write_url_list(df, f"{tmp}/ours", len(urls), SAMPLES_PER_SHARD)
-        per_task = f"{tmp}/per-task-urls"
-        shutil.copytree(ours, per_task)
-        os.remove(f"{per_task}/{SPREAD_FILE}")
+        per_task = dataclasses.replace(ours, path=f"{tmp}/per-task-urls")
+        shutil.copytree(ours.path, per_task.path)
+        os.remove(f"{per_task.path}/{SPREAD_FILE}")
         print(f"interval I = {args.interval} s (1/I = {1 / args.interval:g}/s), {TASKS} tasks")
         report(
             "ours (cluster-wide)", run(spark, ours, f"{tmp}/a", args.interval, webs), args.interval

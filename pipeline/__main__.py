@@ -12,13 +12,14 @@ HELP = """\
 Build a webdataset shard set from image-text metadata, on Spark.
 
 Steps: read metadata (LAION-400M parquet schema, or csv/json with URL and TEXT columns) →
-rule filters (caption length …) → exact dedup on (URL, TEXT) → URL list → download, one Spark
-task per shard (img2dataset's sharding, resizer and writer; our fetch step: one wall-clock
+rule filters (caption length …) → exact dedup on (URL, TEXT) → URL list (one part per shard,
+reused by a rerun) → download in one Spark job, one task per shard (img2dataset's resizer and
+writer; our fetch step: one wall-clock
 deadline per attempt over every phase — DNS, connect, TLS, headers, body, redirects —, backoff on
 429/5xx honouring Retry-After, a per-site interval that holds for the whole cluster
 (fetch.per_domain_interval_s), the X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap; a
 shard budget, download.shard_deadline_s, that ends requests in flight) → a final pass
-re-fetching samples that failed retryably → sizes.json and manifest.json (written last). While
+re-fetching samples that failed retryably into new shards → sizes.json and manifest.json (written last). While
 it downloads, the driver prints samples done, images/s, success rate and the top failure
 reasons every download.progress_interval_s. Optional: decontamination
 against evaluation images (decontamination.sources), and a CLIP-score filter into a new shard set
@@ -26,8 +27,9 @@ against evaluation images (decontamination.sources), and a CLIP-score filter int
 
 Writes into output_dir: {shard:05d}.tar (KEY.jpg, KEY.txt, KEY.json), {shard}.parquet (every
 sample with its status and failure reason), {shard}_stats.json (written last per shard: its
-commit marker), sizes.json, manifest.json, report.html; _work/ holds the URL list (with its
-domain_spread.json), staging and the tasks' progress files.
+commit marker), sizes.json, manifest.json, report.html; _work/ holds the URL lists (urls/ and
+the final pass's retry_urls/, each with domain_spread.json and its _url_list.json marker),
+staging (local storage only) and the tasks' progress files.
 A rerun keeps finished shards and redoes unfinished ones. Private, loopback and link-local
 addresses are refused unless listed in fetch.allowed_networks (the demo allows 127.0.0.0/8).
 

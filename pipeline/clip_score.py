@@ -48,7 +48,7 @@ from pipeline.manifest import (
     shard_sizes,
 )
 from pipeline.shard_download import ShardWriter
-from pipeline.shard_retry import read_tar_images, read_tar_samples
+from pipeline.shard_tars import read_tar_images, read_tar_samples
 
 log = logging.getLogger(__name__)
 

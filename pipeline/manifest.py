@@ -17,49 +17,67 @@ import fsspec
 
 from flipcommon.shard_set import close_shard_set
 
+STATS_SUFFIX = "_stats.json"
+
 
 class ReconciliationError(RuntimeError):
     pass
 
 
 def read_shard_stats(output_dir: str) -> dict[str, dict[str, Any]]:
+    """Every committed shard's ``_stats.json``, by shard name: one fresh listing (other
+    processes wrote since any cached one), then the files read concurrently (one request
+    each; an object store's latency is paid once per batch, not once per shard)."""
     fs, root = fsspec.core.url_to_fs(output_dir)
-    stats = {}
-    for path in sorted(fs.glob(f"{root}/*_stats.json")):
-        with fs.open(path, "r") as handle:
-            stats[Path(path).name.removesuffix("_stats.json")] = json.load(handle)
-    return stats
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    try:
+        names = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return {}
+    paths = sorted(p for p in names if p.endswith(STATS_SUFFIX))
+    contents = fs.cat(paths) if paths else {}
+    if isinstance(contents, bytes):  # one path: some file systems answer with its bytes
+        contents = {paths[0]: contents}
+    return {
+        Path(path).name.removesuffix(STATS_SUFFIX): json.loads(contents[path]) for path in paths
+    }
 
 
 def shard_sizes(stats: dict[str, dict[str, Any]]) -> dict[str, int]:
     return {f"{shard}.tar": int(s["successes"]) for shard, s in sorted(stats.items())}
 
 
+def final_pass_ran(stats: dict[str, dict[str, Any]]) -> bool:
+    return any(s.get("final_pass") for s in stats.values())
+
+
 def download_summary(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The download's counts over all shards. The final pass's shards hold second attempts of
+    the first pass's retryable failures: a sample counts once, by its last attempt."""
     errors: collections.Counter[str] = collections.Counter()
     totals: collections.Counter[str] = collections.Counter()
+    retried = final_pass_ran(stats)
     for s in stats.values():
-        for key in (
-            "count",
-            "successes",
-            "failed_to_download",
-            "failed_to_resize",
-            "decontaminated",
-        ):
+        for key in ("successes", "failed_to_download", "failed_to_resize", "decontaminated"):
             totals[key] += int(s.get(key, 0))
-        retry = s.get("retry_pass") or {}
-        totals["retried"] += int(retry.get("retried", 0))
-        totals["recovered"] += int(retry.get("recovered", 0))
+        if s.get("final_pass"):
+            totals["retried"] += int(s["count"])
+            totals["recovered"] += int(s["successes"])
+        else:
+            totals["count"] += int(s["count"])
         for reason, n in (s.get("status_dict") or {}).items():
             if reason != "success":
                 errors[reason] += int(n)
+        if retried and not s.get("final_pass"):
+            errors.subtract(s.get("retryable_reasons") or {})
     return {
         "attempted": totals["count"],
         "succeeded": totals["successes"],
-        "failed_to_download": totals["failed_to_download"],
+        "failed_to_download": totals["failed_to_download"] - totals["retried"],
         "failed_to_resize": totals["failed_to_resize"],
         "decontaminated": totals["decontaminated"],
-        "errors": dict(errors.most_common()),
+        "errors": dict((+errors).most_common()),
         # the final pass: samples re-fetched after a retryable failure, and how many came back
         "retry_pass": {"retried": totals["retried"], "recovered": totals["recovered"]},
         "shards": len(stats),
@@ -119,20 +137,21 @@ def write_manifest(
     counts: dict[str, Any],
     parameters: dict[str, Any],
     sources: list[str],
+    stats: dict[str, dict[str, Any]],
     run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``run``: the download's progress summary (throughput, success rate, top failures and
-    timeline of this run; a resumed run's covers only the shards it downloaded)."""
-    stats = read_shard_stats(output_dir)
+    """``stats``: every shard's stats (``download.DownloadResult``); ``run``: the download's
+    progress summary (throughput, success rate, top failures and timeline of this run; a
+    resumed run's covers only the shards it downloaded)."""
     counts = {**counts, "download": download_summary(stats)}
     if run is not None:
         counts["download"]["run"] = run
     reconcile(counts)
     from pipeline.report import write_report  # matplotlib only when a set is closed
 
-    write_report(spark, output_dir, {**counts, "kept": counts["download"]["succeeded"]})
-    sizes = shard_sizes(stats)
     kept = {**counts, "kept": counts["download"]["succeeded"]}
+    write_report(spark, output_dir, kept, list(stats), final_pass_ran(stats))
+    sizes = shard_sizes(stats)
     manifest = shard_set_manifest(kept, parameters, sources, list(sizes))
     close_shard_set(output_dir, sizes, manifest)
     return manifest

@@ -167,7 +167,7 @@ def _sample_grid(samples: list[tuple[bytes, str]]) -> str:
 def grid_samples(output_dir: str, stats: ShardSetStats, limit: int = GRID_SAMPLES):
     """The first kept (jpeg, caption) pairs, streamed from as few shards as hold them (the
     rest of a shard is not read)."""
-    from pipeline.shard_retry import iter_tar_samples
+    from pipeline.shard_tars import iter_tar_samples
 
     samples: list[tuple[bytes, str]] = []
     for name in sorted(n for n, kept in stats.per_shard.items() if kept):
@@ -179,8 +179,16 @@ def grid_samples(output_dir: str, stats: ShardSetStats, limit: int = GRID_SAMPLE
     return samples
 
 
-def write_report(spark: SparkSession, output_dir: str, counts: dict[str, Any]) -> str:
-    stats = collect_stats(spark, output_dir)
+def write_report(
+    spark: SparkSession,
+    output_dir: str,
+    counts: dict[str, Any],
+    shards: list[str],
+    superseded_retryable: bool = False,
+) -> str:
+    """``shards``: the shard names; ``superseded_retryable``: the final pass ran (its retry
+    shards hold the final rows of the first pass's retryable failures)."""
+    stats = collect_stats(spark, output_dir, shards, superseded_retryable)
     text = render_html(stats, counts, grid_samples(output_dir, stats))
     url = url_join(output_dir, "report.html")
     write_bytes_atomic(url, text.encode())

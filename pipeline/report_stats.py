@@ -15,9 +15,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
+from flipcommon.storage import url_join
+
 SIDE_BINS = np.array([0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 1e9])
 CAPTION_BINS = np.array([0, 10, 20, 40, 80, 160, 320, 640, 1e9])
-COLUMNS = ["status", "error_message", "url", "original_width", "original_height", "caption"]
+COLUMNS = ["status", "error_message", "retryable", "url", "original_width", "original_height"]
+COLUMNS += ["caption"]
 KEPT_ERRORS = 200  # distinct error messages a partial keeps (the report shows the top 10)
 REASON_CHARS = 80  # a failure reason is its error message, cut to this length
 
@@ -32,8 +35,12 @@ class ShardSetStats:
     # one failed row per failure reason: reason -> {"url": …, "status": …}
     failure_examples: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def add_shard(self, name: str, table) -> None:
+    def add_shard(self, name: str, table, superseded_retryable: bool = False) -> None:
+        """``superseded_retryable``: the final pass ran, so rows flagged retryable have their
+        final row in a retry shard and are left out here."""
         frame = table.to_pandas()
+        if superseded_retryable:
+            frame = frame[~frame["retryable"].fillna(False).astype(bool)]
         self.status.update(frame["status"].fillna("unknown"))
         failed = frame[frame["status"] != "success"]
         reasons = failed["error_message"].fillna("unknown").str.slice(0, REASON_CHARS)
@@ -59,30 +66,29 @@ class ShardSetStats:
         )
 
 
-def shard_parquet_urls(output_dir: str) -> list[str]:
-    fs, root = fsspec.core.url_to_fs(output_dir)
-    return [fs.unstrip_protocol(p) for p in sorted(fs.glob(f"{root.rstrip('/')}/*.parquet"))]
-
-
-def stats_of_files(urls: Iterator[str]) -> Iterator[ShardSetStats]:
-    """One partial over the parquet files of a Spark partition (runs on an executor)."""
+def stats_of_files(
+    output_dir: str, names: Iterator[str], superseded_retryable: bool
+) -> Iterator[ShardSetStats]:
+    """One partial over the named shards' parquet files (runs on an executor)."""
     stats = ShardSetStats()
-    for url in urls:
-        with fsspec.open(url, "rb") as handle:
+    for name in names:
+        with fsspec.open(url_join(output_dir, f"{name}.parquet"), "rb") as handle:
             table = pq.read_table(handle, columns=COLUMNS)
-        stats.add_shard(url.rsplit("/", 1)[-1].removesuffix(".parquet"), table)
+        stats.add_shard(name, table, superseded_retryable)
     stats.errors = collections.Counter(dict(stats.errors.most_common(KEPT_ERRORS)))
     yield stats
 
 
-def collect_stats(spark: SparkSession, output_dir: str) -> ShardSetStats:
-    urls = shard_parquet_urls(output_dir)
-    if not urls:
+def collect_stats(
+    spark: SparkSession, output_dir: str, shards: list[str], superseded_retryable: bool = False
+) -> ShardSetStats:
+    """The statistics of the named shards (``shards``: names without extension)."""
+    if not shards:
         return ShardSetStats()
     context = spark.sparkContext
-    partitions = min(len(urls), 4 * context.defaultParallelism)
+    partitions = min(len(shards), 4 * context.defaultParallelism)
     return (
-        context.parallelize(urls, partitions)
-        .mapPartitions(stats_of_files)
+        context.parallelize(sorted(shards), partitions)
+        .mapPartitions(lambda names: stats_of_files(output_dir, names, superseded_retryable))
         .reduce(ShardSetStats.merged)
     )

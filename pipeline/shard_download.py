@@ -1,16 +1,18 @@
-"""Download one URL shard into one webdataset shard, committed atomically.
+"""Download one URL-list part into one webdataset shard, committed atomically.
 
-This takes the place of img2dataset's ``Downloader`` (same call contract: ``(shard_id,
-arrow_file) -> (ok, row)``, so img2dataset's Reader and Spark distributor drive it unchanged) and
-reuses its Resizer, WebDatasetSampleWriter, CappedCounter and key scheme. What differs is the
-fetch step (``pipeline.fetch``), a decoded-pixel cap checked from the image header before any
-decoding, a per-shard wall-clock budget, a ``retryable`` flag per failed sample, and the commit:
-the tar and parquet are written under ``_work/staging`` and moved into place, and the stats
-file, the marker that a shard is done, is written last and atomically.
+This takes the place of img2dataset's ``Downloader`` and reuses its Resizer,
+WebDatasetSampleWriter, CappedCounter and key scheme. What differs is the input (the task reads
+its own part of the URL list, ``pipeline.url_shards``), the fetch step (``pipeline.fetch``), a
+decoded-pixel cap checked from the image header before any decoding, a per-shard wall-clock
+budget, a ``retryable`` flag per failed sample, and the commit: the stats file, the marker that
+a shard is done, is written last and atomically. On local storage the tar and parquet are
+written under ``_work/staging`` and renamed into place; an object store publishes an upload only
+once it is complete, so there they are written in place (a rename would be a copy and a delete).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import logging
@@ -26,22 +28,28 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 from img2dataset.downloader import compute_key
 from img2dataset.logger import CappedCounter
 from img2dataset.resizer import Resizer
 from img2dataset.writer import WebDatasetSampleWriter
 
-from flipcommon.storage import url_join, write_json_atomic
+from flipcommon.storage import is_local, url_join, write_json_atomic
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
 from pipeline.domains import interleave_by_domain, load_spread
 from pipeline.fetch import Fetcher, FetchResult
 from pipeline.image_header import declared_size
 from pipeline.progress import TaskProgress
+from pipeline.url_shards import UrlList
 
 log = logging.getLogger(__name__)
 
 ENCODE_FORMAT = "jpg"
+OOM_SHARD_COUNT = 5  # shard names 00000…99999, as img2dataset names them
+# URL-list columns as the shard's parquet names them; as img2dataset's reader does, they come
+# after the other columns, caption then url
+SHARD_COLUMNS = {"TEXT": "caption", "URL": "url"}
 RESULT_FIELDS = [
     pa.field("key", pa.string()),
     pa.field("status", pa.string()),
@@ -240,11 +248,15 @@ class ShardWriter:
     def __init__(self, output_dir: str, shard_id: int, oom_shard_count: int, schema: pa.Schema):
         self.output_dir = output_dir
         self.name = shard_name(shard_id, oom_shard_count)
-        self.staging = url_join(staging_root(output_dir), f"{self.name}-{uuid.uuid4().hex[:8]}")
-        fs, path = fsspec.core.url_to_fs(self.staging)
-        fs.makedirs(path, exist_ok=True)
+        self.staging = None
+        folder = output_dir
+        if is_local(output_dir):
+            self.staging = url_join(staging_root(output_dir), f"{self.name}-{uuid.uuid4().hex[:8]}")
+            fs, path = fsspec.core.url_to_fs(self.staging)
+            fs.makedirs(path, exist_ok=True)
+            folder = self.staging
         self.writer = WebDatasetSampleWriter(
-            shard_id, self.staging, True, oom_shard_count, schema, ENCODE_FORMAT
+            shard_id, folder, True, oom_shard_count, schema, ENCODE_FORMAT
         )
         self.counts = {
             "count": 0,
@@ -254,6 +266,7 @@ class ShardWriter:
             "decontaminated": 0,
         }
         self.retryable_failures = 0
+        self.retryable_reasons: collections.Counter[str] = collections.Counter()
         self.status = CappedCounter()
 
     def write(self, image: bytes | None, meta: dict[str, Any]) -> None:
@@ -265,19 +278,24 @@ class ShardWriter:
         else:
             self.counts[meta["status"]] += 1
             self.status.increment(meta["error_message"])
-            self.retryable_failures += bool(meta["retryable"])
+            if meta["retryable"]:
+                self.retryable_failures += 1
+                self.retryable_reasons[meta["error_message"]] += 1
 
     def commit(self, start_time: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         self.writer.close()
         fs, _ = fsspec.core.url_to_fs(self.output_dir)
-        for suffix in (".tar", ".parquet"):
-            source = url_join(self.staging, self.name + suffix)
-            target = url_join(self.output_dir, self.name + suffix)
-            fs.mv(fsspec.core.url_to_fs(source)[1], fsspec.core.url_to_fs(target)[1])
+        if self.staging is not None:
+            for suffix in (".tar", ".parquet"):
+                source = url_join(self.staging, self.name + suffix)
+                target = url_join(self.output_dir, self.name + suffix)
+                fs.mv(fsspec.core.url_to_fs(source)[1], fsspec.core.url_to_fs(target)[1])
         end_time = time.time()
         stats = {
             **self.counts,
             "retryable_failures": self.retryable_failures,
+            # what the final pass's retry of these samples supersedes in the error counts
+            "retryable_reasons": dict(self.retryable_reasons),
             "duration": end_time - start_time,
             "start_time": start_time,
             "end_time": end_time,
@@ -285,7 +303,8 @@ class ShardWriter:
             **(extra or {}),
         }
         write_json_atomic(url_join(self.output_dir, f"{self.name}_stats.json"), stats)
-        fs.rm(fsspec.core.url_to_fs(self.staging)[1], recursive=True)
+        if self.staging is not None:
+            fs.rm(fsspec.core.url_to_fs(self.staging)[1], recursive=True)
         return stats
 
 
@@ -297,52 +316,65 @@ def result_schema(input_schema: pa.Schema) -> pa.Schema:
     return schema
 
 
+def read_part(url: str) -> pa.Table:
+    """A URL-list part as the shard's input rows: the other columns, then caption and url."""
+    with fsspec.open(url, "rb") as handle:
+        table = pq.read_table(handle)
+    table = table.rename_columns([SHARD_COLUMNS.get(c, c) for c in table.column_names])
+    last = list(SHARD_COLUMNS.values())
+    return table.select([c for c in table.column_names if c not in last] + last)
+
+
 class ShardDownloader:
-    """Called by img2dataset's distributor with ``(shard_id, arrow_file)``; picklable."""
+    """Downloads one shard of a URL list per call: ``(shard_id) -> outcome``, where the outcome
+    holds the shard's stats, or the error that stopped it (the driver decides what follows, so
+    one broken shard never aborts the job). Picklable: Spark ships it to the executors.
+
+    ``final_pass``: the list is the final pass's; a failure there is final (not retryable)."""
 
     def __init__(
         self,
         output_dir: str,
+        url_list: UrlList,
         download: DownloadConfig,
         fetch: FetchConfig,
-        oom_shard_count: int,
         blocklist: BlocklistRef | None = None,
         pacing: SitePacing | None = None,
+        final_pass: bool = False,
     ):
         self.output_dir = output_dir
+        self.url_list = url_list
         self.download = download
         self.fetch = fetch
-        self.oom_shard_count = oom_shard_count
         self.blocklist = blocklist
         self.pacing = pacing
+        self.final_pass = final_pass
 
-    def __call__(self, row: tuple[int, str]) -> tuple[bool, tuple[int, str]]:
+    def __call__(self, shard_id: int) -> dict[str, Any]:
+        name = shard_name(shard_id, OOM_SHARD_COUNT)
         try:
-            self.download_shard(*row)
-            return True, row
-        except Exception:  # noqa: BLE001 - the distributor retries the shard; say why here
+            return {"shard_id": shard_id, "name": name, "stats": self.download_shard(shard_id)}
+        except Exception as err:  # noqa: BLE001 - the driver reruns the shard; say why here
             traceback.print_exc()
-            return False, row
+            return {"shard_id": shard_id, "name": name, "error": f"{type(err).__name__}: {err}"}
 
-    def download_shard(self, shard_id: int, arrow_file: str) -> dict[str, Any]:
+    def download_shard(self, shard_id: int) -> dict[str, Any]:
         start_time = time.time()
-        fs, arrow_path = fsspec.core.url_to_fs(arrow_file)
-        with fs.open(arrow_path, "rb") as handle:
-            table = pa.ipc.open_file(handle).read_all()
+        table = read_part(self.url_list.part_url(shard_id))
         rows = table.to_pylist()
         writer = ShardWriter(
-            self.output_dir, shard_id, self.oom_shard_count, result_schema(table.schema)
+            self.output_dir, shard_id, OOM_SHARD_COUNT, result_schema(table.schema)
         )
         digits = math.ceil(math.log10(self.download.samples_per_shard))
         processor = make_processor(self.download, self.fetch, self.blocklist, self.pacing)
         stop_at = time.monotonic() + self.download.shard_deadline_s
         urls = [(index, row["url"]) for index, row in enumerate(rows)]
         progress = TaskProgress(self.output_dir, writer.name, self.download.progress_interval_s)
+        final = {"retryable": False} if self.final_pass else {}
         for index, image, result in process_all(urls, processor, self.download.threads, stop_at):
-            key = compute_key(index, shard_id, digits, self.oom_shard_count)
-            writer.write(image, {**rows[index], "key": key, **result})
+            key = compute_key(index, shard_id, digits, OOM_SHARD_COUNT)
+            writer.write(image, {**rows[index], "key": key, **result, **final})
             progress.update(writer.counts, writer.status)
-        stats = writer.commit(start_time)
+        stats = writer.commit(start_time, {"final_pass": True} if self.final_pass else None)
         progress.update(writer.counts, writer.status, done=True)
-        fs.rm(arrow_path)
         return stats

@@ -1,111 +1,71 @@
-"""The download's final pass: re-fetch one committed shard's retryable failures and rewrite
-the shard (``ShardRetrier``), and reading a committed shard's tar back."""
+"""The download's final pass, append-only: the samples that failed retryably in the first pass
+become a URL list of their own, downloaded into new shards numbered after the first pass's.
+
+Nothing committed is rewritten (at LAION scale a rewrite would re-read and re-write most of the
+corpus). A retried sample's row in its first-pass shard keeps ``retryable: true``; its final row
+is in a retry shard, with ``retry_of`` naming the first-pass key. So in a shard set whose final
+pass ran, a row with ``retryable`` set is superseded, and every other row is final.
+"""
 
 from __future__ import annotations
 
-import tarfile
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
+from pyspark.sql import types as T
 
 from flipcommon.storage import url_join
-from pipeline.config import DownloadConfig, FetchConfig
-from pipeline.fetch import is_retryable
-from pipeline.shard_download import (
-    ENCODE_FORMAT,
-    BlocklistRef,
-    ShardWriter,
-    SitePacing,
-    make_processor,
-    process_all,
-)
+from pipeline.url_shards import UrlList, read_url_list, write_url_list
+
+RETRY_FOLDER = "retry_urls"
+RETRY_COLUMNS = {  # the shard parquet's column -> the URL list's column, and its type
+    "SAMPLE_ID": ("SAMPLE_ID", T.LongType()),
+    "url": ("URL", T.StringType()),
+    "caption": ("TEXT", T.StringType()),
+    "LICENSE": ("LICENSE", T.StringType()),
+    "NSFW": ("NSFW", T.StringType()),
+    "similarity": ("similarity", T.DoubleType()),
+    "key": ("retry_of", T.StringType()),
+}
 
 
-class ShardRetrier:
-    """The final pass: re-fetch one committed shard's retryable failures and rewrite it.
-
-    Old successes are copied as they are; the rewritten shard replaces the old one the same
-    atomic way, and its stats record that the pass ran, so a rerun does not repeat it.
-    """
-
-    def __init__(
-        self,
-        output_dir: str,
-        download: DownloadConfig,
-        fetch: FetchConfig,
-        blocklist: BlocklistRef | None = None,
-        pacing: SitePacing | None = None,
-    ):
-        self.output_dir = output_dir
-        self.download = download
-        self.fetch = fetch
-        self.blocklist = blocklist
-        self.pacing = pacing
-
-    def __call__(self, name: str) -> dict[str, Any]:
-        start_time = time.time()
-        base = url_join(self.output_dir, name)
-        with fsspec.open(base + ".parquet", "rb") as handle:
+def retryable_rows(output_dir: str, names: Iterator[str]) -> Iterator[tuple]:
+    """The retryable failures of the named committed shards, as URL-list rows (executor side)."""
+    for name in names:
+        with fsspec.open(url_join(output_dir, f"{name}.parquet"), "rb") as handle:
             table = pq.read_table(handle)
-        rows = table.to_pylist()
-        retry = [
-            (i, r["url"])
-            for i, r in enumerate(rows)
-            if r["status"] != "success" and (r.get("retryable") or is_retryable(r["error_message"]))
-        ]
-        processor = make_processor(self.download, self.fetch, self.blocklist, self.pacing)
-        stop_at = time.monotonic() + self.download.shard_deadline_s
-        fresh = {
-            i: (image, result)
-            for i, image, result in process_all(retry, processor, self.download.threads, stop_at)
-        }
-        images = read_tar_images(base + ".tar")
-        writer = ShardWriter(self.output_dir, int(name), len(name), table.schema)
-        recovered = 0
-        for index, row in enumerate(rows):
-            if index in fresh:
-                image, result = fresh[index]
-                recovered += result["status"] == "success"
-                # A second retryable failure is final: the pass runs once.
-                writer.write(image, {**row, **result, "retryable": False})
-            elif row["status"] == "success":
-                if row["key"] not in images:
-                    raise RuntimeError(f"{base}.tar lacks the image of {row['key']}")
-                writer.write(images[row["key"]], row)
-            else:
-                writer.write(None, row)
-        summary = {"retried": len(retry), "recovered": recovered}
-        return writer.commit(start_time, {"retry_pass": summary})
+        present = [c for c in RETRY_COLUMNS if c in table.column_names]
+        rows = table.select([*present, "retryable"]).to_pylist()
+        for row in rows:
+            if row["retryable"]:
+                yield tuple(row.get(column) for column in RETRY_COLUMNS)
 
 
-def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A shard's samples in tar order, streamed: (key, {extension: bytes}); a sample's members
-    sit together in the tar, so a reader may stop after the first few."""
-    key, parts = None, {}
-    with fsspec.open(url, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name, _, ext = member.name.partition(".")
-            if key is not None and name != key:
-                yield key, parts
-                parts = {}
-            key = name
-            parts[ext] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, parts
-
-
-def read_tar_samples(url: str) -> dict[str, dict[str, bytes]]:
-    """A shard's samples in tar order: key -> {extension: bytes} (jpg, txt, json)."""
-    samples: dict[str, dict[str, bytes]] = {}
-    for key, parts in iter_tar_samples(url):
-        samples.setdefault(key, {}).update(parts)
-    return samples
-
-
-def read_tar_images(url: str) -> dict[str, bytes]:
-    return {k: p[ENCODE_FORMAT] for k, p in read_tar_samples(url).items() if ENCODE_FORMAT in p}
+def retry_url_list(
+    spark: SparkSession,
+    output_dir: str,
+    first_pass: dict[str, dict[str, Any]],
+    samples_per_shard: int,
+    first_shard: int,
+) -> UrlList:
+    """The final pass's URL list: reused when complete, else built from the first-pass shards'
+    parquet files on the executors (the driver only names the shards that have failures)."""
+    path = url_join(output_dir, "_work", RETRY_FOLDER)
+    existing = read_url_list(path)
+    if existing is not None:
+        return existing
+    names = sorted(n for n, s in first_pass.items() if s.get("retryable_failures", 0) > 0)
+    rows = sum(int(first_pass[n]["retryable_failures"]) for n in names)
+    schema = T.StructType([T.StructField(c, t) for c, t in RETRY_COLUMNS.values()])
+    context = spark.sparkContext
+    tasks = max(1, min(len(names), 4 * context.defaultParallelism))
+    rdd = context.parallelize(names, tasks).mapPartitions(
+        lambda part: retryable_rows(output_dir, part)
+    )
+    frame = spark.createDataFrame(rdd, schema)
+    return write_url_list(
+        frame, output_dir, rows, samples_per_shard, folder=RETRY_FOLDER, first_shard=first_shard
+    )

@@ -9,7 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from flipcommon.shard_set import MANIFEST_FILE, read_manifest, sizes_url
 from flipcommon.storage import absolute, exists, remove_if_exists, url_join
@@ -93,19 +94,31 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
     return manifest
 
 
-def build_shard_set(
+class UrlListMismatchError(ValueError):
+    """The output folder's URL list was built from other inputs or settings."""
+
+
+def url_list_fingerprint(config: PipelineConfig, sources: list[str]) -> dict:
+    """What a URL list depends on: a rerun with other values must not reuse it."""
+    return {
+        "sources": sources,
+        "format": config.input.format,
+        "filters": asdict(config.filters),
+        "samples_per_shard": config.download.samples_per_shard,
+    }
+
+
+def build_url_list(
     spark: SparkSession, config: PipelineConfig, groups: list[tuple[list[str], str]]
-) -> dict:
-    if not groups:
-        raise ingest.MetadataError("no metadata given: set input.urls or demo.enabled=true")
+) -> url_shards.UrlList:
+    """Metadata → rule filters → dedup → the URL list, with the input counts in its marker."""
     frames = [ingest.read_metadata(spark, urls, fmt, config.input.reader) for urls, fmt in groups]
     metadata = functools.reduce(lambda a, b: a.unionByName(b), frames)
     sources = [url for urls, _ in groups for url in urls]
-    rules = filters.build_rules(config.filters)
-    kept, drops = filters.apply_rules(metadata, rules)
+    kept, drops = filters.apply_rules(metadata, filters.build_rules(config.filters))
     rows_in = sum(drops.values())
     passed = drops.pop("_kept")
-    unique = kept.dropDuplicates(["URL", "TEXT"]).cache()
+    unique = deduplicated(kept).cache()
     sent = unique.count()
     log.info(
         "rows in %d, filtered %s, duplicates %d, to download %d",
@@ -114,11 +127,50 @@ def build_shard_set(
         passed - sent,
         sent,
     )
+    counts = {"rows_in": rows_in, "filters": drops, "duplicates": passed - sent}
+    info = {"counts": counts, "fingerprint": url_list_fingerprint(config, sources)}
     url_list = url_shards.write_url_list(
-        unique, config.output_dir, sent, config.download.samples_per_shard
+        unique, config.output_dir, sent, config.download.samples_per_shard, info=info
     )
-    # A sizes.json left by an interrupted close would confuse img2dataset's resume scan (it
-    # reads every *.json in the folder as a shard's stats); it is rewritten below anyway.
+    unique.unpersist()
+    return url_list
+
+
+def deduplicated(df: DataFrame) -> DataFrame:
+    """One row per (URL, TEXT): the one with the smallest (SAMPLE_ID, LICENSE, NSFW,
+    similarity), so a rerun keeps the same row whatever the partitioning."""
+    rest = [c for c in url_shards.URL_COLUMNS if c not in ("URL", "TEXT")]
+    first = F.min(F.struct(*rest)).alias("_first")
+    return df.groupBy("URL", "TEXT").agg(first).select("URL", "TEXT", "_first.*")
+
+
+def reusable_url_list(
+    config: PipelineConfig, groups: list[tuple[list[str], str]]
+) -> url_shards.UrlList | None:
+    """The URL list an earlier run of this output folder completed, if it may be reused: a
+    rerun then cuts exactly the same shards and skips reading the metadata. The demo's list
+    is always rebuilt (its web's port changes per run)."""
+    existing = url_shards.read_url_list(url_join(config.output_dir, "_work", "urls"))
+    if existing is None or config.demo.enabled:
+        return None
+    sources = [url for urls, _ in groups for url in urls]
+    if existing.info.get("fingerprint") != url_list_fingerprint(config, sources):
+        raise UrlListMismatchError(
+            f"{config.output_dir} holds a URL list built from other inputs or settings "
+            f"({existing.info.get('fingerprint')}); use another output_dir, or delete "
+            f"{existing.path} and the shards to start over"
+        )
+    log.info("reusing the URL list of an earlier run (%d rows)", existing.rows)
+    return existing
+
+
+def build_shard_set(
+    spark: SparkSession, config: PipelineConfig, groups: list[tuple[list[str], str]]
+) -> dict:
+    if not groups:
+        raise ingest.MetadataError("no metadata given: set input.urls or demo.enabled=true")
+    url_list = reusable_url_list(config, groups) or build_url_list(spark, config, groups)
+    # A sizes.json left by an interrupted close is rewritten below anyway.
     remove_if_exists(sizes_url(config.output_dir))
     blocklist = None
     if config.decontamination.sources:
@@ -129,24 +181,18 @@ def build_shard_set(
         # Built once per shard set, so shards done before a restart saw the same list.
         if not exists(blocklist.url):
             build_blocklist(spark, list(config.decontamination.sources), blocklist.url)
-    run_summary = download_shards(
-        url_list, config.output_dir, config.download, config.fetch, blocklist
-    )
-    counts = {
-        "rows_in": rows_in,
-        "filters": drops,
-        "duplicates": passed - sent,
-        "sent_to_download": sent,
-    }
+    result = download_shards(url_list, config.output_dir, config.download, config.fetch, blocklist)
+    counts = {**url_list.info["counts"], "sent_to_download": url_list.rows}
     parameters = {
-        "filters": {rule.name: rule.params for rule in rules},
+        "filters": {rule.name: rule.params for rule in filters.build_rules(config.filters)},
         "dedup": ["URL", "TEXT"],
         "download": asdict(config.download),
         "fetch": asdict(config.fetch),
         "decontamination": asdict(config.decontamination),
     }
-    result = manifest.write_manifest(
-        spark, config.output_dir, counts, parameters, sources, run_summary
+    sources = [url for urls, _ in groups for url in urls]
+    manifest_written = manifest.write_manifest(
+        spark, config.output_dir, counts, parameters, sources, result.stats, result.run
     )
-    log.info("shard set complete: %s", result["counts"])
-    return result
+    log.info("shard set complete: %s", manifest_written["counts"])
+    return manifest_written

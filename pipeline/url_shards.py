@@ -1,35 +1,62 @@
-"""Write the URL list that the downloader shards, deterministically, on shared storage, with
-each site's URLs kept together.
+"""Write the URL list that the downloader shards: one parquet part per shard, exact, stable, and
+with each site's URLs kept together.
 
 Rows are grouped by registrable domain (``pipeline.domains``) in runs of at most a quarter of a
 shard, and the runs are placed by a hash of (domain, run), so a domain's URLs land in as few
 shards as its size allows, while a large domain is cut into runs spread over the whole list
-(and no shard is one site's alone when others are there to mix). Beside the files, the number
+(and no shard is one site's alone when others are there to mix). Beside the parts, the number
 of shards each multi-shard domain touches (its spread) is recorded: the download tasks divide
 the politeness interval's budget by it, which makes the interval a bound for the whole cluster.
 
-The same input always gives the same files, shard ids and keys. The files are written through
-fsspec, so the output may be any URL fsspec knows (s3://, gs://), with no Hadoop connector.
+Exact and stable: every row gets its rank in one total order (the sort key ends in the row's
+own (SAMPLE_ID, URL, TEXT), unique after dedup), and shard ``first + i`` holds ranks
+``[i × samples_per_shard, (i + 1) × samples_per_shard)``. The ranks do not depend on how
+Spark partitions the sort, so a rerun with other settings cuts the same shards. Two jobs, both
+on the executors: the range-partitioned sort writes sorted runs and returns their lengths; then
+one task per shard reads the slice of runs its ranks fall in and writes its part. A marker
+(``_url_list.json``) with the counts is written last: a list with its marker is complete and is
+reused as it is by a rerun.
+
+The files are written through fsspec, so the output may be any URL fsspec knows (s3://, gs://),
+with no Hadoop connector.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+import operator
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from flipcommon.storage import url_join
+from flipcommon.storage import (
+    exists,
+    read_json,
+    url_join,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from pipeline.domains import domain_of_url, write_spread
-from pipeline.fsspec_io import arrow_schema, reset_folder, write_part
+from pipeline.fsspec_io import arrow_schema, reset_folder
 
 URL_COLUMNS = ["SAMPLE_ID", "URL", "TEXT", "LICENSE", "NSFW", "similarity"]
 MAX_DOMAIN_SHARE = 0.25  # the longest run of one domain, as a fraction of a shard
-ORDER = ["_order", "_domain", "_run", "SAMPLE_ID", "URL"]
+ROW_ORDER = ["SAMPLE_ID", "URL", "TEXT"]  # unique per row once (URL, TEXT) is deduplicated
+ORDER = ["_order", "_domain", "_run", *ROW_ORDER]
+MARKER_FILE = "_url_list.json"
+SORTED_RUNS = "_sorted"  # the sort's output, read by the part writers, removed after
+RUN_ROWS = 50_000  # rows per sorted run (~15 MB of LAION rows): the sort's partition size
+RUN_ROW_GROUP = 1_000  # a part reads only the row groups of a run that its ranks fall in
+PART_WRITER_THREADS = 16  # a part is a few small requests: a task overlaps many
 
 
 @F.pandas_udf(T.StringType())
@@ -37,10 +64,47 @@ def _registrable_domains(urls: pd.Series) -> pd.Series:
     return urls.map(domain_of_url)
 
 
+@dataclass(frozen=True)
+class UrlList:
+    """A complete URL list: shard ``first_shard + i`` is ``part-{first_shard + i:05d}.parquet``.
+
+    ``info``: what the writer recorded beside the counts (the stage keeps its input counts and
+    a fingerprint of the settings the list was built with)."""
+
+    path: str
+    rows: int
+    samples_per_shard: int
+    first_shard: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shards(self) -> int:
+        return math.ceil(self.rows / self.samples_per_shard)
+
+    @property
+    def shard_ids(self) -> range:
+        return range(self.first_shard, self.first_shard + self.shards)
+
+    def part_url(self, shard_id: int) -> str:
+        return part_url(self.path, shard_id)
+
+
+def part_url(path: str, shard_id: int) -> str:
+    return url_join(path, f"part-{shard_id:05d}.parquet")
+
+
+def read_url_list(path: str) -> UrlList | None:
+    """The list at ``path`` if its marker says it is complete, else None."""
+    marker = url_join(path, MARKER_FILE)
+    if not exists(marker):
+        return None
+    return UrlList(path=path, **read_json(marker))
+
+
 def domain_ordered(df: DataFrame, samples_per_shard: int) -> DataFrame:
     """``df`` with _domain, _run (a domain's rows cut in runs) and _order (where the run goes)."""
     run_rows = max(1, int(samples_per_shard * MAX_DOMAIN_SHARE))
-    within_domain = Window.partitionBy("_domain").orderBy("SAMPLE_ID", "URL")
+    within_domain = Window.partitionBy("_domain").orderBy(*ROW_ORDER)
     return (
         df.withColumn("_domain", _registrable_domains("URL"))
         .withColumn("_run", F.floor((F.row_number().over(within_domain) - 1) / run_rows))
@@ -48,41 +112,132 @@ def domain_ordered(df: DataFrame, samples_per_shard: int) -> DataFrame:
     )
 
 
-def write_url_list(df: DataFrame, output_dir: str, rows: int, samples_per_shard: int) -> str:
-    """The URL list's parquet parts (about one shard each) and its domain spread file under
-    ``<output_dir>/_work/urls``; returns that folder."""
-    path = url_join(output_dir, "_work", "urls")
-    files = max(1, math.ceil(rows / samples_per_shard))
+def write_url_list(
+    df: DataFrame,
+    output_dir: str,
+    rows: int,
+    samples_per_shard: int,
+    *,
+    folder: str = "urls",
+    first_shard: int = 0,
+    info: dict[str, Any] | None = None,
+) -> UrlList:
+    """Write ``df``'s rows (``rows`` of them) as the URL list under ``<output_dir>/_work/<folder>``:
+    parts, domain spread, then the marker. Columns other than ``URL_COLUMNS`` that ``df`` has
+    (e.g. the final pass's ``retry_of``) are kept."""
+    path = url_join(output_dir, "_work", folder)
+    columns = [*URL_COLUMNS, *[c for c in df.columns if c not in URL_COLUMNS]]
+    df = df.select(*columns)
+    reset_folder(path)
+    schema = arrow_schema(df.schema)
+    url_list = UrlList(path, rows, samples_per_shard, first_shard, info or {})
+    if rows:
+        runs = url_join(path, SORTED_RUNS)
+        partitions = math.ceil(rows / max(RUN_ROWS, samples_per_shard))
+        lengths = _write_sorted_runs(df, runs, partitions, samples_per_shard, schema)
+        if sum(lengths) != rows:
+            raise RuntimeError(f"the URL list's sort wrote {sum(lengths)} rows, expected {rows}")
+        spread = _write_parts(df.sparkSession, url_list, runs, lengths, schema)
+        write_spread(path, spread)
+        fs, runs_path = fsspec.core.url_to_fs(runs)
+        fs.rm(runs_path, recursive=True)
+    else:
+        write_spread(path, {})
+    marker = asdict(url_list)
+    del marker["path"]
+    write_json_atomic(url_join(path, MARKER_FILE), marker)
+    return url_list
+
+
+def _run_url(runs: str, index: int) -> str:
+    return url_join(runs, f"run-{index:05d}.parquet")
+
+
+def _write_sorted_runs(
+    df: DataFrame, runs: str, partitions: int, samples_per_shard: int, schema: pa.Schema
+) -> list[int]:
+    """Sort ``df`` into ``partitions`` range partitions, each written as one run file (with its
+    _domain column); return every run's length in partition order (0 for an empty one)."""
     ordered = (
-        domain_ordered(df.select(*URL_COLUMNS), samples_per_shard)
-        .repartitionByRange(files, *ORDER)
+        domain_ordered(df, samples_per_shard)
+        .repartitionByRange(partitions, *ORDER)
         .sortWithinPartitions(*ORDER)
     )
-    reset_folder(path)
-    schema = arrow_schema(df.select(*URL_COLUMNS).schema)
+    run_schema = schema.append(pa.field("_domain", pa.string()))
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """Write the partition's URL columns; yield each (domain, shard) it holds, where the
-        downloader's reader cuts every file into shards of ``samples_per_shard`` rows."""
         from pyspark import TaskContext
 
-        received = list(batches)
-        if not received or not sum(b.num_rows for b in received):
-            return
-        table = pa.Table.from_batches(received)
-        part = TaskContext.get().partitionId()
-        write_part(path, part, table.select(URL_COLUMNS).cast(schema))
-        domains = table.column("_domain").to_pylist()
-        touched = sorted({(d, i // samples_per_shard) for i, d in enumerate(domains)})
-        yield pa.RecordBatch.from_pydict(
-            {
-                "domain": [d for d, _ in touched],
-                "part": [part] * len(touched),
-                "shard": [s for _, s in touched],
-            }
-        )
+        index = TaskContext.get().partitionId()
+        received = [b for b in batches if b.num_rows]
+        length = sum(b.num_rows for b in received)
+        if length:
+            table = pa.Table.from_batches(received).select(run_schema.names).cast(run_schema)
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer, row_group_size=RUN_ROW_GROUP)
+            write_bytes_atomic(_run_url(runs, index), buffer.getvalue().to_pybytes())
+        yield pa.RecordBatch.from_pydict({"run": [index], "rows": [length]})
 
-    touched = ordered.mapInArrow(write, "domain string, part long, shard long")
-    spread = touched.groupBy("domain").count().where("count > 1").collect()
-    write_spread(path, {row["domain"]: int(row["count"]) for row in spread})
-    return path
+    counted = ordered.mapInArrow(write, "run long, rows long").collect()
+    lengths = [0] * partitions
+    for row in counted:
+        lengths[row["run"]] = row["rows"]
+    return lengths
+
+
+def _write_parts(
+    spark, url_list: UrlList, runs: str, lengths: list[int], schema: pa.Schema
+) -> dict[str, int]:
+    """Write every shard's part on the executors (a task writes a range of shards, many at
+    once); return the spread: for each domain in more than one shard, how many shards."""
+    starts = [0]
+    for length in lengths:
+        starts.append(starts[-1] + length)
+
+    def write_range(indices: Iterator[int]) -> Iterator[tuple[str, int]]:
+        from multiprocessing.pool import ThreadPool
+
+        def write(index: int) -> list[str]:
+            return _write_part(url_list, index, runs, starts, schema)
+
+        with ThreadPool(PART_WRITER_THREADS) as pool:
+            for domains in pool.imap_unordered(write, list(indices)):
+                yield from ((domain, 1) for domain in domains)
+
+    context = spark.sparkContext
+    shards = url_list.shards
+    tasks = min(shards, 4 * context.defaultParallelism)
+    spread = (
+        context.parallelize(range(shards), tasks)
+        .mapPartitions(write_range)
+        .reduceByKey(operator.add)
+        .filter(lambda pair: pair[1] > 1)
+        .collectAsMap()
+    )
+    return dict(spread)
+
+
+def _write_part(
+    url_list: UrlList, index: int, runs: str, starts: list[int], schema: pa.Schema
+) -> list[str]:
+    """Write the ``index``-th shard's part from the row groups of the runs holding its ranks;
+    return the domains it holds."""
+
+    low = index * url_list.samples_per_shard
+    high = min(low + url_list.samples_per_shard, url_list.rows)
+    pieces = []
+    run = bisect.bisect_right(starts, low) - 1
+    while run < len(starts) - 1 and starts[run] < high:
+        begin, end = max(low, starts[run]) - starts[run], min(high, starts[run + 1]) - starts[run]
+        if end > begin:
+            first, last = begin // RUN_ROW_GROUP, (end - 1) // RUN_ROW_GROUP
+            with fsspec.open(_run_url(runs, run), "rb") as handle:
+                groups = pq.ParquetFile(handle).read_row_groups(range(first, last + 1))
+            pieces.append(groups.slice(begin - first * RUN_ROW_GROUP, end - begin))
+        run += 1
+    table = pa.concat_tables(pieces)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table.select(schema.names), buffer)
+    shard_id = url_list.first_shard + index
+    write_bytes_atomic(url_list.part_url(shard_id), buffer.getvalue().to_pybytes())
+    return sorted(set(table.column("_domain").to_pylist()))

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from flipcommon.checkpoints import latest_checkpoint, load_model
-from pipeline.shard_retry import read_tar_samples
+from pipeline.shard_tars import read_tar_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

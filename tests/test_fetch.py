@@ -159,6 +159,10 @@ def test_stage_survives_the_hostile_web(tmp_path, spark):
 
     out = tmp_path / "shards"
     rows = pd.concat([pd.read_parquet(p) for p in sorted(out.glob("*.parquet"))])
+    # The final pass ran: a first-pass row flagged retryable is superseded by its retry row.
+    retried = rows[rows["retryable"].fillna(False).astype(bool)]
+    rows = rows[~rows["retryable"].fillna(False).astype(bool)]
+    assert sorted(rows["retry_of"].dropna()) == sorted(retried["key"])
     columns = zip(rows["url"], rows["status"], rows["error_message"], strict=True)
     outcome = {(urls | phase_urls)[u]: (s, e) for u, s, e in columns}
     assert len(rows) == len(urls) + len(phase_urls)

@@ -17,7 +17,13 @@ from pipeline.domains import (
     registrable_domain,
 )
 from pipeline.fetch import DomainThrottle
-from pipeline.url_shards import MAX_DOMAIN_SHARE, URL_COLUMNS, write_url_list
+from pipeline.url_shards import (
+    MAX_DOMAIN_SHARE,
+    URL_COLUMNS,
+    UrlList,
+    read_url_list,
+    write_url_list,
+)
 from tests.hostile_web import HostileWeb, max_requests_in_window
 
 
@@ -46,16 +52,13 @@ def test_a_spread_domain_is_paced_that_many_times_slower():
     assert [throttle.reserve("small.com") for _ in range(3)] == [0.0, 0.5, 1.0]
 
 
-def _shards_per_domain(url_list: str, samples_per_shard: int) -> dict[str, set]:
-    """Cut the parts as img2dataset's Reader does (files in name order, each in runs of
-    ``samples_per_shard`` rows) and collect the shards each domain lands in."""
-    from pathlib import Path
-
+def _shards_per_domain(url_list: UrlList) -> dict[str, set]:
+    """The shards (one part each) each domain lands in."""
     shards: dict[str, set] = {}
-    for part in sorted(Path(url_list).glob("*.parquet")):
-        urls = pq.read_table(part, columns=["URL"]).column("URL").to_pylist()
-        for row, url in enumerate(urls):
-            shards.setdefault(domain_of_url(url), set()).add((part.name, row // samples_per_shard))
+    for shard in url_list.shard_ids:
+        urls = pq.read_table(url_list.part_url(shard), columns=["URL"]).column("URL").to_pylist()
+        for url in urls:
+            shards.setdefault(domain_of_url(url), set()).add(shard)
     return shards
 
 
@@ -75,12 +78,15 @@ def test_url_list_keeps_sites_together_and_records_their_spread(spark, tmp_path)
 
     first = write_url_list(df, str(tmp_path / "a"), len(rows), samples_per_shard)
     second = write_url_list(df, str(tmp_path / "b"), len(rows), samples_per_shard)
-    shards = _shards_per_domain(first, samples_per_shard)
-    # every row once, no sort or hash column leaking into the files
+    shards = _shards_per_domain(first)
+    # every row once, no sort or hash column leaking into the files; one part per shard,
+    # each exactly samples_per_shard rows but the last
     parts = sorted((tmp_path / "a" / "_work" / "urls").glob("*.parquet"))
+    assert [p.name for p in parts] == [f"part-{i:05d}.parquet" for i in first.shard_ids]
     tables = [pq.read_table(p) for p in parts]
-    assert sum(t.num_rows for t in tables) == len(rows)
+    assert [t.num_rows for t in tables] == [40] * 8 + [len(rows) - 320] == [40] * 8 + [10]
     assert all(t.column_names == URL_COLUMNS for t in tables)
+    assert read_url_list(first.path) == first and first.rows == len(rows)
     # deterministic: the same input gives the same files
     for a, b in zip(
         sorted((tmp_path / "a").rglob("*.parquet")),
@@ -88,7 +94,7 @@ def test_url_list_keeps_sites_together_and_records_their_spread(spark, tmp_path)
         strict=True,
     ):
         assert pq.read_table(a).equals(pq.read_table(b))
-    assert load_spread(first) == load_spread(second)
+    assert load_spread(first.path) == load_spread(second.path)
     # small sites sit in one shard, or two where a shard boundary cuts them
     for i in range(60):
         assert len(shards[f"site{i}.net"]) <= 2
@@ -98,7 +104,7 @@ def test_url_list_keeps_sites_together_and_records_their_spread(spark, tmp_path)
     assert len(shards["example.com"]) <= 2 * -(-150 // run)
     # the recorded spread is exactly what the reader's cut gives
     expected = {domain: len(s) for domain, s in shards.items() if len(s) > 1}
-    assert dict(load_spread(first)) == expected
+    assert dict(load_spread(first.path)) == expected
     assert (tmp_path / "a" / "_work" / "urls" / SPREAD_FILE).exists()
 
 
