@@ -150,3 +150,43 @@ def test_a_site_gets_at_most_one_request_per_interval_from_all_tasks(spark, tmp_
     run = manifest["counts"]["download"]["run"]
     assert run["samples"] == len(urls) and run["success_rate"] == 1.0
     assert run["images_per_s"] > 0 and len(run["timeline"]) >= 3
+
+
+def test_url_list_is_the_same_whatever_the_partitioning(spark, tmp_path, monkeypatch):
+    """Dedup keeps the smallest SAMPLE_ID and each part holds exact ranks of one total order, so
+    other shuffle partitions and another cut of the sort give the same (shard, row, URL)
+    triples — the keys a restart would give — each URL once."""
+    import pyspark.sql.functions as F
+
+    from pipeline import url_shards
+    from pipeline.stage import deduplicated
+
+    rows = []
+    for i in range(700):
+        host = f"img{i % 9}.site{i % 37}.com" if i % 5 else "cdn.big.example.org"
+        rows.append((i, f"http://{host}/{i}.jpg", f"caption {i}", f"license {i % 3}"))
+    rows += [(10_000 + i, url, text, "dup") for i, url, text, _ in rows[::7]]  # duplicates
+    frame = pd.DataFrame(rows, columns=["SAMPLE_ID", "URL", "TEXT", "LICENSE"])
+    frame["NSFW"], frame["similarity"] = "UNLIKELY", 0.3
+    original = spark.conf.get("spark.sql.shuffle.partitions")
+
+    def build(folder: str, shuffle_partitions: int, run_rows: int) -> list[tuple]:
+        spark.conf.set("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        monkeypatch.setattr(url_shards, "RUN_ROWS", run_rows)
+        df = spark.createDataFrame(frame.sample(frac=1, random_state=shuffle_partitions))
+        unique = deduplicated(df.repartition(shuffle_partitions, F.rand(shuffle_partitions)))
+        url_list = write_url_list(unique, str(tmp_path / folder), 700, 64)
+        triples = []
+        for shard in url_list.shard_ids:
+            table = pq.read_table(url_list.part_url(shard)).to_pylist()
+            triples += [(shard, i, r["URL"], r["SAMPLE_ID"]) for i, r in enumerate(table)]
+        return triples
+
+    try:
+        first = build("a", 3, 64)
+        second = build("b", 11, 200)
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", original)
+    assert first == second
+    assert len({url for _, _, url, _ in first}) == len(first) == 700
+    assert all(sample_id < 10_000 for *_, sample_id in first)  # the smallest SAMPLE_ID kept
