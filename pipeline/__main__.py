@@ -19,9 +19,9 @@ deadline per attempt over every phase — DNS, connect, TLS, headers, body, redi
 429/5xx honouring Retry-After, a per-site interval that holds for the whole cluster
 (fetch.per_domain_interval_s), the X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap; a
 shard budget, download.shard_deadline_s, that ends requests in flight) → a final pass
-re-fetching samples that failed retryably into new shards → sizes.json and manifest.json (written last). While
-it downloads, the driver prints samples done, images/s, success rate and the top failure
-reasons every download.progress_interval_s. Optional: decontamination
+re-fetching samples that failed retryably into new shards → sizes.json and manifest.json
+(written last). While it downloads, the driver prints samples done, images/s, success rate
+and the top failure reasons every download.progress_interval_s. Optional: decontamination
 against evaluation images (decontamination.sources), and a CLIP-score filter into a new shard set
 (clip_score.enabled=true clip_score.checkpoint=CKPT clip_score.top_percent=50).
 
@@ -54,8 +54,9 @@ def _run(config: PipelineConfig, _args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("python -m pipeline", HELP, "fetch.deadline_s=10")
     from pipeline.ingest import MetadataError
+    from pipeline.stage import UrlListMismatchError
 
-    run_stage(parser, PipelineConfig, _run, argv, user_errors=(MetadataError,))
+    run_stage(parser, PipelineConfig, _run, argv, user_errors=(MetadataError, UrlListMismatchError))
 
 
 if __name__ == "__main__":  # img2dataset spawns processes: keep the entry point guarded

@@ -325,3 +325,24 @@ def test_the_shard_set_report_stays_small_at_40000_shards():
     page = render_html(stats, {"kept": int(kept.sum())})
     assert len(page) < 600_000, len(page)
     assert page.count('alt="plot"') == 5
+
+
+def test_a_rerun_reuses_the_url_list_and_refuses_other_settings(spark, tmp_path):
+    """The URL list with its marker is what a rerun cuts its shards from, without reading the
+    metadata again; a rerun with other inputs or settings is a clear error, not other shards."""
+    from pipeline.config import PipelineConfig
+    from pipeline.stage import UrlListMismatchError, build_url_list, reusable_url_list
+    from tests.test_fetch import _metadata
+
+    meta = _metadata(tmp_path / "meta.parquet", [f"http://a{i % 3}.com/{i}.jpg" for i in range(25)])
+    config = PipelineConfig(output_dir=str(tmp_path / "shards"))
+    config.download.samples_per_shard = 10
+    groups = [([meta], "parquet")]
+    assert reusable_url_list(config, groups) is None
+    built = build_url_list(spark, config, groups)
+    assert (built.rows, built.shards, built.info["counts"]["rows_in"]) == (25, 3, 25)
+    (tmp_path / "meta.parquet").unlink()  # not read again
+    assert reusable_url_list(config, groups) == built
+    config.download.samples_per_shard = 5
+    with pytest.raises(UrlListMismatchError, match="other inputs or settings"):
+        reusable_url_list(config, groups)
