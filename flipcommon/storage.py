@@ -53,12 +53,13 @@ def open_atomic(url: str) -> Iterator[IO[bytes]]:
     Local files: write to a temporary name, then rename. Object stores (S3, GCS) publish an
     upload only when it completes, so a direct streamed write is atomic there.
     """
+    fs, path = fsspec.core.url_to_fs(url)
     if is_local(url):
-        _, path = fsspec.core.url_to_fs(url)
         with atomic_local_path(path) as tmp, open(tmp, "wb") as handle:
             yield handle
     else:
-        with fsspec.open(url, "wb") as handle:
+        # fs.open, not fsspec.open: the latter first checks that the bucket exists (a request)
+        with fs.open(path, "wb") as handle:
             yield handle
 
 
@@ -69,6 +70,34 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
 
 def write_json_atomic(url: str, obj: Any) -> None:
     write_bytes_atomic(url, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def _one_request(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
+    """Read options that make s3fs fetch a whole object in one GET (it would otherwise ask for
+    the object's size first, to split a large read): small files, many of them, on a store
+    where each request costs a round trip."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return {"max_concurrency": 1} if {"s3", "s3a"} & set(protocols) else {}
+
+
+def read_bytes(url: str) -> bytes:
+    """A whole (small) file's bytes, in one request on an object store."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.cat_file(path, **_one_request(fs))
+
+
+def read_files(
+    fs: fsspec.AbstractFileSystem, paths: list[str], on_error: str = "raise"
+) -> dict[str, Any]:
+    """Many small files' bytes by path, read concurrently where the file system can (s3fs,
+    gcsfs: batches of requests in flight), one request each. ``on_error="return"``: a file
+    that could not be read maps to its exception instead."""
+    if not paths:
+        return {}
+    contents = fs.cat(list(paths), on_error=on_error, **_one_request(fs))
+    if isinstance(contents, bytes):  # a single path that is not a glob: its bytes
+        contents = {paths[0]: contents}
+    return contents
 
 
 def read_json(url: str) -> Any:

@@ -71,8 +71,12 @@ def download_shards(
     first_names = {shard_name(i, OOM_SHARD_COUNT) for i in url_list.shard_ids}
     to_do = url_list.rows - sum(int(s["count"]) for n, s in stats.items() if n in first_names)
     log.info("downloading %d shards (%d already done)", url_list.shards, len(stats))
-    with DownloadProgress(output_dir, to_do, download.progress_interval_s) as progress:
-        stats |= run_shards(url_list, output_dir, download, fetch, blocklist, pacing, stats)
+    context = spark.sparkContext
+    interval = download.progress_interval_s
+    with DownloadProgress(output_dir, to_do, interval, context) as progress:
+        shards = ShardTasks(output_dir, download, fetch, blocklist, progress.finished)
+        stats |= run_shards(url_list, shards, pacing, stats)
+        log.info("first pass: %d shards committed", len(stats))
         if download.retry_pass:
             first_pass = {n: s for n, s in stats.items() if n in first_names}
             retry = retry_url_list(
@@ -86,18 +90,25 @@ def download_shards(
                 log.info("final pass: %d retryable failures in %d shards", retry.rows, retry.shards)
                 progress.total += retry.rows
                 pacing = SitePacing(retry.path, concurrency)
-                stats |= run_shards(
-                    retry, output_dir, download, fetch, blocklist, pacing, stats, final_pass=True
-                )
+                stats |= run_shards(retry, shards, pacing, stats, final_pass=True)
+            log.info("final pass done")
     return DownloadResult(stats, progress.summary())
+
+
+@dataclass(frozen=True)
+class ShardTasks:
+    """What every shard task of a run shares."""
+
+    output_dir: str
+    download: DownloadConfig
+    fetch: FetchConfig
+    blocklist: BlocklistRef | None
+    finished: Any  # the progress accumulator (``pipeline.progress.FinishedShards``)
 
 
 def run_shards(
     url_list: UrlList,
-    output_dir: str,
-    download: DownloadConfig,
-    fetch: FetchConfig,
-    blocklist: BlocklistRef | None,
+    tasks: ShardTasks,
     pacing: SitePacing,
     committed: dict[str, dict[str, Any]],
     final_pass: bool = False,
@@ -106,7 +117,14 @@ def run_shards(
     (one task per shard); returns their stats. Raises ``IncompleteDownloadError`` naming the
     shards that failed every attempt."""
     downloader = ShardDownloader(
-        output_dir, url_list, download, fetch, blocklist, pacing, final_pass
+        tasks.output_dir,
+        url_list,
+        tasks.download,
+        tasks.fetch,
+        tasks.blocklist,
+        pacing,
+        final_pass,
+        tasks.finished,
     )
     pending = [i for i in url_list.shard_ids if shard_name(i, OOM_SHARD_COUNT) not in committed]
     context = SparkSession.getActiveSession().sparkContext

@@ -16,6 +16,7 @@ from typing import Any
 import fsspec
 
 from flipcommon.shard_set import close_shard_set
+from flipcommon.storage import read_files
 
 STATS_SUFFIX = "_stats.json"
 
@@ -36,9 +37,7 @@ def read_shard_stats(output_dir: str) -> dict[str, dict[str, Any]]:
     except FileNotFoundError:
         return {}
     paths = sorted(p for p in names if p.endswith(STATS_SUFFIX))
-    contents = fs.cat(paths) if paths else {}
-    if isinstance(contents, bytes):  # one path: some file systems answer with its bytes
-        contents = {paths[0]: contents}
+    contents = read_files(fs, paths)
     return {
         Path(path).name.removesuffix(STATS_SUFFIX): json.loads(contents[path]) for path in paths
     }

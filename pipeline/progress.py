@@ -1,11 +1,13 @@
 """Live progress of a download: each task publishes its counts, the driver sums and prints them.
 
 Spark's accumulators reach the driver only when a task ends, and a shard task runs for many
-minutes, so each task instead rewrites a small JSON file under ``_work/progress/`` every few
-seconds (any fsspec storage; one file per shard, rewritten in place). A thread on the driver
-lists that folder on the same period, reads only the files that changed, and logs one line:
-samples done, images/s, success rate and the top failure reasons so far. Its summary, with a
-thinned timeline, goes into the manifest and the report.
+minutes, so a running task rewrites a small JSON file under ``_work/progress/`` every few
+seconds (any fsspec storage; one file per shard, rewritten in place; none for a shard that ends
+sooner), and a finished task sends its final counts through an accumulator, which costs no
+request. A thread on the driver lists that folder on the same period, reads the files that
+changed (concurrently), and logs one line: samples done, images/s, success rate and the top
+failure reasons so far. Its summary, with a thinned timeline, goes into the manifest and the
+report.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import time
 from typing import Any
 
 import fsspec
+from pyspark.accumulators import AccumulatorParam
 
-from flipcommon.storage import url_join, write_json_atomic
+from flipcommon.storage import read_files, url_join, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +34,28 @@ def progress_dir(output_dir: str) -> str:
     return url_join(output_dir, "_work", "progress")
 
 
-class TaskProgress:
-    """A shard task's side: its counts so far, written at most every ``interval_s``."""
+class FinishedShards(AccumulatorParam):
+    """An accumulator of finished shards' final counts: shard name -> record."""
 
-    def __init__(self, output_dir: str, name: str, interval_s: float):
+    def zero(self, value: dict) -> dict:
+        return {}
+
+    def addInPlace(self, first: dict, second: dict) -> dict:  # noqa: N802 - Spark's name
+        first.update(second)
+        return first
+
+
+class TaskProgress:
+    """A shard task's side: its counts so far, written at most every ``interval_s`` (the first
+    time after one interval); at the end, into ``finished`` (an accumulator of
+    ``FinishedShards``) where the driver gave one, else into the file."""
+
+    def __init__(self, output_dir: str, name: str, interval_s: float, finished: Any = None):
+        self.name = name
         self.url = url_join(progress_dir(output_dir), f"{name}.json")
         self.interval_s = interval_s
-        self._last = float("-inf")
+        self.finished = finished
+        self._last = time.monotonic()
 
     def update(self, counts: dict[str, int], reasons: Any, done: bool = False) -> None:
         """``reasons``: the shard's counter of outcomes (``dump()`` → reason: count), read
@@ -49,6 +67,9 @@ class TaskProgress:
         failures = {r: n for r, n in reasons.dump().items() if r != "success"}
         record = {"count": counts["count"], "successes": counts["successes"]}
         record |= {"reasons": failures, "done": done, "updated": time.time()}
+        if done and self.finished is not None:
+            self.finished.add({self.name: record})
+            return
         try:
             write_json_atomic(self.url, record)
         except OSError as err:  # progress is advisory: never fail a shard over it
@@ -64,8 +85,10 @@ class DownloadProgress:
     """The driver's side: ``with DownloadProgress(output_dir, total, interval_s):`` logs a
     line every ``interval_s``; ``summary()`` after the block gives the run's figures."""
 
-    def __init__(self, output_dir: str, total: int, interval_s: float):
+    def __init__(self, output_dir: str, total: int, interval_s: float, context: Any = None):
+        """``context``: a SparkContext; finished tasks then report through ``self.finished``."""
         self.folder = progress_dir(output_dir)
+        self.finished = context.accumulator({}, FinishedShards()) if context else None
         self.total = total
         self.interval_s = interval_s
         self._shards: dict[str, dict[str, Any]] = {}
@@ -106,26 +129,36 @@ class DownloadProgress:
             listing = fs.ls(root, detail=True)
         except FileNotFoundError:  # an object store has no folder until a task writes in it
             listing = []
+        changed = {}
         for info in listing:
             name = info["name"].rsplit("/", 1)[-1]
             token = _change_token(info)
-            if not name.endswith(".json") or self._seen.get(name) == token:
-                continue
+            if name.endswith(".json") and self._seen.get(name) != token:
+                changed[info["name"]] = (name, token)
+        for path, data in read_files(fs, list(changed), on_error="return").items():
+            name, token = changed[path]
             try:
-                with fs.open(info["name"], "r") as handle:
-                    self._shards[name] = json.load(handle)
+                self._shards[name.removesuffix(".json")] = json.loads(data)
                 self._seen[name] = token
-            except (OSError, ValueError):
-                continue  # replaced while read: next poll
+            except (TypeError, ValueError):
+                continue  # an error, or replaced while read: next poll
         done, ok = self.totals()[:2]
         self._timeline.append((time.monotonic() - self._start, done, ok))
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every shard's latest counts: finished ones from the accumulator, the rest from
+        their files."""
+        finished = dict(self.finished.value) if self.finished is not None else {}
+        running = [r for name, r in self._shards.items() if name not in finished]
+        return [*finished.values(), *running]
+
     def totals(self) -> tuple[int, int, collections.Counter]:
         reasons: collections.Counter = collections.Counter()
-        for shard in self._shards.values():
+        records = self.records()
+        for shard in records:
             reasons.update(shard.get("reasons", {}))
-        done = sum(s["count"] for s in self._shards.values())
-        ok = sum(s["successes"] for s in self._shards.values())
+        done = sum(s["count"] for s in records)
+        ok = sum(s["successes"] for s in records)
         return done, ok, reasons
 
     def line(self) -> str:
@@ -138,7 +171,7 @@ class DownloadProgress:
         percent = 100 * done / self.total if self.total else 100.0
         rate = 100 * ok / done if done else 0.0
         top = " · ".join(f"{r} {n:,}" for r, n in reasons.most_common(TOP_REASONS)) or "none"
-        finished = sum(1 for s in self._shards.values() if s.get("done"))
+        finished = sum(1 for s in self.records() if s.get("done"))
         return (
             f"{done:,}/{self.total:,} samples ({percent:.1f}%), {ok / elapsed:,.1f} images/s"
             f"{recent}, "

@@ -10,12 +10,12 @@ import collections
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
-from flipcommon.storage import url_join
+from flipcommon.storage import read_bytes, url_join
 
 SIDE_BINS = np.array([0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 1e9])
 CAPTION_BINS = np.array([0, 10, 20, 40, 80, 160, 320, 640, 1e9])
@@ -23,6 +23,7 @@ COLUMNS = ["status", "error_message", "retryable", "url", "original_width", "ori
 COLUMNS += ["caption"]
 KEPT_ERRORS = 200  # distinct error messages a partial keeps (the report shows the top 10)
 REASON_CHARS = 80  # a failure reason is its error message, cut to this length
+READER_THREADS = 16
 
 
 @dataclass
@@ -70,11 +71,16 @@ def stats_of_files(
     output_dir: str, names: Iterator[str], superseded_retryable: bool
 ) -> Iterator[ShardSetStats]:
     """One partial over the named shards' parquet files (runs on an executor)."""
+    from multiprocessing.pool import ThreadPool
+
+    def read(name: str) -> tuple[str, pa.Table]:
+        data = read_bytes(url_join(output_dir, f"{name}.parquet"))
+        return name, pq.read_table(pa.BufferReader(data), columns=COLUMNS)
+
     stats = ShardSetStats()
-    for name in names:
-        with fsspec.open(url_join(output_dir, f"{name}.parquet"), "rb") as handle:
-            table = pq.read_table(handle, columns=COLUMNS)
-        stats.add_shard(name, table, superseded_retryable)
+    with ThreadPool(READER_THREADS) as pool:  # small files: overlap the stores' round trips
+        for name, table in pool.imap(read, names):
+            stats.add_shard(name, table, superseded_retryable)
     stats.errors = collections.Counter(dict(stats.errors.most_common(KEPT_ERRORS)))
     yield stats
 

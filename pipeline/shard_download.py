@@ -34,13 +34,14 @@ from img2dataset.logger import CappedCounter
 from img2dataset.resizer import Resizer
 from img2dataset.writer import WebDatasetSampleWriter
 
-from flipcommon.storage import is_local, url_join, write_json_atomic
+from flipcommon.storage import is_local, read_bytes, url_join, write_json_atomic
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
 from pipeline.domains import interleave_by_domain, load_spread
 from pipeline.fetch import Fetcher, FetchResult
 from pipeline.image_header import declared_size
 from pipeline.progress import TaskProgress
+from pipeline.spark_daemon import freeze_imported_objects
 from pipeline.url_shards import UrlList
 
 log = logging.getLogger(__name__)
@@ -269,6 +270,24 @@ class ShardWriter:
         self.retryable_reasons: collections.Counter[str] = collections.Counter()
         self.status = CappedCounter()
 
+    def close_files(self) -> None:
+        """Finish the tar and the parquet file. On an object store closing a file is its
+        upload: the two go at once (img2dataset's writer would close them one after the other,
+        a round trip each)."""
+        if self.staging is not None:
+            self.writer.close()
+            return
+        writer = self.writer
+
+        def close_tar() -> None:
+            writer.tarwriter.close()
+            writer.tar_fd.close()
+
+        with ThreadPool(1) as pool:
+            tar = pool.apply_async(close_tar)
+            writer.buffered_parquet_writer.close()
+            tar.get()
+
     def write(self, image: bytes | None, meta: dict[str, Any]) -> None:
         self.writer.write(image, meta["key"], meta.get("caption"), meta)
         self.counts["count"] += 1
@@ -283,7 +302,7 @@ class ShardWriter:
                 self.retryable_reasons[meta["error_message"]] += 1
 
     def commit(self, start_time: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        self.writer.close()
+        self.close_files()
         fs, _ = fsspec.core.url_to_fs(self.output_dir)
         if self.staging is not None:
             for suffix in (".tar", ".parquet"):
@@ -318,8 +337,7 @@ def result_schema(input_schema: pa.Schema) -> pa.Schema:
 
 def read_part(url: str) -> pa.Table:
     """A URL-list part as the shard's input rows: the other columns, then caption and url."""
-    with fsspec.open(url, "rb") as handle:
-        table = pq.read_table(handle)
+    table = pq.read_table(io.BytesIO(read_bytes(url)))
     table = table.rename_columns([SHARD_COLUMNS.get(c, c) for c in table.column_names])
     last = list(SHARD_COLUMNS.values())
     return table.select([c for c in table.column_names if c not in last] + last)
@@ -341,9 +359,11 @@ class ShardDownloader:
         blocklist: BlocklistRef | None = None,
         pacing: SitePacing | None = None,
         final_pass: bool = False,
+        finished: Any = None,
     ):
         self.output_dir = output_dir
         self.url_list = url_list
+        self.finished = finished  # the driver's progress accumulator, if any
         self.download = download
         self.fetch = fetch
         self.blocklist = blocklist
@@ -351,6 +371,7 @@ class ShardDownloader:
         self.final_pass = final_pass
 
     def __call__(self, shard_id: int) -> dict[str, Any]:
+        freeze_imported_objects()
         name = shard_name(shard_id, OOM_SHARD_COUNT)
         try:
             return {"shard_id": shard_id, "name": name, "stats": self.download_shard(shard_id)}
@@ -361,6 +382,7 @@ class ShardDownloader:
     def download_shard(self, shard_id: int) -> dict[str, Any]:
         start_time = time.time()
         table = read_part(self.url_list.part_url(shard_id))
+        fetch_start = time.monotonic()
         rows = table.to_pylist()
         writer = ShardWriter(
             self.output_dir, shard_id, OOM_SHARD_COUNT, result_schema(table.schema)
@@ -369,12 +391,15 @@ class ShardDownloader:
         processor = make_processor(self.download, self.fetch, self.blocklist, self.pacing)
         stop_at = time.monotonic() + self.download.shard_deadline_s
         urls = [(index, row["url"]) for index, row in enumerate(rows)]
-        progress = TaskProgress(self.output_dir, writer.name, self.download.progress_interval_s)
+        progress = TaskProgress(
+            self.output_dir, writer.name, self.download.progress_interval_s, self.finished
+        )
         final = {"retryable": False} if self.final_pass else {}
         for index, image, result in process_all(urls, processor, self.download.threads, stop_at):
             key = compute_key(index, shard_id, digits, OOM_SHARD_COUNT)
             writer.write(image, {**rows[index], "key": key, **result, **final})
             progress.update(writer.counts, writer.status)
-        stats = writer.commit(start_time, {"final_pass": True} if self.final_pass else None)
+        extra = {"fetch_seconds": round(time.monotonic() - fetch_start, 3)}
+        stats = writer.commit(start_time, extra | ({"final_pass": True} if self.final_pass else {}))
         progress.update(writer.counts, writer.status, done=True)
         return stats

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
-from flipcommon.storage import url_join
+from flipcommon.storage import read_bytes, url_join
 from pipeline.url_shards import UrlList, read_url_list, write_url_list
 
 RETRY_FOLDER = "retry_urls"
@@ -35,8 +35,8 @@ RETRY_COLUMNS = {  # the shard parquet's column -> the URL list's column, and it
 def retryable_rows(output_dir: str, names: Iterator[str]) -> Iterator[tuple]:
     """The retryable failures of the named committed shards, as URL-list rows (executor side)."""
     for name in names:
-        with fsspec.open(url_join(output_dir, f"{name}.parquet"), "rb") as handle:
-            table = pq.read_table(handle)
+        data = read_bytes(url_join(output_dir, f"{name}.parquet"))
+        table = pq.read_table(pa.BufferReader(data))
         present = [c for c in RETRY_COLUMNS if c in table.column_names]
         rows = table.select([*present, "retryable"]).to_pylist()
         for row in rows:

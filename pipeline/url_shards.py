@@ -40,6 +40,7 @@ from pyspark.sql import types as T
 
 from flipcommon.storage import (
     exists,
+    read_bytes,
     read_json,
     url_join,
     write_bytes_atomic,
@@ -55,7 +56,6 @@ ORDER = ["_order", "_domain", "_run", *ROW_ORDER]
 MARKER_FILE = "_url_list.json"
 SORTED_RUNS = "_sorted"  # the sort's output, read by the part writers, removed after
 RUN_ROWS = 50_000  # rows per sorted run (~15 MB of LAION rows): the sort's partition size
-RUN_ROW_GROUP = 1_000  # a part reads only the row groups of a run that its ranks fall in
 PART_WRITER_THREADS = 16  # a part is a few small requests: a task overlaps many
 
 
@@ -174,7 +174,7 @@ def _write_sorted_runs(
         if length:
             table = pa.Table.from_batches(received).select(run_schema.names).cast(run_schema)
             buffer = pa.BufferOutputStream()
-            pq.write_table(table, buffer, row_group_size=RUN_ROW_GROUP)
+            pq.write_table(table, buffer)
             write_bytes_atomic(_run_url(runs, index), buffer.getvalue().to_pybytes())
         yield pa.RecordBatch.from_pydict({"run": [index], "rows": [length]})
 
@@ -188,8 +188,9 @@ def _write_sorted_runs(
 def _write_parts(
     spark, url_list: UrlList, runs: str, lengths: list[int], schema: pa.Schema
 ) -> dict[str, int]:
-    """Write every shard's part on the executors (a task writes a range of shards, many at
-    once); return the spread: for each domain in more than one shard, how many shards."""
+    """Write every shard's part on the executors; return the spread: for each domain in more
+    than one shard, how many shards. A task writes a contiguous range of shards: it reads each
+    run it needs once, whole, and uploads its parts many at once."""
     starts = [0]
     for length in lengths:
         starts.append(starts[-1] + length)
@@ -197,11 +198,19 @@ def _write_parts(
     def write_range(indices: Iterator[int]) -> Iterator[tuple[str, int]]:
         from multiprocessing.pool import ThreadPool
 
-        def write(index: int) -> list[str]:
-            return _write_part(url_list, index, runs, starts, schema)
+        reader = RunReader(runs, starts)
+        tables = ((index, reader.slice_for(url_list, index)) for index in indices)
+
+        def write(item: tuple[int, pa.Table]) -> list[str]:
+            index, table = item
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table.select(schema.names), buffer)
+            part = url_list.part_url(url_list.first_shard + index)
+            write_bytes_atomic(part, buffer.getvalue().to_pybytes())
+            return sorted(set(table.column("_domain").to_pylist()))
 
         with ThreadPool(PART_WRITER_THREADS) as pool:
-            for domains in pool.imap_unordered(write, list(indices)):
+            for domains in pool.imap_unordered(write, tables):
                 yield from ((domain, 1) for domain in domains)
 
     context = spark.sparkContext
@@ -217,27 +226,37 @@ def _write_parts(
     return dict(spread)
 
 
-def _write_part(
-    url_list: UrlList, index: int, runs: str, starts: list[int], schema: pa.Schema
-) -> list[str]:
-    """Write the ``index``-th shard's part from the row groups of the runs holding its ranks;
-    return the domains it holds."""
+class RunReader:
+    """Slices of the sorted runs by rank, for shards asked in ascending order: each run is read
+    once (one request) and dropped when no later shard needs it."""
 
-    low = index * url_list.samples_per_shard
-    high = min(low + url_list.samples_per_shard, url_list.rows)
-    pieces = []
-    run = bisect.bisect_right(starts, low) - 1
-    while run < len(starts) - 1 and starts[run] < high:
-        begin, end = max(low, starts[run]) - starts[run], min(high, starts[run + 1]) - starts[run]
-        if end > begin:
-            first, last = begin // RUN_ROW_GROUP, (end - 1) // RUN_ROW_GROUP
-            with fsspec.open(_run_url(runs, run), "rb") as handle:
-                groups = pq.ParquetFile(handle).read_row_groups(range(first, last + 1))
-            pieces.append(groups.slice(begin - first * RUN_ROW_GROUP, end - begin))
-        run += 1
-    table = pa.concat_tables(pieces)
-    buffer = pa.BufferOutputStream()
-    pq.write_table(table.select(schema.names), buffer)
-    shard_id = url_list.first_shard + index
-    write_bytes_atomic(url_list.part_url(shard_id), buffer.getvalue().to_pybytes())
-    return sorted(set(table.column("_domain").to_pylist()))
+    def __init__(self, runs: str, starts: list[int]):
+        self.runs = runs
+        self.starts = starts
+        self.cached: dict[int, pa.Table] = {}
+
+    def run(self, index: int) -> pa.Table:
+        if index not in self.cached:
+            data = read_bytes(_run_url(self.runs, index))
+            self.cached[index] = pq.read_table(pa.BufferReader(data))
+        return self.cached[index]
+
+    def slice_for(self, url_list: UrlList, index: int) -> pa.Table:
+        """The rows ranked ``[index × S, (index + 1) × S)`` (S: samples per shard)."""
+        low = index * url_list.samples_per_shard
+        high = min(low + url_list.samples_per_shard, url_list.rows)
+        starts = self.starts
+        first = bisect.bisect_right(starts, low) - 1
+        for stale in [r for r in self.cached if r < first]:
+            del self.cached[stale]  # slices already handed out keep their own buffers
+        pieces = []
+        run = first
+        while run < len(starts) - 1 and starts[run] < high:
+            begin, end = (
+                max(low, starts[run]) - starts[run],
+                min(high, starts[run + 1]) - starts[run],
+            )
+            if end > begin:
+                pieces.append(self.run(run).slice(begin, end - begin))
+            run += 1
+        return pa.concat_tables(pieces)

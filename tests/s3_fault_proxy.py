@@ -1,12 +1,14 @@
-"""An unreliable S3: a proxy on loopback in front of the moto server that fails a share of
-requests the way S3 does under load (503 SlowDown before the request is applied, 500 after it
-was applied with the answer lost). Failures are drawn from a seeded generator."""
+"""An unreliable, distant S3: a proxy on loopback in front of the moto server that fails a share
+of requests the way S3 does under load (503 SlowDown before the request is applied, 500 after it
+was applied with the answer lost), and may add a bucket's latency to every request. Failures
+are drawn from a seeded generator; every request's (method, start, end) is recorded."""
 
 from __future__ import annotations
 
 import http.client
 import random
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -22,8 +24,18 @@ INTERNAL = (
 
 
 class FaultyS3Proxy:
-    def __init__(self, upstream: str, fail_before: float, fail_after: float, seed: int = 0):
+    def __init__(
+        self,
+        upstream: str,
+        fail_before: float,
+        fail_after: float,
+        seed: int = 0,
+        latency_s: float = 0.0,
+    ):
         parts = urlsplit(upstream)
+        self.latency_s = latency_s
+        self.requests: list[tuple[str, float, float]] = []  # (method, start, end), monotonic
+        self.paths: list[tuple[str, str]] = []  # (method, path)
         self.upstream = (parts.hostname, parts.port)
         self.fail_before = fail_before
         self.fail_after = fail_after
@@ -67,6 +79,16 @@ class FaultyS3Proxy:
                 pass
 
             def _relay(self) -> None:
+                start = time.monotonic()
+                try:
+                    self._relay_once()
+                finally:
+                    proxy.requests.append((self.command, start, time.monotonic()))
+                    proxy.paths.append((self.command, self.path))
+
+            def _relay_once(self) -> None:
+                if proxy.latency_s:
+                    time.sleep(proxy.latency_s)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 fate = proxy._draw()
