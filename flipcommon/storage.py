@@ -114,3 +114,10 @@ def remove_if_exists(url: str) -> None:
     fs, path = fsspec.core.url_to_fs(url)
     if fs.exists(path):
         fs.rm(path)
+
+
+def remove_folder(url: str) -> None:
+    """Remove ``url`` and all under it; nothing there is fine."""
+    fs, path = fsspec.core.url_to_fs(url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)

@@ -20,7 +20,7 @@ import fsspec
 from pyspark.sql import SparkSession
 
 from pipeline.config import DownloadConfig, FetchConfig
-from pipeline.manifest import read_shard_stats
+from pipeline.manifest import committed_shard_names, read_shard_stats
 from pipeline.progress import DownloadProgress
 from pipeline.shard_download import (
     OOM_SHARD_COUNT,
@@ -133,7 +133,18 @@ def run_shards(
     for _ in range(SHARD_ATTEMPTS):
         if not pending:
             break
-        outcomes = context.parallelize(pending, len(pending)).map(downloader).collect()
+        try:
+            outcomes = context.parallelize(pending, len(pending)).map(downloader).collect()
+        except Exception as err:  # noqa: BLE001 - a worker that crashed (not raised) 4 times
+            missing = set(pending) - {
+                int(n) for n in committed_shard_names(tasks.output_dir) if n.isdigit()
+            }
+            names = ", ".join(shard_name(i, OOM_SHARD_COUNT) for i in sorted(missing)[:50])
+            raise IncompleteDownloadError(
+                f"the download job stopped ({type(err).__name__}); {len(missing)} shard(s) not "
+                f"committed, among them {names}. Run the stage again: finished shards are "
+                "kept; the executor logs say why a worker died"
+            ) from err
         errors = {o["shard_id"]: o["error"] for o in outcomes if "error" in o}
         done |= {o["name"]: o["stats"] for o in outcomes if "stats" in o}
         pending = sorted(errors)

@@ -25,22 +25,32 @@ class ReconciliationError(RuntimeError):
     pass
 
 
-def read_shard_stats(output_dir: str) -> dict[str, dict[str, Any]]:
-    """Every committed shard's ``_stats.json``, by shard name: one fresh listing (other
-    processes wrote since any cached one), then the files read concurrently (one request
-    each; an object store's latency is paid once per batch, not once per shard)."""
+def committed_shard_names(output_dir: str) -> list[str]:
+    """The names of the shards whose stats file (their commit marker) is in ``output_dir``,
+    from one fresh listing."""
     fs, root = fsspec.core.url_to_fs(output_dir)
     root = root.rstrip("/")
     fs.invalidate_cache(root)
     try:
         names = fs.ls(root, detail=False)
     except FileNotFoundError:
-        return {}
-    paths = sorted(p for p in names if p.endswith(STATS_SUFFIX))
-    contents = read_files(fs, paths)
-    return {
-        Path(path).name.removesuffix(STATS_SUFFIX): json.loads(contents[path]) for path in paths
+        return []
+    return sorted(
+        Path(p).name.removesuffix(STATS_SUFFIX) for p in names if p.endswith(STATS_SUFFIX)
+    )
+
+
+def read_shard_stats(output_dir: str) -> dict[str, dict[str, Any]]:
+    """Every committed shard's ``_stats.json``, by shard name: one fresh listing (other
+    processes wrote since any cached one), then the files read concurrently (one request
+    each; an object store's latency is paid once per batch, not once per shard)."""
+    fs, root = fsspec.core.url_to_fs(output_dir)
+    paths = {
+        f"{root.rstrip('/')}/{name}{STATS_SUFFIX}": name
+        for name in committed_shard_names(output_dir)
     }
+    contents = read_files(fs, list(paths))
+    return {name: json.loads(contents[path]) for path, name in paths.items()}
 
 
 def shard_sizes(stats: dict[str, dict[str, Any]]) -> dict[str, int]:

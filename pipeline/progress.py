@@ -22,7 +22,7 @@ from typing import Any
 import fsspec
 from pyspark.accumulators import AccumulatorParam
 
-from flipcommon.storage import read_files, url_join, write_json_atomic
+from flipcommon.storage import read_files, remove_if_exists, url_join, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class TaskProgress:
         self.interval_s = interval_s
         self.finished = finished
         self._last = time.monotonic()
+        self._written = False
 
     def update(self, counts: dict[str, int], reasons: Any, done: bool = False) -> None:
         """``reasons``: the shard's counter of outcomes (``dump()`` → reason: count), read
@@ -69,9 +70,12 @@ class TaskProgress:
         record |= {"reasons": failures, "done": done, "updated": time.time()}
         if done and self.finished is not None:
             self.finished.add({self.name: record})
+            if self._written:  # the driver now has the final counts: keep its listing short
+                remove_if_exists(self.url)
             return
         try:
             write_json_atomic(self.url, record)
+            self._written = True
         except OSError as err:  # progress is advisory: never fail a shard over it
             log.warning("progress of %s not written: %s", self.url, err)
 

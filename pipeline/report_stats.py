@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
 from flipcommon.storage import read_bytes, url_join
+from pipeline.url_shards import batched
 
 SIDE_BINS = np.array([0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 1e9])
 CAPTION_BINS = np.array([0, 10, 20, 40, 80, 160, 320, 640, 1e9])
@@ -79,8 +80,9 @@ def stats_of_files(
 
     stats = ShardSetStats()
     with ThreadPool(READER_THREADS) as pool:  # small files: overlap the stores' round trips
-        for name, table in pool.imap(read, names):
-            stats.add_shard(name, table, superseded_retryable)
+        for window in batched(names, 2 * READER_THREADS):  # imap alone would read all ahead
+            for name, table in pool.imap(read, window):
+                stats.add_shard(name, table, superseded_retryable)
     stats.errors = collections.Counter(dict(stats.errors.most_common(KEPT_ERRORS)))
     yield stats
 
@@ -96,5 +98,5 @@ def collect_stats(
     return (
         context.parallelize(sorted(shards), partitions)
         .mapPartitions(lambda names: stats_of_files(output_dir, names, superseded_retryable))
-        .reduce(ShardSetStats.merged)
+        .treeReduce(ShardSetStats.merged)  # merged on the executors, not one by one here
     )

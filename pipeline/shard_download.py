@@ -274,10 +274,11 @@ class ShardWriter:
         """Finish the tar and the parquet file. On an object store closing a file is its
         upload: the two go at once (img2dataset's writer would close them one after the other,
         a round trip each)."""
-        if self.staging is not None:
-            self.writer.close()
-            return
         writer = self.writer
+        parts = ("tarwriter", "tar_fd", "buffered_parquet_writer")
+        if self.staging is not None or not all(hasattr(writer, p) for p in parts):
+            writer.close()  # local files, or an img2dataset whose writer is built otherwise
+            return
 
         def close_tar() -> None:
             writer.tarwriter.close()
@@ -285,8 +286,10 @@ class ShardWriter:
 
         with ThreadPool(1) as pool:
             tar = pool.apply_async(close_tar)
-            writer.buffered_parquet_writer.close()
-            tar.get()
+            try:
+                writer.buffered_parquet_writer.close()
+            finally:
+                tar.get()
 
     def write(self, image: bytes | None, meta: dict[str, Any]) -> None:
         self.writer.write(image, meta["key"], meta.get("caption"), meta)
@@ -387,7 +390,8 @@ class ShardDownloader:
         writer = ShardWriter(
             self.output_dir, shard_id, OOM_SHARD_COUNT, result_schema(table.schema)
         )
-        digits = math.ceil(math.log10(self.download.samples_per_shard))
+        # the list's, not the config's: keys stay unique if a rerun's config differs
+        digits = math.ceil(math.log10(self.url_list.samples_per_shard))
         processor = make_processor(self.download, self.fetch, self.blocklist, self.pacing)
         stop_at = time.monotonic() + self.download.shard_deadline_s
         urls = [(index, row["url"]) for index, row in enumerate(rows)]

@@ -50,16 +50,27 @@ def installed_pyspark_dir() -> str | None:
     return None
 
 
+def installed(package: str, path: list[str]) -> bool:
+    """Whether ``package`` is installed as a directory somewhere on ``path``."""
+    return any(
+        entry and os.path.isfile(os.path.join(entry, package, "__init__.py")) for entry in path
+    )
+
+
 def without_bundled_archives(path: list[str], pyspark_dir: str | None) -> list[str]:
-    """``path`` less the archives (zip, jar) stored inside ``pyspark_dir``."""
+    """``path`` less the archives (zip, jar) stored inside ``pyspark_dir``; py4j's archive only
+    where py4j itself is installed too."""
     if pyspark_dir is None:
         return list(path)
     inside = pyspark_dir + os.sep
-    return [
-        entry
-        for entry in path
-        if not (os.path.isfile(entry) and os.path.realpath(entry).startswith(inside))
-    ]
+    keep_py4j = not installed("py4j", path)
+
+    def bundled(entry: str) -> bool:
+        if not (os.path.isfile(entry) and os.path.realpath(entry).startswith(inside)):
+            return False
+        return not (keep_py4j and os.path.basename(entry).startswith("py4j"))
+
+    return [entry for entry in path if not bundled(entry)]
 
 
 def drop_bundled_archives() -> None:

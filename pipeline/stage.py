@@ -13,12 +13,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from flipcommon.shard_set import MANIFEST_FILE, read_manifest, sizes_url
-from flipcommon.storage import absolute, exists, remove_if_exists, url_join
+from flipcommon.storage import absolute, exists, remove_folder, remove_if_exists, url_join
 from pipeline import filters, ingest, manifest, url_shards
 from pipeline.config import DemoConfig, PipelineConfig
 from pipeline.decontaminate import build_blocklist
 from pipeline.download import download_shards
+from pipeline.manifest import committed_shard_names
 from pipeline.shard_download import BlocklistRef
+from pipeline.shard_retry import RETRY_FOLDER
 from pipeline.spark_session import get_spark
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,8 @@ def build_url_list(
         sent,
     )
     counts = {"rows_in": rows_in, "filters": drops, "duplicates": passed - sent}
+    # a final-pass list belongs to the first-pass list it was drawn from
+    remove_folder(url_join(config.output_dir, "_work", RETRY_FOLDER))
     info = {"counts": counts, "fingerprint": url_list_fingerprint(config, sources)}
     url_list = url_shards.write_url_list(
         unique, config.output_dir, sent, config.download.samples_per_shard, info=info
@@ -151,6 +155,14 @@ def reusable_url_list(
     rerun then cuts exactly the same shards and skips reading the metadata. The demo's list
     is always rebuilt (its web's port changes per run)."""
     existing = url_shards.read_url_list(url_join(config.output_dir, "_work", "urls"))
+    if existing is None and not config.demo.enabled and committed_shard_names(config.output_dir):
+        # A new cut would give those shard ids other rows (the demo's rebuilt list is the
+        # same cut: its rows and order do not change).
+        raise UrlListMismatchError(
+            f"{config.output_dir} holds committed shards but not the URL list they were cut "
+            "from (_work/urls/_url_list.json); use another output_dir, or delete the shards "
+            "to start over"
+        )
     if existing is None or config.demo.enabled:
         return None
     sources = [url for urls, _ in groups for url in urls]

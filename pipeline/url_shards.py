@@ -24,6 +24,7 @@ with no Hadoop connector.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import operator
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ URL_COLUMNS = ["SAMPLE_ID", "URL", "TEXT", "LICENSE", "NSFW", "similarity"]
 MAX_DOMAIN_SHARE = 0.25  # the longest run of one domain, as a fraction of a shard
 ROW_ORDER = ["SAMPLE_ID", "URL", "TEXT"]  # unique per row once (URL, TEXT) is deduplicated
 ORDER = ["_order", "_domain", "_run", *ROW_ORDER]
+RANGE_KEY = ["_order", "_run", "SAMPLE_ID"]
 MARKER_FILE = "_url_list.json"
 SORTED_RUNS = "_sorted"  # the sort's output, read by the part writers, removed after
 RUN_ROWS = 50_000  # rows per sorted run (~15 MB of LAION rows): the sort's partition size
@@ -149,6 +151,12 @@ def write_url_list(
     return url_list
 
 
+def batched(items: Iterator, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
 def _run_url(runs: str, index: int) -> str:
     return url_join(runs, f"run-{index:05d}.parquet")
 
@@ -158,9 +166,13 @@ def _write_sorted_runs(
 ) -> list[int]:
     """Sort ``df`` into ``partitions`` range partitions, each written as one run file (with its
     _domain column); return every run's length in partition order (0 for an empty one)."""
+    # Range bounds from the fixed-width prefix of the order: Spark samples its keys to the
+    # driver (~3 × 100 per partition), and URL and caption would make that sample ~0.6 GB at
+    # LAION-400M. Equal prefixes land in one partition, so the sort inside each still gives
+    # one total order.
     ordered = (
         domain_ordered(df, samples_per_shard)
-        .repartitionByRange(partitions, *ORDER)
+        .repartitionByRange(partitions, *RANGE_KEY)
         .sortWithinPartitions(*ORDER)
     )
     run_schema = schema.append(pa.field("_domain", pa.string()))
@@ -199,7 +211,6 @@ def _write_parts(
         from multiprocessing.pool import ThreadPool
 
         reader = RunReader(runs, starts)
-        tables = ((index, reader.slice_for(url_list, index)) for index in indices)
 
         def write(item: tuple[int, pa.Table]) -> list[str]:
             index, table = item
@@ -209,9 +220,13 @@ def _write_parts(
             write_bytes_atomic(part, buffer.getvalue().to_pybytes())
             return sorted(set(table.column("_domain").to_pylist()))
 
+        # In windows of 2 × threads: a pool's imap would slice every part of the task ahead
+        # of its writers, holding every run they share.
         with ThreadPool(PART_WRITER_THREADS) as pool:
-            for domains in pool.imap_unordered(write, tables):
-                yield from ((domain, 1) for domain in domains)
+            for window in batched(indices, 2 * PART_WRITER_THREADS):
+                tables = [(index, reader.slice_for(url_list, index)) for index in window]
+                for domains in pool.imap_unordered(write, tables):
+                    yield from ((domain, 1) for domain in domains)
 
     context = spark.sparkContext
     shards = url_list.shards

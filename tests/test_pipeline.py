@@ -346,3 +346,10 @@ def test_a_rerun_reuses_the_url_list_and_refuses_other_settings(spark, tmp_path)
     config.download.samples_per_shard = 5
     with pytest.raises(UrlListMismatchError, match="other inputs or settings"):
         reusable_url_list(config, groups)
+    config.download.samples_per_shard = 10
+    # Shards committed without the list they were cut from: a new cut would give their ids
+    # other rows, so the stage refuses rather than mixing two cuts.
+    (tmp_path / "shards" / "00000_stats.json").write_text("{}")
+    (tmp_path / "shards" / "_work" / "urls" / "_url_list.json").unlink()
+    with pytest.raises(UrlListMismatchError, match="not the URL list they were cut from"):
+        reusable_url_list(config, groups)
