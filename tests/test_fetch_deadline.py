@@ -130,23 +130,25 @@ def test_a_shard_commits_at_its_budget_with_requests_in_flight(tmp_path, faults)
     """Every thread is stuck in a trickle when the budget ends: the shard still commits on
     time, and every row is accounted for (retryable, for the final pass)."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from pipeline.config import DownloadConfig
     from pipeline.shard_download import ShardDownloader
+    from pipeline.url_shards import UrlList, part_url
 
     with HostileWeb() as web:
         trickle = {name: url for url, name in faults.urls().items()}["trickled-headers"]
         urls = [web.base_url + "/ok/0.jpg"] + [trickle] * 11
-        arrow_file = str(tmp_path / "0.feather")
-        table = pa.table({"url": urls, "caption": [f"c{i}" for i in range(len(urls))]})
-        with pa.OSFile(arrow_file, "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
-            out.write_table(table)
+        table = pa.table({"URL": urls, "TEXT": [f"c{i}" for i in range(len(urls))]})
+        (tmp_path / "urls").mkdir()
+        pq.write_table(table, part_url(str(tmp_path / "urls"), 0))
         download = DownloadConfig(image_size=32, samples_per_shard=16, threads=4)
         download.shard_deadline_s = 2.0
+        url_list = UrlList(str(tmp_path / "urls"), len(urls), download.samples_per_shard)
         downloader = ShardDownloader(
-            str(tmp_path / "shards"), download, strict_fetch(deadline_s=30.0), 5
+            str(tmp_path / "shards"), url_list, download, strict_fetch(deadline_s=30.0)
         )
-        stats, elapsed = timed(lambda: downloader.download_shard(0, arrow_file))
+        stats, elapsed = timed(lambda: downloader.download_shard(0))
     assert elapsed <= download.shard_deadline_s + 2 * SLACK_S
     assert stats["count"] == len(urls) and stats["successes"] == 1
     assert stats["status_dict"]["shard deadline exceeded"] == 11
