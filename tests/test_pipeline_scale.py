@@ -38,7 +38,8 @@ def test_rehearsal_at_500_shards_keeps_the_driver_out_of_the_data_path(tmp_path)
     assert figures["shards"] > figures["first_pass_shards"] == 500
     assert figures["retry_pass"]["retried"] == figures["retryable_urls"] == 20
     assert figures["kept"] == figures["rows"] == 1000
-    # The driver: listings, markers, the manifest — not a request per shard.
-    assert figures["driver_requests"] < 150, figures["driver_requests_by_method"]
+    # The driver: listings (one per progress poll, every 10 s), markers, the manifest — not a
+    # request per shard (500 shards: ~70 measured; the bound leaves room for a slow machine).
+    assert figures["driver_requests"] < 300, figures["driver_requests_by_method"]
     # An executor per shard: its part, tar, parquet, stats (+ the URL list and report reads).
     assert figures["executor_requests_per_shard"] < 8, figures
