@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -82,26 +81,6 @@ def serve_images(port_queue) -> None:
     server.daemon_threads = True
     port_queue.put(server.server_address[1])
     server.serve_forever()
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("moto server did not start")
 
 
 def write_metadata(path: str, base_url: str, rows: int, retryable_every: int) -> int:
@@ -195,6 +174,7 @@ def run_stage(args, endpoint_driver: str, endpoint_executors: str, base_url: str
 def rehearse(args) -> dict:
     import fsspec
 
+    from tests.moto_server import start_moto
     from tests.s3_fault_proxy import FaultyS3Proxy
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "rehearsal")

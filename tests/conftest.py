@@ -120,29 +120,9 @@ def micro_train_config(run_dir: str, shards: str, **overrides):
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 endpoint on loopback: moto's server in its own process, dummy credentials."""
-    import socket
-    import subprocess
-    import time
+    from tests.moto_server import start_moto
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        server.kill()
-        raise RuntimeError("moto server did not start")
-    endpoint = f"http://127.0.0.1:{port}"
+    server, endpoint = start_moto()
     saved = {
         k: os.environ.get(k)
         for k in (

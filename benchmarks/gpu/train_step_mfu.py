@@ -83,7 +83,8 @@ def build_pair(name: str, variant: str, ratio: float, device: torch.device, text
 
 
 def measure_model(name: str, batch: int, ratios: list[float], args, device) -> list[dict]:
-    flops = train_flops_per_sample(name, args.variant, ratios, batch=2, device=str(device))
+    settings = [(ratio, 0) for ratio in ratios]  # 0: the model's own image size
+    flops = train_flops_per_sample(name, args.variant, settings, batch=2, device=str(device))
     rows = []
     for ratio in ratios:
         pair, cfg = build_pair(name, args.variant, ratio, device, args.text_groups)
@@ -125,8 +126,8 @@ def measure_model(name: str, batch: int, ratios: list[float], args, device) -> l
                     "batch": batch,
                     "s_per_step": seconds,
                     "samples_per_s": samples_per_s,
-                    "train_gflops_per_sample": flops[ratio]["total"] / 1e9,
-                    "mfu": samples_per_s * flops[ratio]["total"] / args.peak_flops,
+                    "train_gflops_per_sample": flops[(ratio, 0)]["total"] / 1e9,
+                    "mfu": samples_per_s * flops[(ratio, 0)]["total"] / args.peak_flops,
                     "peak_memory_gib": peak.get(key),
                 }
             )
