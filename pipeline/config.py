@@ -58,7 +58,10 @@ class FetchConfig:
     deadline_s: float = 20.0
     socket_timeout_s: float = 10.0  # per socket operation, within the deadline
     max_bytes: int = 32 * 1024 * 1024
-    retries: int = 2  # extra attempts on 408/429/5xx and transport errors
+    # Extra attempts within the task on 408/429/5xx and transport errors. 0: the final pass
+    # (download.retry_pass), hours later, is the retry: a dead host then holds a thread for one
+    # deadline, not three, and a flaky site has had time to recover.
+    retries: int = 0
     backoff_base_s: float = 1.0  # doubles per attempt, jittered, capped at backoff_max_s
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 60.0  # a longer Retry-After leaves the URL to the final pass
@@ -70,6 +73,7 @@ class FetchConfig:
     allowed_networks: list[str] = field(default_factory=list)
     ca_file: str = ""  # extra CA certificates (PEM) to trust, beside the system's
     dns_cache_s: float = 300.0  # how long a host's resolved addresses are reused, per task
+    dns_negative_cache_s: float = 60.0  # how long a failed lookup's answer is reused, per task
     user_agent_token: str = "flip-pipeline"
     disallowed_directives: list[str] = field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]

@@ -153,7 +153,8 @@ Lookup = Callable[..., list]
 
 
 class Resolver:
-    """getaddrinfo under a deadline, with a short positive cache. Thread-safe."""
+    """getaddrinfo under a deadline, with a short positive cache and a shorter negative one
+    (a dead domain's every URL would otherwise ask the resolver again). Thread-safe."""
 
     def __init__(
         self,
@@ -161,24 +162,31 @@ class Resolver:
         cache_s: float = 300.0,
         max_pending: int = 64,
         clock: Callable[[], float] = time.monotonic,
+        negative_cache_s: float = 60.0,
     ):
         self._lookup = lookup
         self._cache_s = cache_s
+        self._negative_cache_s = negative_cache_s
         self._clock = clock
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._failures: dict[tuple[str, int], tuple[float, socket.gaierror]] = {}
         self._lock = threading.Lock()
         # Held by a lookup's thread until getaddrinfo returns, so a resolver that never
         # answers cannot make this process start threads without end.
         self._slots = threading.BoundedSemaphore(max_pending)
 
     def addresses(self, host: str, port: int, deadline: Deadline) -> list[str]:
-        """The addresses of ``host``; socket.gaierror from the lookup, DeadlineExceeded when
-        it does not answer in time."""
+        """The addresses of ``host``; socket.gaierror from the lookup (or a recent failed one),
+        DeadlineExceeded when it does not answer in time."""
         key = (host, port)
+        now = self._clock()
         with self._lock:
             cached = self._cache.get(key)
-        if cached is not None and cached[0] > self._clock():
+            failed = self._failures.get(key)
+        if cached is not None and cached[0] > now:
             return cached[1]
+        if failed is not None and failed[0] > now:
+            raise socket.gaierror(*failed[1].args)
         if not self._slots.acquire(timeout=max(0.0, deadline.remaining())):
             raise DeadlineExceeded(deadline.reason)
         outcome: dict[str, Any] = {}
@@ -197,7 +205,11 @@ class Resolver:
         if not done.wait(max(0.0, deadline.remaining())):
             raise DeadlineExceeded(deadline.reason)
         if "error" in outcome:
-            raise outcome["error"]
+            error = outcome["error"]
+            if isinstance(error, socket.gaierror) and self._negative_cache_s > 0:
+                with self._lock:
+                    self._failures[key] = (self._clock() + self._negative_cache_s, error)
+            raise error
         addresses = [info[4][0] for info in outcome["infos"]]
         with self._lock:
             self._cache[key] = (self._clock() + self._cache_s, addresses)

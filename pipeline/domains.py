@@ -5,8 +5,9 @@ one operator's servers. The registrable domain (the public suffix plus one label
 Public Suffix List snapshot that tldextract ships; never fetched at run time) names the site; an
 IP address or a single-label host stands for itself.
 
-The URL list puts one domain's URLs in few shards (``pipeline.url_shards``) and records, for
-each domain that still spans several shards, how many: its *spread*. A task paces a domain at
+The URL list puts one domain's URLs in few shards, or a large one over the whole list
+(``pipeline.url_shards``, ``pipeline.site_placement``), and records, for each domain that spans
+several shards, how many (its *spread*) and how many URLs it has. A task paces a domain at
 ``per_domain_interval_s × min(spread, tasks that can run at once)``, so however many of those
 shards run at once, the domain sees at most one request per ``per_domain_interval_s`` from the
 whole cluster (``pipeline.shard_download.SitePacing``).
@@ -65,13 +66,25 @@ def interleave_by_domain(items: Iterable[tuple[int, str]]) -> list[tuple[int, st
     return [item for _, _, item in sorted(ranked, key=lambda r: (r[0], r[1]))]
 
 
-def write_spread(url_list: str, spread: Mapping[str, int]) -> None:
-    write_json_atomic(url_join(url_list, SPREAD_FILE), {"spread": dict(sorted(spread.items()))})
+def write_spread(
+    url_list: str, spread: Mapping[str, int], urls: Mapping[str, int] | None = None
+) -> None:
+    record = {"spread": dict(sorted(spread.items())), "urls": dict(sorted((urls or {}).items()))}
+    write_json_atomic(url_join(url_list, SPREAD_FILE), record)
 
 
 @functools.lru_cache(maxsize=4)
 def load_spread(url_list: str) -> Mapping[str, int]:
     """The spread recorded beside a URL list; empty (every domain in one shard) without one,
     e.g. for a URL list that was not written by ``pipeline.url_shards``."""
+    return _spread_file(url_list).get("spread", {})
+
+
+def load_site_urls(url_list: str) -> Mapping[str, int]:
+    """The URL count of each multi-shard domain of a URL list (empty for an older list)."""
+    return _spread_file(url_list).get("urls", {})
+
+
+def _spread_file(url_list: str) -> dict:
     path = url_join(url_list, SPREAD_FILE)
-    return read_json(path)["spread"] if exists(path) else {}
+    return read_json(path) if exists(path) else {}

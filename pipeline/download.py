@@ -31,6 +31,7 @@ from pipeline.shard_download import (
     staging_root,
 )
 from pipeline.shard_retry import retry_url_list
+from pipeline.site_placement import SitePlacement
 from pipeline.url_shards import UrlList
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def download_shards(
     # The most shard tasks that can run at once: a domain's shards beyond that never overlap.
     concurrency = max(download.processes, spark.sparkContext.defaultParallelism)
     pacing = SitePacing(url_list.path, concurrency)
+    warn_if_pacing_outlasts_shards(pacing, fetch, download)
     first_names = {shard_name(i, OOM_SHARD_COUNT) for i in url_list.shard_ids}
     to_do = url_list.rows - sum(int(s["count"]) for n, s in stats.items() if n in first_names)
     log.info("downloading %d shards (%d already done)", url_list.shards, len(stats))
@@ -85,6 +87,7 @@ def download_shards(
                 first_pass,
                 download.samples_per_shard,
                 first_shard=url_list.first_shard + url_list.shards,
+                placement=SitePlacement.of(download, fetch),
             )
             if retry.rows:
                 log.info("final pass: %d retryable failures in %d shards", retry.rows, retry.shards)
@@ -93,6 +96,26 @@ def download_shards(
                 stats |= run_shards(retry, shards, pacing, stats, final_pass=True)
             log.info("final pass done")
     return DownloadResult(stats, progress.summary())
+
+
+def warn_if_pacing_outlasts_shards(
+    pacing: SitePacing, fetch: FetchConfig, download: DownloadConfig
+) -> None:
+    """A site so large that its share of a shard, at its pace, takes most of the shard's
+    deadline: its URLs past the deadline fail (retryably). Say so before hours are spent."""
+    slowest = pacing.slowest_site(fetch.per_domain_interval_s)
+    if slowest is not None and slowest[1] > download.shard_deadline_s / 2:
+        site, seconds = slowest
+        log.warning(
+            "site %s: its share of a shard takes ~%.0f s at fetch.per_domain_interval_s=%g with "
+            "up to %d tasks at once, against download.shard_deadline_s=%g; shards holding it "
+            "will run long. Fewer samples per shard or a longer deadline gives it room",
+            site,
+            seconds,
+            fetch.per_domain_interval_s,
+            pacing.concurrency,
+            download.shard_deadline_s,
+        )
 
 
 @dataclass(frozen=True)

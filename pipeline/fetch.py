@@ -93,26 +93,35 @@ def is_retryable(reason: str | None) -> bool:
 class DomainThrottle:
     """A minimum interval between requests to one site (registrable domain), shared by a
     task's threads. A site with a multiplier k (the shards of it that may run at once,
-    ``SitePacing``) is paced k times slower, so those shards together keep to ``interval_s``."""
+    ``SitePacing``) is paced k times slower, so those shards together keep to ``interval_s``.
+
+    Such a site's first slot in the task falls at a random point of its first interval: tasks
+    that start together (a job's first wave) then spread their requests over the interval
+    instead of all sending their first one at once."""
 
     def __init__(
         self,
         interval_s: float,
         multipliers: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        phase: Callable[[float], float] | None = None,
     ):
         self.interval_s = interval_s
         self.multipliers = multipliers or {}
         self._clock = clock
+        self._phase = phase or (lambda interval: random.uniform(0.0, interval))
         self._next_free: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def reserve(self, domain: str) -> float:
         """Book the next slot for ``domain``; return how long to wait for it."""
-        interval = self.interval_s * self.multipliers.get(domain, 1)
+        multiplier = self.multipliers.get(domain, 1)
+        interval = self.interval_s * multiplier
         with self._lock:
             now = self._clock()
-            slot = max(now, self._next_free.get(domain, 0.0))
+            if domain not in self._next_free:
+                self._next_free[domain] = now + (self._phase(interval) if multiplier > 1 else 0.0)
+            slot = max(now, self._next_free[domain])
             self._next_free[domain] = slot + interval
             return slot - now
 
@@ -178,7 +187,9 @@ class Fetcher:
     ):
         self.config = config
         self.guard = AddressGuard(list(config.allowed_networks))
-        self.resolver = resolver or Resolver(cache_s=config.dns_cache_s)
+        self.resolver = resolver or Resolver(
+            cache_s=config.dns_cache_s, negative_cache_s=config.dns_negative_cache_s
+        )
         self.tls = tls_context(config.ca_file)
         self.throttle = DomainThrottle(config.per_domain_interval_s, pace_multipliers)
         self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
@@ -315,6 +326,11 @@ class Fetcher:
         return b"".join(chunks)
 
 
+NO_SUCH_HOST = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)
+)
+
+
 def transport_error(err: Exception, deadline: Deadline) -> FetchError:
     """A short reason for what went wrong below HTTP, or in parsing it."""
     if isinstance(err, DeadlineExceeded) or (isinstance(err, TimeoutError) and deadline.passed()):
@@ -322,6 +338,10 @@ def transport_error(err: Exception, deadline: Deadline) -> FetchError:
     if isinstance(err, TimeoutError):
         return FetchError("timeout", retryable=True)  # one operation stalled; time was left
     if isinstance(err, socket.gaierror):
+        # The name does not exist (NXDOMAIN, or no address record): asking again later gives
+        # the same answer. Anything else (EAI_AGAIN: the resolver failed) may pass.
+        if err.errno in NO_SUCH_HOST:
+            return FetchError("dns failure: no such host")
         return FetchError("dns failure", retryable=True)
     if isinstance(err, (http.client.RemoteDisconnected, BrokenPipeError)):
         return FetchError("connection closed", retryable=True)

@@ -37,10 +37,11 @@ from img2dataset.writer import WebDatasetSampleWriter
 from flipcommon.storage import is_local, read_bytes, url_join, write_json_atomic
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
-from pipeline.domains import interleave_by_domain, load_spread
+from pipeline.domains import interleave_by_domain, load_site_urls, load_spread
 from pipeline.fetch import Fetcher, FetchResult
 from pipeline.image_header import declared_size
 from pipeline.progress import TaskProgress
+from pipeline.site_placement import seconds_per_shard
 from pipeline.spark_daemon import freeze_imported_objects
 from pipeline.url_shards import UrlList
 
@@ -166,6 +167,17 @@ class SitePacing:
     def multipliers(self) -> dict[str, int]:
         spread = load_spread(self.url_list) if self.url_list else {}
         return {domain: min(k, self.concurrency) for domain, k in spread.items()}
+
+    def slowest_site(self, interval_s: float) -> tuple[str, float] | None:
+        """The site a shard waits on longest under this pacing, and for how long."""
+        if not self.url_list or interval_s <= 0:
+            return None
+        spread = load_spread(self.url_list)
+        waits = [
+            (seconds_per_shard(urls, spread.get(site, 1), interval_s, self.concurrency), site)
+            for site, urls in load_site_urls(self.url_list).items()
+        ]
+        return (max(waits)[1], max(waits)[0]) if waits else None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from flipcommon.storage import read_bytes, url_join
+from pipeline.site_placement import SitePlacement
 from pipeline.url_shards import UrlList, read_url_list, write_url_list
 
 RETRY_FOLDER = "retry_urls"
@@ -50,6 +51,7 @@ def retry_url_list(
     first_pass: dict[str, dict[str, Any]],
     samples_per_shard: int,
     first_shard: int,
+    placement: SitePlacement | None = None,
 ) -> UrlList:
     """The final pass's URL list: reused when complete, else built from the first-pass shards'
     parquet files on the executors (the driver only names the shards that have failures)."""
@@ -67,5 +69,11 @@ def retry_url_list(
     )
     frame = spark.createDataFrame(rdd, schema)
     return write_url_list(
-        frame, output_dir, rows, samples_per_shard, folder=RETRY_FOLDER, first_shard=first_shard
+        frame,
+        output_dir,
+        rows,
+        samples_per_shard,
+        folder=RETRY_FOLDER,
+        first_shard=first_shard,
+        placement=placement,
     )

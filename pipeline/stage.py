@@ -21,6 +21,7 @@ from pipeline.download import download_shards
 from pipeline.manifest import committed_shard_names
 from pipeline.shard_download import BlocklistRef
 from pipeline.shard_retry import RETRY_FOLDER
+from pipeline.site_placement import SitePlacement
 from pipeline.spark_session import get_spark
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,12 @@ def build_url_list(
     remove_folder(url_join(config.output_dir, "_work", RETRY_FOLDER))
     info = {"counts": counts, "fingerprint": url_list_fingerprint(config, sources)}
     url_list = url_shards.write_url_list(
-        unique, config.output_dir, sent, config.download.samples_per_shard, info=info
+        unique,
+        config.output_dir,
+        sent,
+        config.download.samples_per_shard,
+        info=info,
+        placement=SitePlacement.of(config.download, config.fetch),
     )
     unique.unpersist()
     return url_list

@@ -1,12 +1,14 @@
 """Write the URL list that the downloader shards: one parquet part per shard, exact, stable, and
 with each site's URLs kept together.
 
-Rows are grouped by registrable domain (``pipeline.domains``) in runs of at most a quarter of a
+Rows are grouped by registrable domain (``pipeline.domains``) in runs of about a quarter of a
 shard, and the runs are placed by a hash of (domain, run), so a domain's URLs land in as few
-shards as its size allows, while a large domain is cut into runs spread over the whole list
-(and no shard is one site's alone when others are there to mix). Beside the parts, the number
-of shards each multi-shard domain touches (its spread) is recorded: the download tasks divide
-the politeness interval's budget by it, which makes the interval a bound for the whole cluster.
+shards as its size allows (and no shard is one site's alone when others are there to mix). A
+site too large for that under the politeness interval is spread over the whole list, row by
+row (``pipeline.site_placement``). Beside the parts, the number of shards each multi-shard
+domain touches (its spread) and its URL count are recorded: the download tasks divide the
+politeness interval's budget by the spread, which makes the interval a bound for the whole
+cluster.
 
 Exact and stable: every row gets its rank in one total order (the sort key ends in the row's
 own (SAMPLE_ID, URL, TEXT), unique after dedup), and shard ``first + i`` holds ranks
@@ -26,7 +28,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import operator
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,7 +36,7 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -49,9 +50,11 @@ from flipcommon.storage import (
 )
 from pipeline.domains import domain_of_url, write_spread
 from pipeline.fsspec_io import arrow_schema, reset_folder
+from pipeline.site_placement import MAX_DOMAIN_SHARE, SitePlacement
+
+__all__ = ["MAX_DOMAIN_SHARE", "URL_COLUMNS", "UrlList", "read_url_list", "write_url_list"]
 
 URL_COLUMNS = ["SAMPLE_ID", "URL", "TEXT", "LICENSE", "NSFW", "similarity"]
-MAX_DOMAIN_SHARE = 0.25  # the longest run of one domain, as a fraction of a shard
 ROW_ORDER = ["SAMPLE_ID", "URL", "TEXT"]  # unique per row once (URL, TEXT) is deduplicated
 ORDER = ["_order", "_domain", "_run", *ROW_ORDER]
 RANGE_KEY = ["_order", "_run", "SAMPLE_ID"]
@@ -103,14 +106,31 @@ def read_url_list(path: str) -> UrlList | None:
     return UrlList(path=path, **read_json(marker))
 
 
-def domain_ordered(df: DataFrame, samples_per_shard: int) -> DataFrame:
-    """``df`` with _domain, _run (a domain's rows cut in runs) and _order (where the run goes)."""
-    run_rows = max(1, int(samples_per_shard * MAX_DOMAIN_SHARE))
-    within_domain = Window.partitionBy("_domain").orderBy(*ROW_ORDER)
+def domain_ordered(df: DataFrame, placement: SitePlacement) -> DataFrame:
+    """``df`` with _domain, _run (a domain's rows cut in runs) and _order (where the row goes).
+
+    A row's run is a hash of the row modulo the domain's run count, not its rank in the domain:
+    no window over a domain, so a 20M-URL site is not sorted by one task. Only domains with more
+    than one run (at most rows / run_rows of them) reach the driver, as a small broadcast table.
+    """
+    with_domain = df.withColumn("_domain", _registrable_domains("URL"))
+    large = (
+        with_domain.groupBy("_domain").count().filter(F.col("count") > placement.run_rows).collect()
+    )
+    table = [
+        (row["_domain"], placement.runs(row["count"]), placement.spread_over_list(row["count"]))
+        for row in large
+    ]
+    schema = "_domain string, _runs long, _spread boolean"
+    layout = df.sparkSession.createDataFrame(table, schema)
+    row_hash = F.xxhash64(*ROW_ORDER)
+    spread = F.coalesce(F.col("_spread"), F.lit(False))
     return (
-        df.withColumn("_domain", _registrable_domains("URL"))
-        .withColumn("_run", F.floor((F.row_number().over(within_domain) - 1) / run_rows))
-        .withColumn("_order", F.xxhash64("_domain", "_run"))
+        with_domain.join(F.broadcast(layout), "_domain", "left")
+        .withColumn("_run", F.pmod(row_hash, F.coalesce(F.col("_runs"), F.lit(1))))
+        # a spread row's place is its own hash: uniform over the list, like the runs' places
+        .withColumn("_order", F.when(spread, row_hash).otherwise(F.xxhash64("_domain", "_run")))
+        .drop("_runs", "_spread")
     )
 
 
@@ -123,10 +143,12 @@ def write_url_list(
     folder: str = "urls",
     first_shard: int = 0,
     info: dict[str, Any] | None = None,
+    placement: SitePlacement | None = None,
 ) -> UrlList:
     """Write ``df``'s rows (``rows`` of them) as the URL list under ``<output_dir>/_work/<folder>``:
     parts, domain spread, then the marker. Columns other than ``URL_COLUMNS`` that ``df`` has
-    (e.g. the final pass's ``retry_of``) are kept."""
+    (e.g. the final pass's ``retry_of``) are kept. ``placement``: which sites are spread over
+    the whole list (default: none, every site kept together)."""
     path = url_join(output_dir, "_work", folder)
     columns = [*URL_COLUMNS, *[c for c in df.columns if c not in URL_COLUMNS]]
     df = df.select(*columns)
@@ -136,11 +158,12 @@ def write_url_list(
     if rows:
         runs = url_join(path, SORTED_RUNS)
         partitions = math.ceil(rows / max(RUN_ROWS, samples_per_shard))
-        lengths = _write_sorted_runs(df, runs, partitions, samples_per_shard, schema)
+        placement = placement or SitePlacement(samples_per_shard)
+        lengths = _write_sorted_runs(df, runs, partitions, placement, schema)
         if sum(lengths) != rows:
             raise RuntimeError(f"the URL list's sort wrote {sum(lengths)} rows, expected {rows}")
-        spread = _write_parts(df.sparkSession, url_list, runs, lengths, schema)
-        write_spread(path, spread)
+        spread, urls = _write_parts(df.sparkSession, url_list, runs, lengths, schema)
+        write_spread(path, spread, urls)
         fs, runs_path = fsspec.core.url_to_fs(runs)
         fs.rm(runs_path, recursive=True)
     else:
@@ -162,7 +185,7 @@ def _run_url(runs: str, index: int) -> str:
 
 
 def _write_sorted_runs(
-    df: DataFrame, runs: str, partitions: int, samples_per_shard: int, schema: pa.Schema
+    df: DataFrame, runs: str, partitions: int, placement: SitePlacement, schema: pa.Schema
 ) -> list[int]:
     """Sort ``df`` into ``partitions`` range partitions, each written as one run file (with its
     _domain column); return every run's length in partition order (0 for an empty one)."""
@@ -171,7 +194,7 @@ def _write_sorted_runs(
     # LAION-400M. Equal prefixes land in one partition, so the sort inside each still gives
     # one total order.
     ordered = (
-        domain_ordered(df, samples_per_shard)
+        domain_ordered(df, placement)
         .repartitionByRange(partitions, *RANGE_KEY)
         .sortWithinPartitions(*ORDER)
     )
@@ -199,26 +222,27 @@ def _write_sorted_runs(
 
 def _write_parts(
     spark, url_list: UrlList, runs: str, lengths: list[int], schema: pa.Schema
-) -> dict[str, int]:
-    """Write every shard's part on the executors; return the spread: for each domain in more
-    than one shard, how many shards. A task writes a contiguous range of shards: it reads each
-    run it needs once, whole, and uploads its parts many at once."""
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Write every shard's part on the executors; return, for each domain in more than one
+    shard, how many shards (its spread) and how many URLs. A task writes a contiguous range of
+    shards: it reads each run it needs once, whole, and uploads its parts many at once."""
     starts = [0]
     for length in lengths:
         starts.append(starts[-1] + length)
 
-    def write_range(indices: Iterator[int]) -> Iterator[tuple[str, int]]:
+    def write_range(indices: Iterator[int]) -> Iterator[tuple[str, tuple[int, int]]]:
         from multiprocessing.pool import ThreadPool
 
         reader = RunReader(runs, starts)
 
-        def write(item: tuple[int, pa.Table]) -> list[str]:
+        def write(item: tuple[int, pa.Table]) -> list[tuple[str, int]]:
             index, table = item
             buffer = pa.BufferOutputStream()
             pq.write_table(table.select(schema.names), buffer)
             part = url_list.part_url(url_list.first_shard + index)
             write_bytes_atomic(part, buffer.getvalue().to_pybytes())
-            return sorted(set(table.column("_domain").to_pylist()))
+            counts = table.column("_domain").value_counts().to_pylist()
+            return [(c["values"], c["counts"]) for c in counts]
 
         # In windows of 2 × threads: a pool's imap would slice every part of the task ahead
         # of its writers, holding every run they share.
@@ -226,19 +250,21 @@ def _write_parts(
             for window in batched(indices, 2 * PART_WRITER_THREADS):
                 tables = [(index, reader.slice_for(url_list, index)) for index in window]
                 for domains in pool.imap_unordered(write, tables):
-                    yield from ((domain, 1) for domain in domains)
+                    yield from ((domain, (1, urls)) for domain, urls in domains)
 
     context = spark.sparkContext
     shards = url_list.shards
     tasks = min(shards, 4 * context.defaultParallelism)
-    spread = (
+    multi_shard = (
         context.parallelize(range(shards), tasks)
         .mapPartitions(write_range)
-        .reduceByKey(operator.add)
-        .filter(lambda pair: pair[1] > 1)
+        .reduceByKey(lambda a, b: (a[0] + b[0], a[1] + b[1]))
+        .filter(lambda pair: pair[1][0] > 1)
         .collectAsMap()
     )
-    return dict(spread)
+    spread = {domain: k for domain, (k, _) in multi_shard.items()}
+    urls = {domain: n for domain, (_, n) in multi_shard.items()}
+    return spread, urls
 
 
 class RunReader:

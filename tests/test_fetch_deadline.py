@@ -7,6 +7,7 @@ means the deadline itself ended the attempt.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -87,7 +88,7 @@ def test_stuck_lookups_hold_a_bounded_number_of_threads():
         release.set()
 
 
-def test_answers_are_cached_and_failures_are_not():
+def test_answers_are_cached_and_failures_briefly():
     calls = []
 
     def lookup(host, port, **_):
@@ -104,6 +105,35 @@ def test_answers_are_cached_and_failures_are_not():
     now[0] = 11.0
     resolver.addresses("a.example", 80, deadline)
     assert calls == ["a.example", "a.example"]
+
+
+@pytest.mark.parametrize(
+    ("errno", "reason", "retryable"),
+    [
+        (socket.EAI_NONAME, "dns failure: no such host", False),
+        (socket.EAI_AGAIN, "dns failure", True),
+    ],
+)
+def test_a_name_that_does_not_exist_is_final_and_asked_once(errno, reason, retryable):
+    """NXDOMAIN gives the same answer later: final, not left to the final pass. A failed
+    lookup is reused for a minute, so a dead domain's other URLs do not ask again."""
+    calls = []
+
+    def lookup(host, port, **_):
+        calls.append(host)
+        raise socket.gaierror(errno, "lookup failed")
+
+    now = [0.0]
+    resolver = Resolver(lookup=lookup, clock=lambda: now[0], negative_cache_s=60)
+    fetcher = Fetcher(strict_fetch(retries=0), resolver=resolver)
+    first = fetcher.fetch("http://gone.example/a.jpg")
+    second = fetcher.fetch("http://gone.example/b.jpg")
+    assert (first.error, first.retryable) == (reason, retryable)
+    assert (second.error, second.retryable) == (reason, retryable)
+    assert calls == ["gone.example"]
+    now[0] = 61.0
+    fetcher.fetch("http://gone.example/c.jpg")
+    assert calls == ["gone.example"] * 2
 
 
 def test_the_shard_budget_ends_a_request_in_flight():

@@ -13,10 +13,13 @@ from pipeline.domains import (
     SPREAD_FILE,
     domain_of_url,
     interleave_by_domain,
+    load_site_urls,
     load_spread,
     registrable_domain,
 )
 from pipeline.fetch import DomainThrottle
+from pipeline.shard_download import SitePacing
+from pipeline.site_placement import SitePlacement
 from pipeline.url_shards import (
     MAX_DOMAIN_SHARE,
     URL_COLUMNS,
@@ -47,9 +50,55 @@ def test_a_shard_starts_round_robin_over_its_sites():
 
 def test_a_spread_domain_is_paced_that_many_times_slower():
     now = [0.0]
-    throttle = DomainThrottle(0.5, {"big.com": 4}, clock=lambda: now[0])
+    throttle = DomainThrottle(0.5, {"big.com": 4}, clock=lambda: now[0], phase=lambda i: 0.0)
     assert [throttle.reserve("big.com") for _ in range(3)] == [0.0, 2.0, 4.0]
     assert [throttle.reserve("small.com") for _ in range(3)] == [0.0, 0.5, 1.0]
+
+
+def test_tasks_that_start_together_spread_a_shared_sites_first_requests():
+    """Eight tasks start at once, each pacing a site shared by eight shards: their first
+    requests fall over the whole first interval, not all at its start."""
+    firsts = [DomainThrottle(0.5, {"big.com": 8}).reserve("big.com") for _ in range(8)]
+    assert all(0.0 <= wait <= 4.0 for wait in firsts)
+    assert len(set(firsts)) == 8 and max(firsts) > 0.5
+    # a site only this task holds is not delayed
+    assert DomainThrottle(0.5, {"big.com": 8}).reserve("small.com") == 0.0
+
+
+def test_a_site_too_large_to_keep_together_is_spread_over_the_whole_list(spark, tmp_path):
+    """At 1 request/s per site and a 40 s shard deadline (5 s per kept-together site), a
+    150-URL site would hold each of its shards for 150 s: it goes over every shard, a few URLs
+    each. A 4-URL site (4 s) stays in one shard."""
+    samples_per_shard = 40
+    sizes = {"huge.example.com": 150, "small.example.org": 4}
+    sizes |= {f"img.site{i}.net": 1 + i % 4 for i in range(60)}
+    rows = []
+    for host, n in sizes.items():
+        for i in range(n):
+            rows.append((len(rows), f"http://{host}/{i}.jpg", f"caption {len(rows)}"))
+    frame = pd.DataFrame(rows, columns=["SAMPLE_ID", "URL", "TEXT"])
+    frame["LICENSE"], frame["NSFW"], frame["similarity"] = "?", "?", 0.3
+    df = spark.createDataFrame(frame).select(*URL_COLUMNS)
+    placement = SitePlacement(samples_per_shard, interval_s=1.0, shard_deadline_s=40.0)
+    assert placement.spread_over_list(150) and not placement.spread_over_list(4)
+
+    url_list = write_url_list(df, str(tmp_path), len(rows), samples_per_shard, placement=placement)
+    shards = _shards_per_domain(url_list)
+    assert len(shards["example.com"]) == url_list.shards == 8
+    per_shard = [
+        sum(
+            "huge.example.com" in url
+            for url in pq.read_table(url_list.part_url(i))["URL"].to_pylist()
+        )
+        for i in url_list.shard_ids
+    ]
+    assert sum(per_shard) == 150 and max(per_shard) <= 2 * 150 / 8, per_shard
+    assert len(shards["example.org"]) <= 2
+    assert load_site_urls(url_list.path)["example.com"] == 150
+    # what a shard then waits on it, with 8 tasks at once: ~19 URLs × 1 s × 8
+    pacing = SitePacing(url_list.path, concurrency=8)
+    site, seconds = pacing.slowest_site(1.0)
+    assert site == "example.com" and seconds == -(-150 // 8) * 8
 
 
 def _shards_per_domain(url_list: UrlList) -> dict[str, set]:
