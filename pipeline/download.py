@@ -88,6 +88,7 @@ def download_shards(
                 download.samples_per_shard,
                 first_shard=url_list.first_shard + url_list.shards,
                 placement=SitePlacement.of(download, fetch),
+                concurrency=concurrency,
             )
             if retry.rows:
                 log.info("final pass: %d retryable failures in %d shards", retry.rows, retry.shards)
@@ -102,9 +103,10 @@ def warn_if_pacing_outlasts_shards(
     pacing: SitePacing, fetch: FetchConfig, download: DownloadConfig
 ) -> None:
     """A site so large that its share of a shard, at its pace, takes most of the shard's
-    deadline: its URLs past the deadline fail (retryably). Say so before hours are spent."""
+    deadline: its URLs past the deadline would fail (retryably). Say so before hours are
+    spent."""
     slowest = pacing.slowest_site(fetch.per_domain_interval_s)
-    if slowest is not None and slowest[1] > download.shard_deadline_s / 2:
+    if slowest is not None and slowest[1] > 0.75 * download.shard_deadline_s:
         site, seconds = slowest
         log.warning(
             "site %s: its share of a shard takes ~%.0f s at fetch.per_domain_interval_s=%g with "

@@ -9,7 +9,9 @@ pass ran, a row with ``retryable`` set is superseded, and every other row is fin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -22,6 +24,8 @@ from pipeline.site_placement import SitePlacement
 from pipeline.url_shards import UrlList, read_url_list, write_url_list
 
 RETRY_FOLDER = "retry_urls"
+FINAL_PASS_WAVES = 2  # final-pass shards per task slot
+FINAL_PASS_MIN_SAMPLES = 100  # below this a shard costs more in overhead than it spreads
 RETRY_COLUMNS = {  # the shard parquet's column -> the URL list's column, and its type
     "SAMPLE_ID": ("SAMPLE_ID", T.LongType()),
     "url": ("URL", T.StringType()),
@@ -45,6 +49,15 @@ def retryable_rows(output_dir: str, names: Iterator[str]) -> Iterator[tuple]:
                 yield tuple(row.get(column) for column in RETRY_COLUMNS)
 
 
+def final_pass_samples_per_shard(rows: int, samples_per_shard: int, concurrency: int) -> int:
+    """The final pass's shard size. Its rows are mostly hosts that did not answer, each holding
+    a thread for a whole deadline: cut at the first pass's size, the few shards they fill would
+    each hold a task for hours while the other slots idle. Cut so each task slot gets about
+    ``FINAL_PASS_WAVES`` shards, never larger than the first pass's."""
+    wanted = math.ceil(rows / (FINAL_PASS_WAVES * max(1, concurrency)))
+    return min(samples_per_shard, max(FINAL_PASS_MIN_SAMPLES, wanted))
+
+
 def retry_url_list(
     spark: SparkSession,
     output_dir: str,
@@ -52,9 +65,12 @@ def retry_url_list(
     samples_per_shard: int,
     first_shard: int,
     placement: SitePlacement | None = None,
+    concurrency: int = 1,
 ) -> UrlList:
     """The final pass's URL list: reused when complete, else built from the first-pass shards'
-    parquet files on the executors (the driver only names the shards that have failures)."""
+    parquet files on the executors (the driver only names the shards that have failures).
+    ``samples_per_shard``: the first pass's, the most a final-pass shard holds
+    (``final_pass_samples_per_shard``)."""
     path = url_join(output_dir, "_work", RETRY_FOLDER)
     existing = read_url_list(path)
     if existing is not None:
@@ -68,11 +84,14 @@ def retry_url_list(
         lambda part: retryable_rows(output_dir, part)
     )
     frame = spark.createDataFrame(rdd, schema)
+    per_shard = final_pass_samples_per_shard(rows, samples_per_shard, concurrency)
+    if placement is not None:
+        placement = replace(placement, samples_per_shard=per_shard)
     return write_url_list(
         frame,
         output_dir,
         rows,
-        samples_per_shard,
+        per_shard,
         folder=RETRY_FOLDER,
         first_shard=first_shard,
         placement=placement,

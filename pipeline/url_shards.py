@@ -26,6 +26,7 @@ with no Hadoop connector.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from typing import Any
 import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -56,8 +58,10 @@ __all__ = ["MAX_DOMAIN_SHARE", "URL_COLUMNS", "UrlList", "read_url_list", "write
 
 URL_COLUMNS = ["SAMPLE_ID", "URL", "TEXT", "LICENSE", "NSFW", "similarity"]
 ROW_ORDER = ["SAMPLE_ID", "URL", "TEXT"]  # unique per row once (URL, TEXT) is deduplicated
-ORDER = ["_order", "_domain", "_run", *ROW_ORDER]
-RANGE_KEY = ["_order", "_run", "SAMPLE_ID"]
+# _lane 0: kept-together sites' runs; 1: spread sites' rows (each lane sorted on its own, then
+# interleaved by rank so every shard holds the same share of spread rows)
+ORDER = ["_lane", "_order", "_domain", "_run", *ROW_ORDER]
+RANGE_KEY = ["_lane", "_order", "_run", "SAMPLE_ID"]
 MARKER_FILE = "_url_list.json"
 SORTED_RUNS = "_sorted"  # the sort's output, read by the part writers, removed after
 RUN_ROWS = 50_000  # rows per sorted run (~15 MB of LAION rows): the sort's partition size
@@ -81,6 +85,22 @@ class UrlList:
     samples_per_shard: int
     first_shard: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    spread_rows: int = 0  # rows of sites spread over the whole list (the last in rank order)
+
+    def lane_ranks(self, index: int) -> tuple[range, range]:
+        """Shard ``first_shard + index``'s rows, as ranks in the sorted runs: a slice of the
+        kept-together lane and a slice of the spread lane. Of the first g rows of the list,
+        ⌊g × together / rows⌋ are kept-together ones, so each shard holds its exact share of
+        both (± 1 row) and exactly ``samples_per_shard`` rows but the last."""
+        together = self.rows - self.spread_rows
+        low = index * self.samples_per_shard
+        high = min(low + self.samples_per_shard, self.rows)
+
+        def kept(g: int) -> int:
+            return g * together // self.rows if self.rows else 0
+
+        spread = range(together + low - kept(low), together + high - kept(high))
+        return range(kept(low), kept(high)), spread
 
     @property
     def shards(self) -> int:
@@ -123,13 +143,17 @@ def domain_ordered(df: DataFrame, placement: SitePlacement) -> DataFrame:
     ]
     schema = "_domain string, _runs long, _spread boolean"
     layout = df.sparkSession.createDataFrame(table, schema)
-    row_hash = F.xxhash64(*ROW_ORDER)
+    # Of the row's id and caption, not its URL: the demo serves its corpus on a new port each
+    # run, and its rebuilt list must cut the same shards. Ties only share a run; the total
+    # order below still ends in the row's own (SAMPLE_ID, URL, TEXT).
+    row_hash = F.xxhash64("SAMPLE_ID", "TEXT")
     spread = F.coalesce(F.col("_spread"), F.lit(False))
     return (
         with_domain.join(F.broadcast(layout), "_domain", "left")
         .withColumn("_run", F.pmod(row_hash, F.coalesce(F.col("_runs"), F.lit(1))))
         # a spread row's place is its own hash: uniform over the list, like the runs' places
         .withColumn("_order", F.when(spread, row_hash).otherwise(F.xxhash64("_domain", "_run")))
+        .withColumn("_lane", spread.cast("int"))
         .drop("_runs", "_spread")
     )
 
@@ -159,9 +183,10 @@ def write_url_list(
         runs = url_join(path, SORTED_RUNS)
         partitions = math.ceil(rows / max(RUN_ROWS, samples_per_shard))
         placement = placement or SitePlacement(samples_per_shard)
-        lengths = _write_sorted_runs(df, runs, partitions, placement, schema)
+        lengths, spread_rows = _write_sorted_runs(df, runs, partitions, placement, schema)
         if sum(lengths) != rows:
             raise RuntimeError(f"the URL list's sort wrote {sum(lengths)} rows, expected {rows}")
+        url_list = dataclasses.replace(url_list, spread_rows=spread_rows)
         spread, urls = _write_parts(df.sparkSession, url_list, runs, lengths, schema)
         write_spread(path, spread, urls)
         fs, runs_path = fsspec.core.url_to_fs(runs)
@@ -186,9 +211,10 @@ def _run_url(runs: str, index: int) -> str:
 
 def _write_sorted_runs(
     df: DataFrame, runs: str, partitions: int, placement: SitePlacement, schema: pa.Schema
-) -> list[int]:
+) -> tuple[list[int], int]:
     """Sort ``df`` into ``partitions`` range partitions, each written as one run file (with its
-    _domain column); return every run's length in partition order (0 for an empty one)."""
+    _domain column); return every run's length in partition order (0 for an empty one), and
+    how many rows are in the spread lane."""
     # Range bounds from the fixed-width prefix of the order: Spark samples its keys to the
     # driver (~3 × 100 per partition), and URL and caption would make that sample ~0.6 GB at
     # LAION-400M. Equal prefixes land in one partition, so the sort inside each still gives
@@ -206,18 +232,21 @@ def _write_sorted_runs(
         index = TaskContext.get().partitionId()
         received = [b for b in batches if b.num_rows]
         length = sum(b.num_rows for b in received)
+        spread = 0
         if length:
-            table = pa.Table.from_batches(received).select(run_schema.names).cast(run_schema)
+            table = pa.Table.from_batches(received)
+            spread = pa.compute.sum(table.column("_lane")).as_py() or 0
+            table = table.select(run_schema.names).cast(run_schema)
             buffer = pa.BufferOutputStream()
             pq.write_table(table, buffer)
             write_bytes_atomic(_run_url(runs, index), buffer.getvalue().to_pybytes())
-        yield pa.RecordBatch.from_pydict({"run": [index], "rows": [length]})
+        yield pa.RecordBatch.from_pydict({"run": [index], "rows": [length], "spread": [spread]})
 
-    counted = ordered.mapInArrow(write, "run long, rows long").collect()
+    counted = ordered.mapInArrow(write, "run long, rows long, spread long").collect()
     lengths = [0] * partitions
     for row in counted:
         lengths[row["run"]] = row["rows"]
-    return lengths
+    return lengths, sum(row["spread"] for row in counted)
 
 
 def _write_parts(
@@ -233,7 +262,13 @@ def _write_parts(
     def write_range(indices: Iterator[int]) -> Iterator[tuple[str, tuple[int, int]]]:
         from multiprocessing.pool import ThreadPool
 
-        reader = RunReader(runs, starts)
+        # one reader per lane: each reads its runs in ascending order, once
+        together, spread = RunReader(runs, starts), RunReader(runs, starts)
+
+        def slice_for(index: int) -> pa.Table:
+            kept, spread_ranks = url_list.lane_ranks(index)
+            pieces = [together.slice(kept), spread.slice(spread_ranks)]
+            return pa.concat_tables([p for p in pieces if p is not None])
 
         def write(item: tuple[int, pa.Table]) -> list[tuple[str, int]]:
             index, table = item
@@ -248,7 +283,7 @@ def _write_parts(
         # of its writers, holding every run they share.
         with ThreadPool(PART_WRITER_THREADS) as pool:
             for window in batched(indices, 2 * PART_WRITER_THREADS):
-                tables = [(index, reader.slice_for(url_list, index)) for index in window]
+                tables = [(index, slice_for(index)) for index in window]
                 for domains in pool.imap_unordered(write, tables):
                     yield from ((domain, (1, urls)) for domain, urls in domains)
 
@@ -282,12 +317,11 @@ class RunReader:
             self.cached[index] = pq.read_table(pa.BufferReader(data))
         return self.cached[index]
 
-    def slice_for(self, url_list: UrlList, index: int) -> pa.Table:
-        """The rows ranked ``[index × S, (index + 1) × S)`` (S: samples per shard)."""
-        low = index * url_list.samples_per_shard
-        high = min(low + url_list.samples_per_shard, url_list.rows)
+    def slice(self, ranks: range) -> pa.Table | None:
+        """The rows ranked ``ranks`` (asked in ascending order)."""
+        low, high = ranks.start, ranks.stop
         starts = self.starts
-        first = bisect.bisect_right(starts, low) - 1
+        first = max(0, bisect.bisect_right(starts, low) - 1)
         for stale in [r for r in self.cached if r < first]:
             del self.cached[stale]  # slices already handed out keep their own buffers
         pieces = []
@@ -300,4 +334,4 @@ class RunReader:
             if end > begin:
                 pieces.append(self.run(run).slice(begin, end - begin))
             run += 1
-        return pa.concat_tables(pieces)
+        return pa.concat_tables(pieces) if pieces else None

@@ -66,7 +66,7 @@ def test_tasks_that_start_together_spread_a_shared_sites_first_requests():
 
 
 def test_a_site_too_large_to_keep_together_is_spread_over_the_whole_list(spark, tmp_path):
-    """At 1 request/s per site and a 40 s shard deadline (5 s per kept-together site), a
+    """At 1 request/s per site and a 160 s shard deadline (5 s per kept-together site), a
     150-URL site would hold each of its shards for 150 s: it goes over every shard, a few URLs
     each. A 4-URL site (4 s) stays in one shard."""
     samples_per_shard = 40
@@ -79,7 +79,7 @@ def test_a_site_too_large_to_keep_together_is_spread_over_the_whole_list(spark, 
     frame = pd.DataFrame(rows, columns=["SAMPLE_ID", "URL", "TEXT"])
     frame["LICENSE"], frame["NSFW"], frame["similarity"] = "?", "?", 0.3
     df = spark.createDataFrame(frame).select(*URL_COLUMNS)
-    placement = SitePlacement(samples_per_shard, interval_s=1.0, shard_deadline_s=40.0)
+    placement = SitePlacement(samples_per_shard, interval_s=1.0, shard_deadline_s=160.0)
     assert placement.spread_over_list(150) and not placement.spread_over_list(4)
 
     url_list = write_url_list(df, str(tmp_path), len(rows), samples_per_shard, placement=placement)
@@ -92,13 +92,32 @@ def test_a_site_too_large_to_keep_together_is_spread_over_the_whole_list(spark, 
         )
         for i in url_list.shard_ids
     ]
-    assert sum(per_shard) == 150 and max(per_shard) <= 2 * 150 / 8, per_shard
+    # the spread lane is interleaved by rank: each shard holds its exact share (± 1 row)
+    assert url_list.spread_rows == sum(per_shard) == 150
+    for index, count in enumerate(per_shard):
+        rows_here = min(samples_per_shard, len(rows) - index * samples_per_shard)
+        assert abs(count - rows_here * 150 / len(rows)) <= 1, per_shard
     assert len(shards["example.org"]) <= 2
     assert load_site_urls(url_list.path)["example.com"] == 150
     # what a shard then waits on it, with 8 tasks at once: ~19 URLs × 1 s × 8
     pacing = SitePacing(url_list.path, concurrency=8)
     site, seconds = pacing.slowest_site(1.0)
     assert site == "example.com" and seconds == -(-150 // 8) * 8
+
+
+def test_lanes_cut_every_rank_once_in_exact_shares():
+    url_list = UrlList("unused", rows=103, samples_per_shard=10, spread_rows=37)
+    together, spread = set(), set()
+    for index in range(url_list.shards):
+        kept, spread_ranks = url_list.lane_ranks(index)
+        assert len(kept) + len(spread_ranks) == (10 if index < 10 else 3)
+        assert abs(len(spread_ranks) - 37 / 103 * (len(kept) + len(spread_ranks))) <= 1
+        together |= set(kept)
+        spread |= set(spread_ranks)
+    assert together == set(range(66)) and spread == set(range(66, 103))
+    # a list without a spread lane is cut as before
+    plain = UrlList("unused", rows=25, samples_per_shard=10)
+    assert [plain.lane_ranks(i) for i in range(3)][2] == (range(20, 25), range(25, 25))
 
 
 def _shards_per_domain(url_list: UrlList) -> dict[str, set]:

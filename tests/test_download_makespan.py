@@ -1,0 +1,47 @@
+"""The download makespan simulation, at toy size: it runs, its rows are consistent (no policy
+beats the ideal it is measured against), and the pacing it drives keeps the busiest site to
+its interval."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import download_makespan as makespan  # noqa: E402
+
+
+def test_the_simulation_runs_at_toy_size(tmp_path):
+    out = tmp_path / "rows.json"
+    args = ["--rows", "400000", "--tail-sites", "4000", "--nodes", "1", "2", "--json", str(out)]
+    assert makespan.main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 * len(makespan.POLICIES)
+    for row in rows:
+        assert row["makespan_h"] >= 0.99 * row["ideal_h"] > 0, row
+        # at most one request per interval on average over a minute (the pacing's phase may
+        # put a few more into one window than its share)
+        assert row["busiest_window_ratio"]["60s"] <= 1.05, row
+    by_policy = {(r["nodes"], r["policy"]): r for r in rows}
+    for nodes in (1, 2):
+        now = by_policy[(nodes, makespan.POLICIES[-1].name)]
+        before = by_policy[(nodes, makespan.POLICIES[1].name)]
+        assert now["makespan_h"] < before["makespan_h"]
+
+
+def test_fifo_schedule_and_barriers():
+    lengths = np.array([4.0, 1.0, 1.0, 1.0, 1.0])
+    assert list(makespan.schedule(lengths, slots=2)) == [0.0, 0.0, 1.0, 2.0, 3.0]
+    # jobs of two tasks: the second job waits for the first's slowest task
+    assert list(makespan.schedule(lengths, slots=2, barrier_shards=2)) == [0, 0, 4, 4, 5]
+
+
+def test_population_sums_to_its_rows():
+    population = makespan.Population(rows=1_000_000, tail_sites=10_000)
+    sizes = makespan.site_sizes(population)
+    assert sizes.sum() == 1_000_000 and sizes[0] == 50_000
+    assert (np.diff(sizes[5:]) <= 0).all()
