@@ -28,8 +28,8 @@ against evaluation images (decontamination.sources), and a CLIP-score filter int
 Writes into output_dir: {shard:05d}.tar (KEY.jpg, KEY.txt, KEY.json), {shard}.parquet (every
 sample with its status and failure reason), {shard}_stats.json (written last per shard: its
 commit marker), sizes.json, manifest.json, report.html; _work/ holds the URL lists (urls/ and
-the final pass's retry_urls/, each with domain_spread.json and its _url_list.json marker),
-staging (local storage only) and the tasks' progress files.
+the final pass's retry_urls/, each with domain_spread.json, domain_urls.json and its
+_url_list.json marker), staging (local storage only) and the tasks' progress files.
 A rerun keeps finished shards and redoes unfinished ones. Private, loopback and link-local
 addresses are refused unless listed in fetch.allowed_networks (the demo allows 127.0.0.0/8).
 

@@ -127,7 +127,7 @@ class ClipScoreConfig:
 @dataclass
 class SparkConfig:
     master: str = "local[*]"  # "" under spark-submit: use the --master it was given
-    driver_memory: str = "2g"
+    driver_memory: str = "2g"  # when we start Spark (master set); spark-submit: --driver-memory
     app_name: str = "flip-pipeline"
     shuffle_partitions: int = 200  # Spark's default; a small corpus wants a handful
     conf: dict[str, str] = field(default_factory=dict)  # any other spark.* setting

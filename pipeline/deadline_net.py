@@ -150,11 +150,16 @@ def wrap_tls(
 
 
 Lookup = Callable[..., list]
+# getaddrinfo's answers for a name that does not exist (NXDOMAIN, or no address record)
+NO_SUCH_HOST = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)
+)
 
 
 class Resolver:
-    """getaddrinfo under a deadline, with a short positive cache and a shorter negative one
-    (a dead domain's every URL would otherwise ask the resolver again). Thread-safe."""
+    """getaddrinfo under a deadline, with a short positive cache and a shorter one for names
+    that do not exist (a dead domain's every URL would otherwise ask the resolver again).
+    Thread-safe."""
 
     def __init__(
         self,
@@ -169,7 +174,7 @@ class Resolver:
         self._negative_cache_s = negative_cache_s
         self._clock = clock
         self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
-        self._failures: dict[tuple[str, int], tuple[float, socket.gaierror]] = {}
+        self._failures: dict[tuple[str, int], tuple[float, int, str]] = {}
         self._lock = threading.Lock()
         # Held by a lookup's thread until getaddrinfo returns, so a resolver that never
         # answers cannot make this process start threads without end.
@@ -186,7 +191,7 @@ class Resolver:
         if cached is not None and cached[0] > now:
             return cached[1]
         if failed is not None and failed[0] > now:
-            raise socket.gaierror(*failed[1].args)
+            raise socket.gaierror(failed[1], failed[2])
         if not self._slots.acquire(timeout=max(0.0, deadline.remaining())):
             raise DeadlineExceeded(deadline.reason)
         outcome: dict[str, Any] = {}
@@ -206,9 +211,12 @@ class Resolver:
             raise DeadlineExceeded(deadline.reason)
         if "error" in outcome:
             error = outcome["error"]
-            if isinstance(error, socket.gaierror) and self._negative_cache_s > 0:
+            # only "no such name": a resolver that failed (EAI_AGAIN) may answer a moment later
+            no_such_host = isinstance(error, socket.gaierror) and error.errno in NO_SUCH_HOST
+            if no_such_host and self._negative_cache_s > 0:
+                expires = self._clock() + self._negative_cache_s
                 with self._lock:
-                    self._failures[key] = (self._clock() + self._negative_cache_s, error)
+                    self._failures[key] = (expires, error.errno, str(error.strerror))
             raise error
         addresses = [info[4][0] for info in outcome["infos"]]
         with self._lock:

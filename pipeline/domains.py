@@ -15,8 +15,10 @@ whole cluster (``pipeline.shard_download.SitePacing``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -25,6 +27,7 @@ import tldextract
 from flipcommon.storage import exists, read_json, url_join, write_json_atomic
 
 SPREAD_FILE = "domain_spread.json"
+SITE_URLS_FILE = "domain_urls.json"
 
 # The bundled snapshot only: no download, no cache directory.
 _EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
@@ -32,13 +35,27 @@ _EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
 @functools.lru_cache(maxsize=1 << 16)
 def registrable_domain(host: str) -> str:
-    """``a.b.example.co.uk`` → ``example.co.uk``; an IP or ``localhost`` stays as it is."""
-    host = host.strip("[]").rstrip(".").lower()
+    """``a.b.example.co.uk`` → ``example.co.uk``; an IP or ``localhost`` stays as it is.
+
+    The host is first brought to the form the resolver is asked for, so spellings of one
+    server are one site: IDNA (Python encodes a non-ASCII name so before resolving it; that
+    folds case and full-width letters and drops soft hyphens and zero-width characters) and
+    the canonical address for every IP form the resolver accepts (``2130706433``, ``0x7f.1``,
+    ``127.000.0.1`` are 127.0.0.1; ``2001:db8:0::1`` is ``2001:db8::1``)."""
+    host = host.strip("[]").rstrip(".")
     try:
-        ipaddress.ip_address(host)
-        return host
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
     except ValueError:
         pass
+    if host and all(c in "0123456789abcdefxABCDEFX." for c in host):
+        try:  # the legacy numeric forms getaddrinfo also accepts
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            pass
+    # a name IDNA refuses, the fetch refuses too; grouping it as written is enough
+    with contextlib.suppress(UnicodeError):
+        host = host.encode("idna").decode("ascii")
+    host = host.lower()
     return _EXTRACT(host).top_domain_under_public_suffix or host
 
 
@@ -69,22 +86,23 @@ def interleave_by_domain(items: Iterable[tuple[int, str]]) -> list[tuple[int, st
 def write_spread(
     url_list: str, spread: Mapping[str, int], urls: Mapping[str, int] | None = None
 ) -> None:
-    record = {"spread": dict(sorted(spread.items())), "urls": dict(sorted((urls or {}).items()))}
-    write_json_atomic(url_join(url_list, SPREAD_FILE), record)
+    """The spread, read by every task; the URL counts (``SITE_URLS_FILE``), read by the
+    driver only, apart so tasks do not parse them."""
+    write_json_atomic(
+        url_join(url_list, SITE_URLS_FILE), {"urls": dict(sorted((urls or {}).items()))}
+    )
+    write_json_atomic(url_join(url_list, SPREAD_FILE), {"spread": dict(sorted(spread.items()))})
 
 
 @functools.lru_cache(maxsize=4)
 def load_spread(url_list: str) -> Mapping[str, int]:
     """The spread recorded beside a URL list; empty (every domain in one shard) without one,
     e.g. for a URL list that was not written by ``pipeline.url_shards``."""
-    return _spread_file(url_list).get("spread", {})
+    path = url_join(url_list, SPREAD_FILE)
+    return read_json(path)["spread"] if exists(path) else {}
 
 
 def load_site_urls(url_list: str) -> Mapping[str, int]:
     """The URL count of each multi-shard domain of a URL list (empty for an older list)."""
-    return _spread_file(url_list).get("urls", {})
-
-
-def _spread_file(url_list: str) -> dict:
-    path = url_join(url_list, SPREAD_FILE)
-    return read_json(path) if exists(path) else {}
+    path = url_join(url_list, SITE_URLS_FILE)
+    return read_json(path)["urls"] if exists(path) else {}

@@ -112,7 +112,7 @@ def warn_if_pacing_outlasts_shards(
             "site %s: its share of a shard takes ~%.0f s at fetch.per_domain_interval_s=%g with "
             "up to %d tasks at once, against download.shard_deadline_s=%g; shards holding it "
             "will run long. Fewer samples per shard or a longer deadline gives it room",
-            site,
+            ascii(site),  # a name from the metadata: no control characters into the log
             seconds,
             fetch.per_domain_interval_s,
             pacing.concurrency,

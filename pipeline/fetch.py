@@ -37,6 +37,7 @@ from urllib.parse import urljoin, urlsplit
 
 from pipeline.config import FetchConfig
 from pipeline.deadline_net import (
+    NO_SUCH_HOST,
     Deadline,
     DeadlineExceeded,
     Resolver,
@@ -95,7 +96,10 @@ class DomainThrottle:
     task's threads. A site with a multiplier k (the shards of it that may run at once,
     ``SitePacing``) is paced k times slower, so those shards together keep to ``interval_s``.
 
-    Such a site's first slot in the task falls at a random point of its first interval: tasks
+    A site without a multiplier gets ``default_multiplier``: a download task sets it to the
+    most tasks at once, for sites it reaches only through redirects (any task may).
+
+    A shared site's first slot in the task falls at a random point of its first interval: tasks
     that start together (a job's first wave) then spread their requests over the interval
     instead of all sending their first one at once."""
 
@@ -105,9 +109,11 @@ class DomainThrottle:
         multipliers: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         phase: Callable[[float], float] | None = None,
+        default_multiplier: int = 1,
     ):
         self.interval_s = interval_s
         self.multipliers = multipliers or {}
+        self.default_multiplier = default_multiplier
         self._clock = clock
         self._phase = phase or (lambda interval: random.uniform(0.0, interval))
         self._next_free: dict[str, float] = {}
@@ -115,7 +121,7 @@ class DomainThrottle:
 
     def reserve(self, domain: str) -> float:
         """Book the next slot for ``domain``; return how long to wait for it."""
-        multiplier = self.multipliers.get(domain, 1)
+        multiplier = self.multipliers.get(domain, self.default_multiplier)
         interval = self.interval_s * multiplier
         with self._lock:
             now = self._clock()
@@ -184,6 +190,7 @@ class Fetcher:
         sleep: Callable[[float], None] = time.sleep,
         resolver: Resolver | None = None,
         pace_multipliers: Mapping[str, int] | None = None,
+        unknown_site_multiplier: int = 1,
     ):
         self.config = config
         self.guard = AddressGuard(list(config.allowed_networks))
@@ -191,7 +198,11 @@ class Fetcher:
             cache_s=config.dns_cache_s, negative_cache_s=config.dns_negative_cache_s
         )
         self.tls = tls_context(config.ca_file)
-        self.throttle = DomainThrottle(config.per_domain_interval_s, pace_multipliers)
+        self.throttle = DomainThrottle(
+            config.per_domain_interval_s,
+            pace_multipliers,
+            default_multiplier=unknown_site_multiplier,
+        )
         self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
         self.ua_token = config.user_agent_token.strip().lower()
         self.user_agent = f"{BROWSER_UA} (compatible; {config.user_agent_token})"
@@ -324,11 +335,6 @@ class Fetcher:
         if total == 0:
             raise FetchError("empty body")
         return b"".join(chunks)
-
-
-NO_SUCH_HOST = frozenset(
-    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)
-)
 
 
 def transport_error(err: Exception, deadline: Deadline) -> FetchError:

@@ -37,7 +37,7 @@ from img2dataset.writer import WebDatasetSampleWriter
 from flipcommon.storage import is_local, read_bytes, url_join, write_json_atomic
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
-from pipeline.domains import interleave_by_domain, load_site_urls, load_spread
+from pipeline.domains import domain_of_url, interleave_by_domain, load_site_urls, load_spread
 from pipeline.fetch import Fetcher, FetchResult
 from pipeline.image_header import declared_size
 from pipeline.progress import TaskProgress
@@ -191,7 +191,11 @@ def make_processor(
     fetch: FetchConfig,
     blocklist: BlocklistRef | None = None,
     pacing: SitePacing | None = None,
+    own_sites: frozenset[str] = frozenset(),
 ) -> SampleProcessor:
+    """``own_sites``: the sites of the shard's own URLs. One that only this shard holds is
+    paced at the interval; a site reached only through a redirect, which any task may reach,
+    at the interval × the most tasks at once, like a site spread over every shard."""
     resizer = Resizer(
         image_size=download.image_size,
         resize_mode=download.resize_mode,
@@ -200,8 +204,9 @@ def make_processor(
         encode_format=ENCODE_FORMAT,
     )
     loaded = load_blocklist(blocklist.url, blocklist.max_distance) if blocklist else None
-    multipliers = pacing.multipliers() if pacing else {}
-    fetcher = Fetcher(fetch, pace_multipliers=multipliers)
+    multipliers = {site: 1 for site in own_sites} | (pacing.multipliers() if pacing else {})
+    unknown = pacing.concurrency if pacing else 1
+    fetcher = Fetcher(fetch, pace_multipliers=multipliers, unknown_site_multiplier=unknown)
     return SampleProcessor(fetcher, resizer, download.max_pixels, loaded)
 
 
@@ -404,9 +409,12 @@ class ShardDownloader:
         )
         # the list's, not the config's: keys stay unique if a rerun's config differs
         digits = math.ceil(math.log10(self.url_list.samples_per_shard))
-        processor = make_processor(self.download, self.fetch, self.blocklist, self.pacing)
-        stop_at = time.monotonic() + self.download.shard_deadline_s
         urls = [(index, row["url"]) for index, row in enumerate(rows)]
+        own_sites = frozenset(domain_of_url(url) for _, url in urls)
+        processor = make_processor(
+            self.download, self.fetch, self.blocklist, self.pacing, own_sites
+        )
+        stop_at = time.monotonic() + self.download.shard_deadline_s
         progress = TaskProgress(
             self.output_dir, writer.name, self.download.progress_interval_s, self.finished
         )

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from pipeline.config import DownloadConfig, FetchConfig
 
+LAYOUT_VERSION = 2  # 1: every site in runs; 2: large sites in a spread lane
 MAX_DOMAIN_SHARE = 0.25  # a kept-together site's run, as a fraction of a shard
 SITE_SHARE_OF_DEADLINE = 1 / 32  # what a shard may spend on one kept-together site
 
@@ -54,6 +55,15 @@ class SitePlacement:
     @property
     def site_budget_s(self) -> float:
         return SITE_SHARE_OF_DEADLINE * self.shard_deadline_s
+
+    def record(self) -> dict:
+        """What a URL list records of the rule it was laid out by."""
+        return {
+            "layout": LAYOUT_VERSION,
+            "interval_s": self.interval_s,
+            "site_budget_s": self.site_budget_s,
+            "run_rows": self.run_rows,
+        }
 
     def spread_over_list(self, urls: int) -> bool:
         """Whether a site of ``urls`` URLs goes over the whole list, row by row."""

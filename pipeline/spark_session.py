@@ -16,14 +16,19 @@ def get_spark(config: SparkConfig) -> SparkSession:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder
     if config.master:  # empty: the master spark-submit (or spark-defaults.conf) was given
-        builder = builder.master(config.master)
+        # We start the JVM, so driver settings take effect here. Under spark-submit the JVM
+        # is already running (its --driver-memory counts, not this) and the launcher's task
+        # retries are left as it set them.
+        builder = (
+            builder.master(config.master)
+            .config("spark.driver.memory", config.driver_memory)
+            .config("spark.task.maxFailures", "4")
+        )
     builder = (
         builder.appName(config.app_name)
-        .config("spark.driver.memory", config.driver_memory)
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "true")
-        .config("spark.task.maxFailures", "4")
         # one task per shard; never let a slow task block the driver's heartbeat
         .config("spark.network.timeout", "600s")
         # PySpark's daemon less ~110 ms of CPU per task spent re-reading archives that

@@ -133,14 +133,19 @@ def build_url_list(
     counts = {"rows_in": rows_in, "filters": drops, "duplicates": passed - sent}
     # a final-pass list belongs to the first-pass list it was drawn from
     remove_folder(url_join(config.output_dir, "_work", RETRY_FOLDER))
-    info = {"counts": counts, "fingerprint": url_list_fingerprint(config, sources)}
+    placement = SitePlacement.of(config.download, config.fetch)
+    info = {
+        "counts": counts,
+        "fingerprint": url_list_fingerprint(config, sources),
+        "placement": placement.record(),
+    }
     url_list = url_shards.write_url_list(
         unique,
         config.output_dir,
         sent,
         config.download.samples_per_shard,
         info=info,
-        placement=SitePlacement.of(config.download, config.fetch),
+        placement=placement,
     )
     unique.unpersist()
     return url_list
@@ -179,6 +184,16 @@ def reusable_url_list(
             f"{existing.path} and the shards to start over"
         )
     log.info("reusing the URL list of an earlier run (%d rows)", existing.rows)
+    placement = SitePlacement.of(config.download, config.fetch).record()
+    if existing.info.get("placement") != placement:
+        # The cut stays (committed shards are named by it); only the speed differs: the
+        # pacing follows today's settings whatever the layout.
+        log.warning(
+            "the URL list was laid out for other politeness settings (%s; now %s): its shards "
+            "are kept as cut, and large sites may hold shards longer than this layout would",
+            existing.info.get("placement", "an older layout"),
+            placement,
+        )
     return existing
 
 

@@ -60,8 +60,10 @@ URL_COLUMNS = ["SAMPLE_ID", "URL", "TEXT", "LICENSE", "NSFW", "similarity"]
 ROW_ORDER = ["SAMPLE_ID", "URL", "TEXT"]  # unique per row once (URL, TEXT) is deduplicated
 # _lane 0: kept-together sites' runs; 1: spread sites' rows (each lane sorted on its own, then
 # interleaved by rank so every shard holds the same share of spread rows)
-ORDER = ["_lane", "_order", "_domain", "_run", *ROW_ORDER]
+# The range key is a prefix of the order: a range bound never falls inside a group that the
+# order would sort otherwise, so the bounds (a sample) cannot change the order.
 RANGE_KEY = ["_lane", "_order", "_run", "SAMPLE_ID"]
+ORDER = [*RANGE_KEY, "_domain", "URL", "TEXT"]
 MARKER_FILE = "_url_list.json"
 SORTED_RUNS = "_sorted"  # the sort's output, read by the part writers, removed after
 RUN_ROWS = 50_000  # rows per sorted run (~15 MB of LAION rows): the sort's partition size
@@ -143,10 +145,12 @@ def domain_ordered(df: DataFrame, placement: SitePlacement) -> DataFrame:
     ]
     schema = "_domain string, _runs long, _spread boolean"
     layout = df.sparkSession.createDataFrame(table, schema)
-    # Of the row's id and caption, not its URL: the demo serves its corpus on a new port each
-    # run, and its rebuilt list must cut the same shards. Ties only share a run; the total
-    # order below still ends in the row's own (SAMPLE_ID, URL, TEXT).
-    row_hash = F.xxhash64("SAMPLE_ID", "TEXT")
+    # Of the row's id, caption and URL path (not its scheme and authority: the demo serves its
+    # corpus on a new port each run, and its rebuilt list must cut the same shards). Null ids
+    # or a caption repeated across a site's URLs still differ by path, so they do not clump
+    # into one run or one place of the spread lane.
+    url_path = F.regexp_replace("URL", r"^[^/]*//[^/]*", "")
+    row_hash = F.xxhash64("SAMPLE_ID", "TEXT", url_path)
     spread = F.coalesce(F.col("_spread"), F.lit(False))
     return (
         with_domain.join(F.broadcast(layout), "_domain", "left")

@@ -42,6 +42,17 @@ def test_registrable_domains_from_the_bundled_suffix_list():
     assert domain_of_url("http://[broken/x") == ""
 
 
+def test_spellings_of_one_server_are_one_site():
+    """What the resolver is asked for decides the site: IDNA folding and every IP form, so
+    metadata cannot split one server into many separately paced sites."""
+    for alias in ("img.exa\u00admple.com", "ｅｘａｍｐｌｅ.com", "ex\u200bample.COM."):
+        assert registrable_domain(alias) == "example.com", alias
+    for alias in ("2130706433", "0x7f.1", "127.000.0.01", "127.0.0.1"):
+        assert registrable_domain(alias) == "127.0.0.1", alias
+    assert domain_of_url("http://[2001:db8:0::1]:8080/x") == "2001:db8::1"
+    assert registrable_domain("bücher.de") == registrable_domain("xn--bcher-kva.de")
+
+
 def test_a_shard_starts_round_robin_over_its_sites():
     items = [(0, "http://a.com/1"), (1, "http://a.com/2"), (2, "http://b.com/1")]
     items += [(3, "http://x.a.com/3"), (4, "http://c.org/1")]
@@ -53,6 +64,19 @@ def test_a_spread_domain_is_paced_that_many_times_slower():
     throttle = DomainThrottle(0.5, {"big.com": 4}, clock=lambda: now[0], phase=lambda i: 0.0)
     assert [throttle.reserve("big.com") for _ in range(3)] == [0.0, 2.0, 4.0]
     assert [throttle.reserve("small.com") for _ in range(3)] == [0.0, 0.5, 1.0]
+
+
+def test_a_site_reached_only_by_redirect_is_paced_as_if_every_task_reached_it():
+    from pipeline.config import DownloadConfig, FetchConfig
+    from pipeline.shard_download import make_processor
+
+    fetch = FetchConfig(per_domain_interval_s=0.5)
+    pacing = SitePacing(None, concurrency=8)
+    processor = make_processor(DownloadConfig(), fetch, None, pacing, frozenset({"own.com"}))
+    throttle = processor.fetcher.throttle
+    throttle._phase, throttle._clock = (lambda interval: 0.0), (lambda: 0.0)
+    assert [throttle.reserve("own.com") for _ in range(3)] == [0.0, 0.5, 1.0]
+    assert [throttle.reserve("cdn-elsewhere.net") for _ in range(3)] == [0.0, 4.0, 8.0]
 
 
 def test_tasks_that_start_together_spread_a_shared_sites_first_requests():
