@@ -19,7 +19,7 @@ import contextlib
 import functools
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import tldextract
@@ -66,21 +66,6 @@ def domain_of_url(url: str | None) -> str:
     except ValueError:
         return ""
     return registrable_domain(host) if host else ""
-
-
-def interleave_by_domain(items: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
-    """Reorder (index, url) pairs round-robin over their domains, first-seen order kept inside
-    each domain: the task's threads then work on as many sites at once as the shard holds,
-    instead of queueing on one site's URLs that the URL list keeps together."""
-    queues: dict[str, list[tuple[int, str]]] = {}
-    for item in items:
-        queues.setdefault(domain_of_url(item[1]), []).append(item)
-    ranked = [
-        (rank, position, item)
-        for position, queue in enumerate(queues.values())
-        for rank, item in enumerate(queue)
-    ]
-    return [item for _, _, item in sorted(ranked, key=lambda r: (r[0], r[1]))]
 
 
 def write_spread(

@@ -119,17 +119,30 @@ class DomainThrottle:
         self._next_free: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    def interval_for(self, domain: str) -> float:
+        return self.interval_s * self.multipliers.get(domain, self.default_multiplier)
+
+    def _free_at(self, domain: str, now: float) -> float:
+        """``domain``'s next free time; a shared site's first is drawn here. Under the lock."""
+        if domain not in self._next_free:
+            shared = self.multipliers.get(domain, self.default_multiplier) > 1
+            first = self._phase(self.interval_for(domain)) if shared else 0.0
+            self._next_free[domain] = now + first
+        return self._next_free[domain]
+
     def reserve(self, domain: str) -> float:
         """Book the next slot for ``domain``; return how long to wait for it."""
-        multiplier = self.multipliers.get(domain, self.default_multiplier)
-        interval = self.interval_s * multiplier
         with self._lock:
             now = self._clock()
-            if domain not in self._next_free:
-                self._next_free[domain] = now + (self._phase(interval) if multiplier > 1 else 0.0)
-            slot = max(now, self._next_free[domain])
-            self._next_free[domain] = slot + interval
+            slot = max(now, self._free_at(domain, now))
+            self._next_free[domain] = slot + self.interval_for(domain)
             return slot - now
+
+    def next_slot(self, domain: str) -> float:
+        """When ``domain``'s next slot is (on the throttle's clock), without booking it."""
+        with self._lock:
+            now = self._clock()
+            return max(now, self._free_at(domain, now))
 
     def pause(self, domain: str, seconds: float) -> None:
         """The site asked us to come back later (Retry-After): nobody in this task calls it

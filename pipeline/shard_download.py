@@ -37,11 +37,12 @@ from img2dataset.writer import WebDatasetSampleWriter
 from flipcommon.storage import is_local, read_bytes, url_join, write_json_atomic
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
-from pipeline.domains import domain_of_url, interleave_by_domain, load_site_urls, load_spread
+from pipeline.domains import domain_of_url, load_site_urls, load_spread
 from pipeline.fetch import Fetcher, FetchResult
 from pipeline.image_header import declared_size
 from pipeline.progress import TaskProgress
 from pipeline.site_placement import seconds_per_shard
+from pipeline.site_schedule import paced_order
 from pipeline.spark_daemon import freeze_imported_objects
 from pipeline.url_shards import UrlList
 
@@ -218,22 +219,29 @@ def process_all(
 ) -> Iterator[tuple[int, bytes | None, dict[str, Any]]]:
     """(index, image, result) for every (index, url), in completion order.
 
-    URLs start round-robin over their sites. At most ``2 × threads`` results wait to be
-    written (memory stays flat). Requests still in flight at ``stop_at`` end then (their
-    deadline is cut to it), and URLs not started by then: all come out as retryable
-    ``shard deadline exceeded`` failures.
+    URLs start in their sites' turns (``pipeline.site_schedule``: a paced site's URL when its
+    slot comes, the other sites' in between, round-robin). A URL is handed out only when a
+    thread is free to start it, so it starts in its turn, not after a queue. At most
+    ``2 × threads`` results wait to be written (memory stays flat). Requests still in flight at
+    ``stop_at`` end then (their deadline is cut to it), and URLs not started by then: all come
+    out as retryable ``shard deadline exceeded`` failures.
     """
     in_flight = Semaphore(threads * 2)
+    idle_threads = Semaphore(threads)
     started: set[int] = set()
 
     def feed() -> Iterator[tuple[int, str]]:
-        for index, url in interleave_by_domain(urls):
+        order = paced_order(urls, processor.fetcher.throttle, stop_at)
+        while True:
             in_flight.acquire()
-            if time.monotonic() >= stop_at:
+            idle_threads.acquire()
+            item = next(order, None)
+            if item is None or time.monotonic() >= stop_at:
+                idle_threads.release()
                 in_flight.release()
                 return
-            started.add(index)
-            yield index, url
+            started.add(item[0])
+            yield item
 
     def work(item: tuple[int, str]) -> tuple[int, FetchResult]:
         index, url = item
@@ -242,6 +250,8 @@ def process_all(
         except Exception as err:  # noqa: BLE001 - one sample's bug must not lose the shard
             traceback.print_exc()
             return index, FetchResult(None, f"internal error: {type(err).__name__}")
+        finally:
+            idle_threads.release()
 
     with ThreadPool(threads) as pool:
         for index, fetched in pool.imap_unordered(work, feed()):

@@ -12,7 +12,6 @@ import pytest
 from pipeline.domains import (
     SPREAD_FILE,
     domain_of_url,
-    interleave_by_domain,
     load_site_urls,
     load_spread,
     registrable_domain,
@@ -20,6 +19,7 @@ from pipeline.domains import (
 from pipeline.fetch import DomainThrottle
 from pipeline.shard_download import SitePacing
 from pipeline.site_placement import SitePlacement
+from pipeline.site_schedule import paced_order
 from pipeline.url_shards import (
     MAX_DOMAIN_SHARE,
     URL_COLUMNS,
@@ -53,10 +53,48 @@ def test_spellings_of_one_server_are_one_site():
     assert registrable_domain("bücher.de") == registrable_domain("xn--bcher-kva.de")
 
 
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_a_shard_starts_round_robin_over_its_sites():
     items = [(0, "http://a.com/1"), (1, "http://a.com/2"), (2, "http://b.com/1")]
     items += [(3, "http://x.a.com/3"), (4, "http://c.org/1")]
-    assert [i for i, _ in interleave_by_domain(items)] == [0, 2, 4, 1, 3]
+    clock = FakeClock()
+    throttle = DomainThrottle(0.0, clock=clock)
+    order = paced_order(items, throttle, 100.0, clock=clock, sleep=clock.sleep)
+    assert [i for i, _ in order] == [0, 2, 4, 1, 3]
+
+
+def test_a_paced_site_is_started_in_its_turns_and_the_others_in_between():
+    """A site paced at 10 s per request in this task: its URLs go when their slots come (the
+    worker books each as it starts), the 20 others' at once, none waits in a thread."""
+    clock = FakeClock()
+    throttle = DomainThrottle(10.0, {"paced.com": 1}, clock=clock, default_multiplier=0)
+    items = [(i, f"http://paced.com/{i}") for i in range(3)]
+    items += [(3 + i, f"http://s{i}.org/x") for i in range(20)]
+    started = []
+    for index, url in paced_order(items, throttle, 25.0, clock=clock, sleep=clock.sleep):
+        started.append((index, clock.now))
+        throttle.reserve(domain_of_url(url))  # what the worker does as it starts the URL
+    assert started[0] == (0, 0.0) and all(t == 0.0 for i, t in started if i >= 3)
+    assert started[-2:] == [(1, 10.0), (2, 20.0)] and len(started) == 23
+    # a deadline before the third turn: the third URL is not started
+    clock = FakeClock()
+    throttle = DomainThrottle(10.0, {"paced.com": 1}, clock=clock, default_multiplier=0)
+    order = paced_order(items, throttle, 15.0, clock=clock, sleep=clock.sleep)
+    left = []
+    for index, url in order:
+        left.append(index)
+        throttle.reserve(domain_of_url(url))
+    assert 2 not in left and 1 in left and len(left) == 22
 
 
 def test_a_spread_domain_is_paced_that_many_times_slower():
