@@ -326,28 +326,22 @@ def schedule(lengths: np.ndarray, slots: int, barrier_shards: int = 0) -> np.nda
     return starts
 
 
-def busiest_site_requests(
-    lay: Layout, result: PassResult, cost: RowCost, cluster: Cluster
-) -> np.ndarray:
+def busiest_site_requests(lay: Layout, result: PassResult, cluster: Cluster) -> np.ndarray:
     """When the busiest site is asked, cluster-wide: each task that holds it books its URLs
-    through its own ``DomainThrottle`` on the simulated clock. A task's threads reach the
-    site's URLs spread over the time its other work takes (the shard starts round-robin over
-    its sites); the throttle decides when each request goes."""
+    through its own ``DomainThrottle`` on the simulated clock, from the task's start: the task
+    starts the site with the most paced time left at every turn (``pipeline.site_schedule``;
+    ``shard_time_model.py`` checks that against the real feed), so its requests go at the
+    throttle's slots — the first at a random phase, then one per interval × multiplier."""
     multiplier = min(int(lay.spread[0]), cluster.slots)
     times = []
     for shard in np.flatnonzero(lay.busiest):
-        n = int(lay.busiest[shard])
         begin = result.start_s[shard] + cluster.task_overhead_s / 2
-        other = lay.rows[shard] * max(cost.thread_s / cluster.threads, cost.cpu_s)
-        now = [0.0]
         throttle = DomainThrottle(
-            cluster.interval_s, {"site": multiplier}, clock=lambda now=now: now[0]
+            cluster.interval_s, {"site": multiplier}, clock=lambda begin=begin: begin
         )
         stop = begin + cluster.shard_deadline_s
-        step = other / n
-        for i in range(n):
-            now[0] = begin + step * (i + 0.5)
-            at = now[0] + throttle.reserve("site")
+        for _ in range(int(lay.busiest[shard])):
+            at = begin + throttle.reserve("site")
             if at > stop:
                 break
             times.append(at)
@@ -403,7 +397,7 @@ def simulate(
     first_layout = layout(sizes, placement, rng)
     first_cost = first_pass_cost(outcomes, policy)
     first = run_pass(first_layout, first_cost, cluster, policy, len(sizes))
-    requests = [busiest_site_requests(first_layout, first, first_cost, cluster)]
+    requests = [busiest_site_requests(first_layout, first, cluster)]
     retry = retry_sizes(sizes, first_cost, first, first_layout)
     leftovers = first.leftover_rows / max(1, int(retry.sum()))
     final_cost = final_pass_cost(outcomes, policy, first_cost, leftovers)
@@ -416,7 +410,7 @@ def simulate(
     final_layout = layout(retry[retry > 0], final_placement, rng)
     final = run_pass(final_layout, final_cost, cluster, policy, int((retry > 0).sum()))
     if retry[0] > 0:
-        shifted = busiest_site_requests(final_layout, final, final_cost, cluster)
+        shifted = busiest_site_requests(final_layout, final, cluster)
         requests.append(shifted + first.makespan_s)
     times = np.concatenate(requests)
     bounds = ideal_s(sizes, outcomes, cluster)

@@ -45,3 +45,11 @@ def test_population_sums_to_its_rows():
     sizes = makespan.site_sizes(population)
     assert sizes.sum() == 1_000_000 and sizes[0] == 50_000
     assert (np.diff(sizes[5:]) <= 0).all()
+
+
+def test_the_task_length_check_runs_at_toy_size(capsys):
+    import shard_time_model
+
+    args = ["--urls", "200", "--threads", "8", "--latency", "0.01"]
+    assert shard_time_model.main([*args, "--shares", "0.1", "--ratios", "1"]) == 0
+    assert "worst measured ÷ model" in capsys.readouterr().out
