@@ -39,6 +39,7 @@ KINDS = {
     "ServiceAccount": "V1ServiceAccount",
     "Role": "V1Role",
     "RoleBinding": "V1RoleBinding",
+    "ConfigMap": "V1ConfigMap",
 }
 
 
@@ -98,6 +99,26 @@ def test_kubernetes_manifests_match_the_api_models():
         _check_k8s(doc, KINDS[doc["kind"]], f"{name}:{doc['kind']}")
         for container in _containers(doc):
             assert container["image"] and container["name"]
+
+
+def test_spark_executors_get_the_driver_identity_and_dns_settings():
+    """Executor pods are Spark's: their identity (the annotated service account, which reaches
+    the bucket) and DNS settings come from spark conf and a pod template the driver reads."""
+    objects = {doc["kind"]: doc for name, doc in _k8s_objects() if name == "pipeline-job.yaml"}
+    account = objects["ServiceAccount"]
+    assert account["metadata"]["annotations"], "the Spark service account has no cloud identity"
+    template = yaml.safe_load(objects["ConfigMap"]["data"]["executor.yaml"])
+    _check_k8s(template, "V1Pod", "executor template")
+    assert template["spec"]["dnsConfig"] == {"options": [{"name": "ndots", "value": "2"}]}
+    pod = objects["Job"]["spec"]["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    conf = {c.split("=", 1)[0]: c.split("=", 1)[1] for c in command if c.startswith("spark.")}
+    executor_account = conf["spark.kubernetes.authenticate.executor.serviceAccountName"]
+    assert executor_account == account["metadata"]["name"]
+    mount = pod["containers"][0]["volumeMounts"][0]["mountPath"]
+    assert conf["spark.kubernetes.executor.podTemplateFile"] == f"{mount}/executor.yaml"
+    assert pod["dnsConfig"] == template["spec"]["dnsConfig"]
+    assert command[command.index("--driver-memory") + 1] == "16g"
 
 
 def _aws_shape(service: str, operation: str):
@@ -252,6 +273,11 @@ def test_every_command_is_a_valid_stage_invocation():
         stage, args = _stage_invocation(argv)
         stages.add(stage)
         config, overrides = args[0], args[1:]
+        if argv[0] in ("spark-submit", "file:///app/pipeline/__main__.py"):
+            # launchers that do not run in the project's folder name the config by its path
+            # in the image
+            assert config.startswith("/app/"), f"{where}: {config} is relative"
+        config = config.removeprefix("/app/")
         assert (ROOT / config).is_file(), f"{where}: {config} does not exist"
         assert all(re.match(r"^[A-Za-z_][\w.]*=", o) for o in overrides), f"{where}: {overrides}"
         assert not any("$" in o for o in overrides), f"{where}: unexpanded variable in {overrides}"

@@ -62,9 +62,11 @@ def eval_command(d: Deploy, index_env: str) -> list[str]:
 
 
 def spark_conf(d: Deploy, extra_conf: dict[str, str]) -> dict[str, str]:
-    """The executor settings LAION-scale download needs, for any Spark launcher."""
+    """The driver and executor settings LAION-scale download needs, for any Spark launcher
+    (the stage leaves them as the launcher set them)."""
     p = d.pipeline
     return {
+        "spark.driver.memory": p.driver_memory,
         "spark.executor.instances": str(p.executors),
         "spark.executor.cores": str(p.executor_cores),
         "spark.executor.memory": p.executor_memory,
@@ -78,11 +80,21 @@ def spark_conf(d: Deploy, extra_conf: dict[str, str]) -> dict[str, str]:
     }
 
 
+def app_path(path: str, app: str = APP) -> str:
+    """A project path as an absolute one: launchers (EMR steps, Dataproc jobs) do not run in
+    the project's folder."""
+    return path if path.startswith("/") or "://" in path else f"{app}/{path}"
+
+
 def spark_submit(d: Deploy, master: str, extra_conf: dict[str, str], app: str = APP) -> list[str]:
+    conf = spark_conf(d, extra_conf)
+    # client mode: the driver's JVM is spark-submit's own, sized before any --conf is read
     args = ["spark-submit", "--master", master, "--deploy-mode", "client"]
-    for key, value in spark_conf(d, extra_conf).items():
+    args += ["--driver-memory", conf.pop("spark.driver.memory")]
+    for key, value in conf.items():
         args += ["--conf", f"{key}={value}"]
-    return [*args, f"{app}/pipeline/__main__.py", d.pipeline.config, *pipeline_overrides(d)]
+    config = app_path(d.pipeline.config, app)
+    return [*args, f"{app}/pipeline/__main__.py", config, *pipeline_overrides(d)]
 
 
 def torchrun(d: Deploy, node_rank: str, master_addr: str) -> list[str]:

@@ -36,6 +36,8 @@ class PipelineDeploy:
     threads_per_task: int
     task_max_failures: int
     overrides: list[str] = field(default_factory=list)
+    # the driver's JVM heap: the URL list's sort samples its range bounds there
+    driver_memory: str = "16g"
 
 
 @dataclass
@@ -73,6 +75,10 @@ class KubernetesDeploy:
     namespace: str
     service_account: str
     spark_service_account: str
+    # on the Spark service account (driver and executors): the cloud identity that reaches
+    # the bucket, e.g. {eks.amazonaws.com/role-arn: arn:aws:iam::…:role/…} (IRSA) or
+    # {iam.gke.io/gcp-service-account: …} (GKE workload identity)
+    spark_service_account_annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 
 from flipcommon.config import ConfigError
-from infra.render.commands import APP, HEADER, pipeline_overrides, spark_conf
+from infra.render.commands import APP, HEADER, app_path, pipeline_overrides, spark_conf
 from infra.render.deploy import Deploy, GcpDeploy
 
 WORKFLOW_FILE = "infra/generated/dataproc/pipeline-workflow.yaml"
@@ -26,7 +26,7 @@ def dataproc_workflow(d: Deploy) -> dict:
         "stepId": "pipeline",
         "pysparkJob": {
             "mainPythonFileUri": f"file://{APP}/pipeline/__main__.py",
-            "args": [d.pipeline.config, *pipeline_overrides(d)],
+            "args": [app_path(d.pipeline.config), *pipeline_overrides(d)],
             "properties": spark_conf(d, {}),
         },
     }

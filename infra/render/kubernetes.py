@@ -4,8 +4,12 @@ Indexed Job of one pod per node (or a Kubeflow PyTorchJob), evaluation as an Ind
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
+import yaml
+
+from flipcommon.config import ConfigError
 from infra.render.commands import (
     EFA_NCCL_ENV,
     NCCL_ENV,
@@ -25,6 +29,11 @@ ENV = [{"name": name, "value": value} for name, value in NCCL_ENV.items()]
 ELASTIC_ENV = [{"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"}]
 EFA_ENV = [{"name": name, "value": value} for name, value in EFA_NCCL_ENV.items()]
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
+# Kubernetes' default ndots:5 makes every lookup of a name with fewer than five dots (every
+# image host, the bucket's endpoint) try each search domain first: several NXDOMAINs per name
+# through the cluster DNS. Two dots still let in-cluster short names resolve.
+DNS_CONFIG = {"options": [{"name": "ndots", "value": "2"}]}
+EXECUTOR_TEMPLATE_DIR = "/etc/flip/spark"
 
 
 def _metadata(d: Deploy, name: str) -> dict:
@@ -54,6 +63,7 @@ def _job(
     }
     pod: dict[str, Any] = {"subdomain": subdomain} if subdomain else {}
     pod |= {"serviceAccountName": service_account, "restartPolicy": "Never"}
+    pod["dnsConfig"] = copy.deepcopy(DNS_CONFIG)
     pod["containers"] = containers
     if volumes:
         pod["volumes"] = volumes
@@ -72,6 +82,10 @@ def pipeline(d: Deploy) -> list[dict]:
             "spark.kubernetes.namespace": d.kubernetes.namespace,
             "spark.kubernetes.container.image": image,
             "spark.kubernetes.authenticate.driver.serviceAccountName": service_account,
+            # executors take the same identity (its annotations give them the bucket) and
+            # the same DNS settings, from a pod template the driver reads
+            "spark.kubernetes.authenticate.executor.serviceAccountName": service_account,
+            "spark.kubernetes.executor.podTemplateFile": f"{EXECUTOR_TEMPLATE_DIR}/executor.yaml",
             "spark.kubernetes.executor.request.cores": str(d.pipeline.executor_cores),
             "spark.driver.host": "$(POD_IP)",  # client mode: executors dial the driver pod
             "spark.driver.bindAddress": "0.0.0.0",
@@ -87,7 +101,8 @@ def pipeline(d: Deploy) -> list[dict]:
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
-        "resources": {"requests": {"cpu": "4", "memory": "16Gi"}},
+        "resources": {"requests": {"cpu": "4", "memory": driver_pod_memory(d)}},
+        "volumeMounts": [{"name": "executor-template", "mountPath": EXECUTOR_TEMPLATE_DIR}],
     }
     # backoffLimit 3: a rerun keeps finished shards
     job = _job(
@@ -97,8 +112,32 @@ def pipeline(d: Deploy) -> list[dict]:
         [container],
         service_account=service_account,
         backoff_limit=3,
+        volumes=[{"name": "executor-template", "configMap": {"name": EXECUTOR_TEMPLATE}}],
     )
-    return [*spark_rbac(d, service_account), job]
+    return [*spark_rbac(d, service_account), executor_template(d), job]
+
+
+EXECUTOR_TEMPLATE = "flip-spark-executor-template"
+
+
+def executor_template(d: Deploy) -> dict:
+    """The executor pods' template (Spark fills in image, resources and command)."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "spec": {"dnsConfig": copy.deepcopy(DNS_CONFIG)}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(d, EXECUTOR_TEMPLATE),
+        "data": {"executor.yaml": yaml.safe_dump(pod, sort_keys=False)},
+    }
+
+
+def driver_pod_memory(d: Deploy) -> str:
+    """The driver pod's memory: its JVM heap and 4 GiB for the JVM's own and Python's."""
+    heap = d.pipeline.driver_memory.strip().lower()
+    units = {"g": 1, "m": 1 / 1024, "t": 1024}
+    if not heap or heap[-1] not in units or not heap[:-1].isdigit():
+        raise ConfigError(f"pipeline.driver_memory: {heap!r} is not like 16g or 512m")
+    return f"{math.ceil(int(heap[:-1]) * units[heap[-1]]) + 4}Gi"
 
 
 def spark_rbac(d: Deploy, service_account: str) -> list[dict]:
@@ -137,6 +176,9 @@ def spark_rbac(d: Deploy, service_account: str) -> list[dict]:
         "kind": "ServiceAccount",
         "metadata": _metadata(d, service_account),
     }
+    annotations = d.kubernetes.spark_service_account_annotations
+    if annotations:
+        account["metadata"]["annotations"] = dict(annotations)
     return [account, role, binding]
 
 
