@@ -15,11 +15,12 @@ Steps: read metadata (LAION-400M parquet schema, or csv/json with URL and TEXT c
 rule filters (caption length …) → exact dedup on (URL, TEXT) → URL list (one part per shard,
 reused by a rerun) → download in one Spark job, one task per shard (img2dataset's resizer and
 writer; our fetch step: one wall-clock
-deadline per attempt over every phase — DNS, connect, TLS, headers, body, redirects —, backoff on
-429/5xx honouring Retry-After, a per-site interval that holds for the whole cluster
-(fetch.per_domain_interval_s), the X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap; a
+deadline per attempt over every phase — DNS, connect, TLS, headers, body, redirects —, a
+per-site interval that holds for the whole cluster (fetch.per_domain_interval_s; large sites
+are spread over every shard), the X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap; a
 shard budget, download.shard_deadline_s, that ends requests in flight) → a final pass
-re-fetching samples that failed retryably into new shards → sizes.json and manifest.json
+re-fetching samples that failed retryably (408/429/5xx, timeouts; no in-task retries unless
+fetch.retries > 0) into new shards → sizes.json and manifest.json
 (written last). While it downloads, the driver prints samples done, images/s, success rate
 and the top failure reasons every download.progress_interval_s. Optional: decontamination
 against evaluation images (decontamination.sources), and a CLIP-score filter into a new shard set
@@ -33,7 +34,8 @@ _url_list.json marker), staging (local storage only) and the tasks' progress fil
 A rerun keeps finished shards and redoes unfinished ones. Private, loopback and link-local
 addresses are refused unless listed in fetch.allowed_networks (the demo allows 127.0.0.0/8).
 
-Scale out: spark.master=spark://HOST:7077 (or yarn, k8s://…) and download.processes=N.
+Scale out: spark.master=spark://HOST:7077 (or yarn, k8s://…) and download.processes=N, the
+cluster's task slots (executors × cores): the per-site pacing divides by it.
 
 Examples:
   python -m pipeline configs/pipeline/demo.yaml
