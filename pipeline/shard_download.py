@@ -178,7 +178,10 @@ class SitePacing:
             (seconds_per_shard(urls, spread.get(site, 1), interval_s, self.concurrency), site)
             for site, urls in load_site_urls(self.url_list).items()
         ]
-        return (max(waits)[1], max(waits)[0]) if waits else None
+        if not waits:
+            return None
+        seconds, site = max(waits)
+        return site, seconds
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ while the whole cluster fetches it at the full 1/I from the first wave to the la
 sites stay in runs of about a quarter shard (DNS answers and the pacing state stay with the task
 that uses them, and a dead site costs one task a few timeouts, not every task one).
 
-The fraction comes from ``benchmarks/download_makespan.py``: at LAION-400M on 8 nodes, 1/8 of
-the deadline let kept-together sites stretch their shards to ~450 s (1.39 × the ideal makespan);
-1/32 gives 1.07 ×, and smaller fractions change little more.
+The fraction comes from ``benchmarks/download_makespan.py``: at LAION-400M on 8 nodes (measured
+before the spread rows had a lane of their own), 1/8 of the deadline let kept-together sites
+stretch their shards to ~1,160 s (1.39 × the ideal makespan); 1/32 gave 1.07 ×, smaller
+fractions little more.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from typing import Any
 import fsspec
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -52,9 +52,7 @@ from flipcommon.storage import (
 )
 from pipeline.domains import domain_of_url, write_spread
 from pipeline.fsspec_io import arrow_schema, reset_folder
-from pipeline.site_placement import MAX_DOMAIN_SHARE, SitePlacement
-
-__all__ = ["MAX_DOMAIN_SHARE", "URL_COLUMNS", "UrlList", "read_url_list", "write_url_list"]
+from pipeline.site_placement import SitePlacement
 
 URL_COLUMNS = ["SAMPLE_ID", "URL", "TEXT", "LICENSE", "NSFW", "similarity"]
 ROW_ORDER = ["SAMPLE_ID", "URL", "TEXT"]  # unique per row once (URL, TEXT) is deduplicated
@@ -239,7 +237,7 @@ def _write_sorted_runs(
         spread = 0
         if length:
             table = pa.Table.from_batches(received)
-            spread = pa.compute.sum(table.column("_lane")).as_py() or 0
+            spread = pc.sum(table.column("_lane")).as_py() or 0
             table = table.select(run_schema.names).cast(run_schema)
             buffer = pa.BufferOutputStream()
             pq.write_table(table, buffer)

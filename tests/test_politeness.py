@@ -18,10 +18,9 @@ from pipeline.domains import (
 )
 from pipeline.fetch import DomainThrottle
 from pipeline.shard_download import SitePacing
-from pipeline.site_placement import SitePlacement
+from pipeline.site_placement import MAX_DOMAIN_SHARE, SitePlacement
 from pipeline.site_schedule import paced_order
 from pipeline.url_shards import (
-    MAX_DOMAIN_SHARE,
     URL_COLUMNS,
     UrlList,
     read_url_list,
@@ -132,15 +131,7 @@ def test_a_site_too_large_to_keep_together_is_spread_over_the_whole_list(spark, 
     150-URL site would hold each of its shards for 150 s: it goes over every shard, a few URLs
     each. A 4-URL site (4 s) stays in one shard."""
     samples_per_shard = 40
-    sizes = {"huge.example.com": 150, "small.example.org": 4}
-    sizes |= {f"img.site{i}.net": 1 + i % 4 for i in range(60)}
-    rows = []
-    for host, n in sizes.items():
-        for i in range(n):
-            rows.append((len(rows), f"http://{host}/{i}.jpg", f"caption {len(rows)}"))
-    frame = pd.DataFrame(rows, columns=["SAMPLE_ID", "URL", "TEXT"])
-    frame["LICENSE"], frame["NSFW"], frame["similarity"] = "?", "?", 0.3
-    df = spark.createDataFrame(frame).select(*URL_COLUMNS)
+    df, rows = _site_rows(spark, {"huge.example.com": 150, "small.example.org": 4})
     placement = SitePlacement(samples_per_shard, interval_s=1.0, shard_deadline_s=160.0)
     assert placement.spread_over_list(150) and not placement.spread_over_list(4)
 
@@ -182,6 +173,19 @@ def test_lanes_cut_every_rank_once_in_exact_shares():
     assert [plain.lane_ranks(i) for i in range(3)][2] == (range(20, 25), range(25, 25))
 
 
+def _site_rows(spark, sizes: dict[str, int]):
+    """URL-list rows for the named hosts (that many URLs each) and 60 small sites of 1-4 URLs:
+    the DataFrame and its rows."""
+    sizes = sizes | {f"img.site{i}.net": 1 + i % 4 for i in range(60)}
+    rows = []
+    for host, n in sizes.items():
+        for i in range(n):
+            rows.append((len(rows), f"http://{host}/{i}.jpg", f"caption {len(rows)}"))
+    frame = pd.DataFrame(rows, columns=["SAMPLE_ID", "URL", "TEXT"])
+    frame["LICENSE"], frame["NSFW"], frame["similarity"] = "?", "?", 0.3
+    return spark.createDataFrame(frame).select(*URL_COLUMNS), rows
+
+
 def _shards_per_domain(url_list: UrlList) -> dict[str, set]:
     """The shards (one part each) each domain lands in."""
     shards: dict[str, set] = {}
@@ -194,17 +198,7 @@ def _shards_per_domain(url_list: UrlList) -> dict[str, set]:
 
 def test_url_list_keeps_sites_together_and_records_their_spread(spark, tmp_path):
     samples_per_shard = 40
-    sizes = {"big.example.com": 150, "mid.example.org": 30}  # the rest: 60 sites of 1-4 URLs
-    sizes |= {f"img.site{i}.net": 1 + i % 4 for i in range(60)}
-    rows = []
-    for host, n in sizes.items():
-        for i in range(n):
-            rows.append((len(rows), f"http://{host}/{i}.jpg", f"caption {len(rows)}"))
-    frame = pd.DataFrame(rows, columns=["SAMPLE_ID", "URL", "TEXT"])
-    for column in ("LICENSE", "NSFW"):
-        frame[column] = "?"
-    frame["similarity"] = 0.3
-    df = spark.createDataFrame(frame).select(*URL_COLUMNS)
+    df, rows = _site_rows(spark, {"big.example.com": 150, "mid.example.org": 30})
 
     first = write_url_list(df, str(tmp_path / "a"), len(rows), samples_per_shard)
     second = write_url_list(df, str(tmp_path / "b"), len(rows), samples_per_shard)
