@@ -55,16 +55,55 @@ log = logging.getLogger(__name__)
 HISTOGRAM_BINS = 20_000  # over [-1, 1]: a top-k% threshold within 1e-4 of the exact quantile
 
 
+DEVICES = ("cpu", "cuda")
+
+
 @functools.lru_cache(maxsize=1)
 def _load_model(checkpoint: str, device: str):
     """Once per worker process: the model, its eval transform and tokenizer."""
-    import torch
-
     from flipcommon.checkpoints import load_model  # the checkpoint contract's reader
 
-    torch.set_num_threads(1)  # one Spark task per core
     model, preprocess, tokenizer, _ = load_model(checkpoint)
     return model.to(device), preprocess, tokenizer
+
+
+def task_device(device: str) -> str:
+    """The torch device of this task: on "cuda", the GPU Spark gave the task (its address),
+    so tasks sharing an executor never share a GPU."""
+    if device != "cuda":
+        return device
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    gpus = context.resources().get("gpu") if context is not None else None
+    if gpus is None or not gpus.addresses:
+        return "cuda"  # local mode: no GPU scheduling, the process's own device
+    return f"cuda:{gpus.addresses[0]}"
+
+
+def embedding_profile(spark: SparkSession, config: ClipScoreConfig):
+    """The embedding job's task resources: ``task_cpus`` cores, and a GPU on "cuda" (Spark's
+    stage-level scheduling, so the download's tasks keep one core each). ``None`` in local
+    mode, which schedules no resources."""
+    if spark.sparkContext.master.startswith("local"):
+        return None
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    requests = TaskResourceRequests().cpus(config.task_cpus)
+    if config.device == "cuda":
+        requests = requests.resource("gpu", 1.0)
+    return ResourceProfileBuilder().require(requests).build
+
+
+def check_config(config: ClipScoreConfig) -> None:
+    if (config.min_similarity is None) == (config.top_percent is None):
+        raise UserError("clip_score: set exactly one of min_similarity or top_percent")
+    if config.device not in DEVICES:
+        raise UserError(f"clip_score.device: {config.device!r} is not one of {DEVICES}")
+    if isinstance(config.task_cpus, bool) or not isinstance(config.task_cpus, int):
+        raise UserError(f"clip_score.task_cpus: {config.task_cpus!r} is not a whole number")
+    if config.task_cpus < 1:
+        raise UserError(f"clip_score.task_cpus: {config.task_cpus} is below 1")
 
 
 def read_shard_samples(tar_url: str) -> Iterator[tuple[str, bytes, str, dict]]:
@@ -97,7 +136,9 @@ class ShardEmbedder:
         import torch
         from PIL import Image
 
-        model, preprocess, tokenizer = _load_model(self.config.checkpoint, self.config.device)
+        device = task_device(self.config.device)
+        torch.set_num_threads(self.config.task_cpus)  # the cores Spark gave this task
+        model, preprocess, tokenizer = _load_model(self.config.checkpoint, device)
         rows, image_embs, text_embs = [], [], []
         batch: list[tuple[str, bytes, str, dict]] = []
         samples = read_shard_samples(url_join(self.source_dir, f"{shard}.tar"))
@@ -110,8 +151,8 @@ class ShardEmbedder:
                 )
                 tokens = tokenizer([b[2] for b in batch])
                 with torch.no_grad():
-                    image = model.encode_image(images.to(self.config.device), normalize=True)
-                    text = model.encode_text(tokens.to(self.config.device), normalize=True)
+                    image = model.encode_image(images.to(device), normalize=True)
+                    text = model.encode_text(tokens.to(device), normalize=True)
                 similarity = (image * text).sum(-1).float().cpu().numpy()
                 image_embs.append(image.float().cpu().numpy().astype(np.float16))
                 text_embs.append(text.float().cpu().numpy().astype(np.float16))
@@ -227,19 +268,20 @@ def run_clip_score(spark: SparkSession, source_dir: str, config: ClipScoreConfig
     finished = read_manifest(config.output_dir)
     if finished is not None:
         return finished
-    if (config.min_similarity is None) == (config.top_percent is None):
-        raise UserError("clip_score: set exactly one of min_similarity or top_percent")
+    check_config(config)
     source_manifest = read_manifest(source_dir)
     if source_manifest is None:
         raise ShardSetMissing(f"{source_dir} is not a finished shard set (no {MANIFEST_FILE})")
     shards = sorted(read_shard_stats(source_dir))
     embeddings_dir = url_join(config.output_dir, "embeddings")
     embedder = ShardEmbedder(source_dir, embeddings_dir, config)
-    histogram = (
-        spark.sparkContext.parallelize(shards, max(1, len(shards))).map(embedder).treeReduce(np.add)
-        if shards
-        else np.zeros(HISTOGRAM_BINS, np.int64)
-    )
+    histogram = np.zeros(HISTOGRAM_BINS, np.int64)
+    if shards:
+        to_embed = spark.sparkContext.parallelize(shards, len(shards))
+        profile = embedding_profile(spark, config)
+        if profile is not None:
+            to_embed = to_embed.withResources(profile)
+        histogram = to_embed.map(embedder).treeReduce(np.add)
     threshold = (
         float(config.min_similarity)
         if config.min_similarity is not None

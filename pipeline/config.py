@@ -121,7 +121,14 @@ class ClipScoreConfig:
     output_dir: str = ""  # the filtered shard set; default: "<output_dir>-clip"
     samples_per_shard: int = 10000
     batch_size: int = 64
-    device: str = "cpu"  # "cuda" on GPU executors
+    # "cpu", or "cuda": each embedding task then takes one of its executor's GPUs (Spark GPU
+    # scheduling: the executors are started with spark.executor.resource.gpu.* set).
+    device: str = "cpu"
+    # Cores per embedding task, which holds one model and runs this many torch threads. 1: a
+    # model per task slot (most images/s per core, a model's memory per core); the executor's
+    # cores: one model per executor. Taken by this job alone (stage-level scheduling), not
+    # by the download; in local mode every task slot runs one, whatever this says.
+    task_cpus: int = 1
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Download the URL list into webdataset shards: one Spark job, one task per shard.
+"""Download the URL list into webdataset shards: one Spark job, one task per shard (or per
+few small shards).
 
 Each task reads its own URL-list part and writes its own shard (``ShardDownloader``:
 img2dataset's resizer and writer behind our fetch step, see ``pipeline.fetch``) and hands its
@@ -13,6 +14,7 @@ into new shards (``pipeline.shard_retry``). The SparkSession must already exist
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,10 @@ from pipeline.url_shards import UrlList
 log = logging.getLogger(__name__)
 
 SHARD_ATTEMPTS = 2  # a shard whose task raised is run once more, then the stage stops
+# Small shards share a task up to about this many samples: a task's own cost (scheduling, a
+# Python worker's turn: ~25 ms on local[2]) then stays far below its download time.
+TASK_SAMPLES = 1_000
+TASKS_PER_SLOT = 4  # at least: the last tasks of a job stay short beside the whole
 
 
 @dataclass(frozen=True)
@@ -139,8 +145,8 @@ def run_shards(
     final_pass: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Download the shards of ``url_list`` that are not in ``committed``, all in one Spark job
-    (one task per shard); returns their stats. Raises ``IncompleteDownloadError`` naming the
-    shards that failed every attempt."""
+    (one task per shard, or per few small shards: ``task_groups``); returns their stats.
+    Raises ``IncompleteDownloadError`` naming the shards that failed every attempt."""
     downloader = ShardDownloader(
         tasks.output_dir,
         url_list,
@@ -153,13 +159,15 @@ def run_shards(
     )
     pending = [i for i in url_list.shard_ids if shard_name(i, OOM_SHARD_COUNT) not in committed]
     context = SparkSession.getActiveSession().sparkContext
+    slots = max(tasks.download.processes, context.defaultParallelism)
     done: dict[str, dict[str, Any]] = {}
     errors: dict[int, str] = {}
     for _ in range(SHARD_ATTEMPTS):
         if not pending:
             break
         try:
-            outcomes = context.parallelize(pending, len(pending)).map(downloader).collect()
+            groups = task_groups(pending, url_list.samples_per_shard, slots)
+            outcomes = context.parallelize(groups, len(groups)).flatMap(downloader).collect()
         except Exception as err:  # noqa: BLE001 - a worker that crashed (not raised) 4 times
             missing = set(pending) - {
                 int(n) for n in committed_shard_names(tasks.output_dir) if n.isdigit()
@@ -180,3 +188,15 @@ def run_shards(
             "tracebacks); run the stage again: finished shards are kept, these are redone"
         )
     return done
+
+
+def task_groups(shard_ids: list[int], samples_per_shard: int, slots: int) -> list[list[int]]:
+    """The shards of each Spark task, in order: one per task where shards are large (LAION's
+    10,000 samples); small shards share a task up to ``TASK_SAMPLES`` samples, while every task
+    slot still gets ``TASKS_PER_SLOT`` tasks or more."""
+    per_task = min(
+        math.ceil(TASK_SAMPLES / max(samples_per_shard, 1)),
+        len(shard_ids) // (slots * TASKS_PER_SLOT),
+    )
+    per_task = max(per_task, 1)
+    return [shard_ids[i : i + per_task] for i in range(0, len(shard_ids), per_task)]

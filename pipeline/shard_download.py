@@ -15,12 +15,14 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import itertools
 import logging
 import math
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.pool import ThreadPool
 from threading import Semaphore
@@ -49,6 +51,9 @@ from pipeline.url_shards import UrlList
 log = logging.getLogger(__name__)
 
 ENCODE_FORMAT = "jpg"
+# A task of several shards reads up to this many parts ahead and leaves up to this many shards
+# committing behind the one it downloads: a small shard's round trips to the store overlap.
+IO_AHEAD = 4
 OOM_SHARD_COUNT = 5  # shard names 00000…99999, as img2dataset names them
 # URL-list columns as the shard's parquet names them; as img2dataset's reader does, they come
 # after the other columns, caption then url
@@ -256,7 +261,8 @@ def process_all(
         finally:
             idle_threads.release()
 
-    with ThreadPool(threads) as pool:
+    # no more threads than URLs: starting 64 threads costs ~10 ms, a small shard's whole time
+    with ThreadPool(max(1, min(threads, len(urls)))) as pool:
         for index, fetched in pool.imap_unordered(work, feed()):
             try:
                 image, result = processor.finish(fetched)
@@ -377,9 +383,10 @@ def read_part(url: str) -> pa.Table:
 
 
 class ShardDownloader:
-    """Downloads one shard of a URL list per call: ``(shard_id) -> outcome``, where the outcome
-    holds the shard's stats, or the error that stopped it (the driver decides what follows, so
-    one broken shard never aborts the job). Picklable: Spark ships it to the executors.
+    """Downloads a task's shards of a URL list per call: ``(shard_ids) -> outcomes``, where
+    each outcome holds a shard's stats, or the error that stopped it (the driver decides what
+    follows, so one broken shard never aborts the job). Picklable: Spark ships it to the
+    executors.
 
     ``final_pass``: the list is the final pass's; a failure there is final (not retryable)."""
 
@@ -403,18 +410,46 @@ class ShardDownloader:
         self.pacing = pacing
         self.final_pass = final_pass
 
-    def __call__(self, shard_id: int) -> dict[str, Any]:
+    def __call__(self, shard_ids: list[int]) -> list[dict[str, Any]]:
+        """Download a task's shards one after the other. The next shards' parts are read while
+        one downloads, and a shard commits while the next ones download (up to ``IO_AHEAD``
+        each way), so a task of several small shards does not wait on a store's round trips
+        between them. A commit in flight holds only its writer's last unsent block."""
         freeze_imported_objects()
-        name = shard_name(shard_id, OOM_SHARD_COUNT)
-        try:
-            return {"shard_id": shard_id, "name": name, "stats": self.download_shard(shard_id)}
-        except Exception as err:  # noqa: BLE001 - the driver reruns the shard; say why here
-            traceback.print_exc()
-            return {"shard_id": shard_id, "name": name, "error": f"{type(err).__name__}: {err}"}
+        outcomes: list[dict[str, Any]] = []
+        to_read = iter(shard_ids)
+        reading: collections.deque[tuple[int, Future]] = collections.deque()
+        committing: collections.deque[tuple[int, Future]] = collections.deque()
+        with ThreadPoolExecutor(2 * IO_AHEAD, thread_name_prefix="shard-io") as background:
+
+            def read_ahead() -> None:
+                for shard_id in itertools.islice(to_read, IO_AHEAD - len(reading)):
+                    part = self.url_list.part_url(shard_id)
+                    reading.append((shard_id, background.submit(read_part, part)))
+
+            read_ahead()
+            while reading:
+                shard_id, part = reading.popleft()
+                read_ahead()
+                try:
+                    commit = self.download_into_writer(shard_id, part.result())
+                except Exception as err:  # noqa: BLE001 - the driver reruns the shard
+                    outcomes.append(shard_error(shard_id, err))
+                    continue
+                if len(committing) >= IO_AHEAD:
+                    outcomes.append(committed_outcome(*committing.popleft()))
+                committing.append((shard_id, background.submit(commit)))
+            outcomes.extend(committed_outcome(*pending) for pending in committing)
+        return outcomes
 
     def download_shard(self, shard_id: int) -> dict[str, Any]:
+        """One shard, start to commit."""
+        return self.download_into_writer(shard_id, read_part(self.url_list.part_url(shard_id)))()
+
+    def download_into_writer(self, shard_id: int, table: pa.Table) -> Callable[[], dict]:
+        """Fetch a shard's samples into its writer; returns what commits it (and gives the
+        stats)."""
         start_time = time.time()
-        table = read_part(self.url_list.part_url(shard_id))
         fetch_start = time.monotonic()
         rows = table.to_pylist()
         writer = ShardWriter(
@@ -437,6 +472,27 @@ class ShardDownloader:
             writer.write(image, {**rows[index], "key": key, **result, **final})
             progress.update(writer.counts, writer.status)
         extra = {"fetch_seconds": round(time.monotonic() - fetch_start, 3)}
-        stats = writer.commit(start_time, extra | ({"final_pass": True} if self.final_pass else {}))
-        progress.update(writer.counts, writer.status, done=True)
-        return stats
+        extra |= {"final_pass": True} if self.final_pass else {}
+
+        def commit() -> dict[str, Any]:
+            stats = writer.commit(start_time, extra)
+            progress.update(writer.counts, writer.status, done=True)
+            return stats
+
+        return commit
+
+
+def shard_error(shard_id: int, err: BaseException) -> dict[str, Any]:
+    """A shard that raised: the driver decides what follows (the traceback goes to the
+    executor's log), so one broken shard never aborts the job."""
+    traceback.print_exception(err)
+    name = shard_name(shard_id, OOM_SHARD_COUNT)
+    return {"shard_id": shard_id, "name": name, "error": f"{type(err).__name__}: {err}"}
+
+
+def committed_outcome(shard_id: int, commit: Future) -> dict[str, Any]:
+    try:
+        stats = commit.result()
+    except Exception as err:  # noqa: BLE001 - as above
+        return shard_error(shard_id, err)
+    return {"shard_id": shard_id, "name": shard_name(shard_id, OOM_SHARD_COUNT), "stats": stats}

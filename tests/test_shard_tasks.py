@@ -1,0 +1,64 @@
+"""Shard tasks: small shards share a Spark task, and a task of several shards reads ahead and
+commits behind without mixing up or losing any shard."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import DownloadConfig, FetchConfig
+from pipeline.download import TASK_SAMPLES, TASKS_PER_SLOT, task_groups
+from pipeline.shard_download import IO_AHEAD, ShardDownloader
+from pipeline.url_shards import UrlList, part_url
+from tests.hostile_web import HostileWeb
+
+
+def test_large_shards_get_a_task_each():
+    assert task_groups(list(range(50)), 10_000, slots=4) == [[i] for i in range(50)]
+
+
+def test_small_shards_share_tasks_and_every_slot_still_gets_several():
+    ids = list(range(7, 20_007))
+    groups = task_groups(ids, 2, slots=2)
+    assert [i for group in groups for i in group] == ids  # each once, in order
+    assert max(len(g) for g in groups) * 2 <= TASK_SAMPLES
+    assert len(groups) >= 2 * TASKS_PER_SLOT
+    few = task_groups(list(range(30)), 2, slots=4)  # too few shards to group
+    assert len(few) >= min(30, 4 * TASKS_PER_SLOT)
+
+
+def test_a_task_of_several_shards_commits_each_and_reports_a_broken_part(tmp_path):
+    shards = 3 * IO_AHEAD + 1  # more than the read-ahead and the commits behind together
+    broken = IO_AHEAD + 1  # its part is missing: the others must not be held up or mixed
+    with HostileWeb() as web:
+        urls_dir = tmp_path / "urls"
+        urls_dir.mkdir()
+        for shard in range(shards):
+            if shard == broken:
+                continue
+            urls = [f"{web.base_url}/ok/{i % 2}.jpg" for i in range(2)]
+            captions = [f"shard {shard} sample {i}" for i in range(2)]
+            part = part_url(str(urls_dir), shard)
+            pq.write_table(pa.table({"URL": urls, "TEXT": captions}), part)
+        download = DownloadConfig(image_size=32, samples_per_shard=2, threads=4)
+        fetch = FetchConfig(retries=0, allowed_networks=["127.0.0.0/8"])
+        url_list = UrlList(str(urls_dir), 2 * shards, 2)
+        outcomes = ShardDownloader(str(tmp_path / "out"), url_list, download, fetch)(
+            list(range(shards))
+        )
+    by_shard = {o["shard_id"]: o for o in outcomes}
+    assert sorted(by_shard) == list(range(shards))
+    assert "error" in by_shard[broken] and "stats" not in by_shard[broken]
+    for shard in set(range(shards)) - {broken}:
+        assert by_shard[shard]["stats"]["successes"] == 2, by_shard[shard]
+        name = f"{shard:05d}"
+        stats = json.loads((tmp_path / "out" / f"{name}_stats.json").read_text())
+        assert stats["successes"] == 2
+        table = pq.read_table(tmp_path / "out" / f"{name}.parquet")
+        # written in completion order; each key names its shard and row
+        rows = table.select(["key", "caption"]).to_pylist()
+        captions = {row["key"]: row["caption"] for row in rows}
+        assert captions == {f"{name}{i}": f"shard {shard} sample {i}" for i in (0, 1)}
+    assert not (tmp_path / "out" / f"{broken:05d}_stats.json").exists()
