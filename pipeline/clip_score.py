@@ -29,6 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fsspec
@@ -87,6 +88,12 @@ def embedding_profile(spark: SparkSession, config: ClipScoreConfig):
     mode, which schedules no resources."""
     if spark.sparkContext.master.startswith("local"):
         return None
+    executor_cores = spark.sparkContext.getConf().get("spark.executor.cores")
+    if executor_cores is not None and int(executor_cores) < config.task_cpus:
+        raise UserError(
+            f"clip_score.task_cpus={config.task_cpus} is more than an executor's "
+            f"{executor_cores} cores (spark.executor.cores): no executor could run the task"
+        )
     from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
 
     requests = TaskResourceRequests().cpus(config.task_cpus)
@@ -139,34 +146,39 @@ class ShardEmbedder:
         device = task_device(self.config.device)
         torch.set_num_threads(self.config.task_cpus)  # the cores Spark gave this task
         model, preprocess, tokenizer = _load_model(self.config.checkpoint, device)
-        rows, image_embs, text_embs = [], [], []
-        batch: list[tuple[str, bytes, str, dict]] = []
-        samples = read_shard_samples(url_join(self.source_dir, f"{shard}.tar"))
-        for sample in [*samples, None]:
-            if sample is not None:
-                batch.append(sample)
-            if batch and (sample is None or len(batch) == self.config.batch_size):
-                images = torch.stack(
-                    [preprocess(Image.open(io.BytesIO(b[1])).convert("RGB")) for b in batch]
-                )
-                tokens = tokenizer([b[2] for b in batch])
-                with torch.no_grad():
-                    image = model.encode_image(images.to(device), normalize=True)
-                    text = model.encode_text(tokens.to(device), normalize=True)
-                similarity = (image * text).sum(-1).float().cpu().numpy()
-                image_embs.append(image.float().cpu().numpy().astype(np.float16))
-                text_embs.append(text.float().cpu().numpy().astype(np.float16))
-                for (key, _, caption, meta), score in zip(batch, similarity, strict=True):
-                    rows.append(
-                        {
-                            "image_path": key,
-                            "caption": caption,
-                            "key": key,
-                            "url": meta.get("url"),
-                            "similarity": float(score),
-                        }
-                    )
-                batch = []
+
+        def decode(sample: tuple[str, bytes, str, dict]) -> torch.Tensor:
+            return preprocess(Image.open(io.BytesIO(sample[1])).convert("RGB"))
+
+        # decoding on the task's cores too: in one thread it would leave a many-core task's
+        # model waiting (PIL and torch release the GIL)
+        with ThreadPoolExecutor(self.config.task_cpus, thread_name_prefix="decode") as decoders:
+            rows, image_embs, text_embs = [], [], []
+            batch: list[tuple[str, bytes, str, dict]] = []
+            samples = read_shard_samples(url_join(self.source_dir, f"{shard}.tar"))
+            for sample in [*samples, None]:
+                if sample is not None:
+                    batch.append(sample)
+                if batch and (sample is None or len(batch) == self.config.batch_size):
+                    images = torch.stack(list(decoders.map(decode, batch)))
+                    tokens = tokenizer([b[2] for b in batch])
+                    with torch.no_grad():
+                        image = model.encode_image(images.to(device), normalize=True)
+                        text = model.encode_text(tokens.to(device), normalize=True)
+                    similarity = (image * text).sum(-1).float().cpu().numpy()
+                    image_embs.append(image.float().cpu().numpy().astype(np.float16))
+                    text_embs.append(text.float().cpu().numpy().astype(np.float16))
+                    for (key, _, caption, meta), score in zip(batch, similarity, strict=True):
+                        rows.append(
+                            {
+                                "image_path": key,
+                                "caption": caption,
+                                "key": key,
+                                "url": meta.get("url"),
+                                "similarity": float(score),
+                            }
+                        )
+                    batch = []
         dim = model.text_projection.shape[-1] if hasattr(model, "text_projection") else 0
         for kind, embs in (("img_emb", image_embs), ("text_emb", text_embs)):
             matrix = np.concatenate(embs) if embs else np.zeros((0, dim), np.float16)

@@ -193,3 +193,54 @@ def test_clip_retrieval_indexes_what_we_write(filtered, tmp_path):
         [pd.read_parquet(p) for p in sorted((embeddings / "metadata").glob("*.parquet"))]
     )
     assert pd.read_parquet(index / "metadata")["key"].tolist() == ours["key"].tolist()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"device": "gpu"}, "clip_score.device"),
+        ({"task_cpus": 0}, "below 1"),
+        ({"task_cpus": True}, "whole number"),
+        ({"top_percent": None}, "exactly one"),
+    ],
+)
+def test_bad_filter_settings_are_refused_before_any_work(overrides, message):
+    from dataclasses import replace
+
+    from flipcommon.errors import UserError
+    from pipeline.clip_score import check_config
+
+    config = ClipScoreConfig(enabled=True, checkpoint="x", top_percent=50)
+    with pytest.raises(UserError, match=message):
+        check_config(replace(config, **overrides))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_task_cpus_benchmark_runs_at_toy_size(tmp_path):
+    """``benchmarks/clip_score_task_cpus.py`` with a small architecture and two tiny shards, so
+    it cannot rot (its figures: docs/benchmarks.md)."""
+    import subprocess
+    import sys
+
+    figures_file = tmp_path / "figures.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/clip_score_task_cpus.py",
+            "--model=ViT-S-32",
+            "--shards=2",
+            "--samples-per-shard=8",
+            "--batch=4",
+            "--rounds=1",
+            f"--json={figures_file}",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    figures = json.loads(figures_file.read_text())
+    assert figures["processes"] == {"model per core": 2, "model per executor": 1}
+    assert all(rate > 0 for rate in figures["samples_per_s"].values())

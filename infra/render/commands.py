@@ -25,6 +25,9 @@ def pipeline_overrides(d: Deploy) -> list[str]:
         f"output_dir={d.storage.shards}",
         f"download.processes={p.executors * p.executor_cores}",
         f"download.threads={p.threads_per_task}",
+        # the CLIP-score filter, if on: one model per executor (~2.1 GB for ViT-B/32), not one
+        # per core (16 would pass the executors' memory overhead)
+        f"clip_score.task_cpus={p.executor_cores}",
         *p.overrides,
     ]
 
