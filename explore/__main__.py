@@ -14,7 +14,11 @@ front end. Type "a red apple": the shard set's matching images appear with their
 Writes out_dir/embeddings/ (clip-retrieval's img_emb/, text_emb/, metadata/), out_dir/images/
 (each sample's image, which the back end inlines in its answers), out_dir/index/ (image.index,
 text.index, metadata) and out_dir/indices_paths.json; each step is skipped when done, so a
-rerun only serves. Then serves on port= until Ctrl-C (serve=false: build and stop).
+rerun only serves. Then serves on host= (127.0.0.1: this machine only) and port= until Ctrl-C
+(serve=false: build and stop). The page answers only its own origin, fetches no URL a query
+names, and returns at most 1,000 results per query. To use it from another machine, keep it on
+loopback and tunnel: ssh -L 1234:127.0.0.1:1234 HOST. host=0.0.0.0 shows every sample's image
+and caption to anyone who can reach the port, without authentication.
 
 Model: model= a checkpoint folder or open_clip:NAME@WEIGHTS; empty: the newest checkpoint of
 train_run_dir. The shard set must be a local folder (or a mount): clip-retrieval reads tars by
@@ -30,7 +34,7 @@ Examples:
 
 def _run(config: ExploreConfig, _args) -> None:
     from explore.build import build, clip_model_name, resolve_model
-    from explore.serve import serve, write_indices_paths
+    from explore.serve import is_loopback, serve, write_indices_paths
 
     model = resolve_model(config)
     clip_model = clip_model_name(model)
@@ -41,8 +45,11 @@ def _run(config: ExploreConfig, _args) -> None:
         return
     query = config.example_query.replace(" ", "+")
     print(f"explore {config.shards} with {model}:")
-    print(f"  open http://127.0.0.1:{config.port}/?query={query}   (Ctrl-C stops)", flush=True)
-    serve(indices_paths, clip_model, config.port)
+    shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    print(f"  open http://{shown}:{config.port}/?query={query}   (Ctrl-C stops)", flush=True)
+    if not is_loopback(config.host):
+        print(f"  listening on {config.host}: anyone who reaches the port sees the shard set")
+    serve(indices_paths, clip_model, config.host, config.port)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,8 +32,8 @@ from flipcommon.checkpoints import (
 )
 from flipcommon.errors import UserError
 from flipcommon.shard_set import read_sizes
+from flipcommon.shard_tars import read_tar_images
 from flipcommon.storage import url_join
-from pipeline.shard_tars import read_tar_images
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,11 @@ class ExploreConfig:
     # "" = the newest checkpoint of train_run_dir
     model: str = ""
     train_run_dir: str = ""
-    port: int = 1234  # clip-retrieval's back end listens on every interface (its choice)
+    # Where the explorer listens. Loopback: this machine only; from another, tunnel
+    # (ssh -L 1234:127.0.0.1:1234 HOST). 0.0.0.0 serves every sample's image and caption to
+    # anyone who can reach the port, without authentication.
+    host: str = "127.0.0.1"
+    port: int = 1234
     serve: bool = True  # false: build the index and stop
     batch_size: int = 64  # inference batch
     workers: int = 2  # inference's image decoding processes

@@ -13,6 +13,7 @@ checkpoint that a crash cut short is never picked up. Writing is the trainer's
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 STATE_FILE = "train_state.pt"
 LATEST_FILE = "LATEST"
+CHECKPOINT_NAME = re.compile(r"step_\d{8,}")
 # A model spec naming an open_clip model with local weights instead of a checkpoint folder
 OPEN_CLIP_PREFIX = "open_clip:"
 
@@ -49,7 +51,10 @@ def latest_checkpoint(run_dir: str) -> str | None:
     if not fs.exists(path):
         return None
     with fs.open(path, "r") as handle:
-        return url_join(run_dir, "checkpoints", handle.read().strip())
+        name = handle.read().strip()
+    if not CHECKPOINT_NAME.fullmatch(name):  # joined into a path: never "../elsewhere"
+        raise CheckpointError(f"{latest} names {ascii(name)[:80]}, not a checkpoint (step_N)")
+    return url_join(run_dir, "checkpoints", name)
 
 
 def list_checkpoints(run_dir: str) -> list[str]:

@@ -8,6 +8,7 @@ version): a folder without the manifest is unfinished.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flipcommon.errors import UserError
@@ -15,6 +16,7 @@ from flipcommon.storage import exists, read_json, url_join, write_json_atomic
 
 MANIFEST_FILE = "manifest.json"
 SIZES_FILE = "sizes.json"
+TAR_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}\.tar")
 
 
 class ShardSetMissing(UserError, FileNotFoundError):
@@ -44,6 +46,9 @@ def read_sizes(root: str) -> dict[str, int]:
         raise ShardSetMissing(
             f"{url} not found: is {root} a finished shard set? (run `make shards`)"
         ) from exc
+    for name in sizes:  # joined into paths by every reader
+        if not TAR_NAME.fullmatch(name):
+            raise ShardSetMissing(f"{url}: {ascii(name)[:80]} is not a tar name of this folder")
     return {name: int(n) for name, n in sizes.items()}
 
 

@@ -40,6 +40,7 @@ from pyspark.sql import SparkSession
 
 from flipcommon.errors import UserError
 from flipcommon.shard_set import MANIFEST_FILE, ShardSetMissing, close_shard_set, read_manifest
+from flipcommon.shard_tars import read_tar_images, read_tar_samples
 from flipcommon.storage import exists, url_join, write_bytes_atomic
 from pipeline.config import ClipScoreConfig
 from pipeline.manifest import (
@@ -49,7 +50,6 @@ from pipeline.manifest import (
     shard_sizes,
 )
 from pipeline.shard_download import ShardWriter
-from pipeline.shard_tars import read_tar_images, read_tar_samples
 
 log = logging.getLogger(__name__)
 

@@ -167,7 +167,7 @@ def _sample_grid(samples: list[tuple[bytes, str]]) -> str:
 def grid_samples(output_dir: str, stats: ShardSetStats, limit: int = GRID_SAMPLES):
     """The first kept (jpeg, caption) pairs, streamed from as few shards as hold them (the
     rest of a shard is not read)."""
-    from pipeline.shard_tars import iter_tar_samples
+    from flipcommon.shard_tars import iter_tar_samples
 
     samples: list[tuple[bytes, str]] = []
     for name in sorted(n for n, kept in stats.per_shard.items() if kept):

@@ -36,6 +36,7 @@ from img2dataset.logger import CappedCounter
 from img2dataset.resizer import Resizer
 from img2dataset.writer import WebDatasetSampleWriter
 
+from flipcommon.shard_tars import IMAGE_EXTENSION
 from flipcommon.storage import is_local, read_bytes, url_join, write_json_atomic
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
@@ -50,7 +51,7 @@ from pipeline.url_shards import UrlList
 
 log = logging.getLogger(__name__)
 
-ENCODE_FORMAT = "jpg"
+ENCODE_FORMAT = IMAGE_EXTENSION
 # A task of several shards reads up to this many parts ahead and leaves up to this many shards
 # committing behind the one it downloads: a small shard's round trips to the store overlap.
 IO_AHEAD = 4

@@ -4,6 +4,7 @@ headless Chromium (driven by Selenium)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
@@ -11,7 +12,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import pytest
 import torch
 
 from flipcommon.checkpoints import latest_checkpoint, load_model
-from pipeline.shard_tars import read_tar_samples
+from flipcommon.shard_tars import read_tar_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -105,6 +108,78 @@ def _browser_results(port: int, query: str, screenshot: Path) -> list[list[str]]
         driver.quit()
 
 
+def _post(port: int, path: str, body: dict, headers: dict[str, str]) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on at ``port``, from the kernel's table."""
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if int(hex_port, 16) == port and state == "0A":  # LISTEN
+                addresses.add(address)
+    return addresses
+
+
+def _assert_guarded(port: int) -> None:
+    """What another page, another machine or a hostile query gets from the running explorer."""
+    # listens on loopback only: 127.0.0.1 in the kernel's byte order
+    assert _listening_addresses(port) == {"0100007F"}
+    query = {"text": "apple", "modality": "image", "indice_name": "shards", "num_images": 5}
+    # a page of another origin: refused, and no CORS header would let it read anything
+    status, _ = _post(port, "/knn-service", query, {"Origin": "http://evil.example"})
+    assert status == 403
+    # a DNS name rebound to 127.0.0.1: its Host is not a loopback name
+    host = f"evil.example:{port}"
+    status, _ = _post(port, "/knn-service", query, {"Host": host, "Origin": f"http://{host}"})
+    assert status == 403
+    # the page's own origin works, and says nothing about other origins
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/knn-service",
+        data=json.dumps(query).encode(),
+        headers={"Origin": f"http://127.0.0.1:{port}"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
+        assert "Access-Control-Allow-Origin" not in response.headers
+    # a query by URL is refused before anything is fetched: a listener there hears nothing
+    heard = []
+
+    class Listener(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            heard.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    listener = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Listener)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    try:
+        target = f"http://127.0.0.2:{listener.server_address[1]}/x.jpg"
+        status, body = _post(port, "/knn-service", {**query, "image_url": target}, {})
+        assert status == 400 and b"image_url" in body
+    finally:
+        listener.shutdown()
+    assert heard == []
+    # result counts are capped, whatever a query asks
+    status, body = _post(port, "/knn-service", {**query, "num_images": 10**9}, {})
+    assert status == 200 and len(json.loads(body)) <= 1000
+    status, _ = _post(port, "/metadata", {"ids": list(range(2000)), "indice_name": "shards"}, {})
+    assert status == 400
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (os.path.exists(CHROMIUM) and shutil.which(CHROMEDRIVER)),
@@ -128,8 +203,9 @@ def test_a_text_query_in_the_browser_shows_images_of_the_shard_set(tmp_path, sha
         assert results
         for result in results:
             assert result["key"] in samples and result["caption"] == samples[result["key"]]
-            assert Path(result["image_path"]) == out / "images" / f"{result['key']}.jpg"
+            assert "image_path" not in result  # no file path of the server's
             assert result["image"]  # base64 JPEG: the shard set's own pixels
+        _assert_guarded(port)
 
         # the front end, in a real browser: the same kind of results on screen
         figures = _browser_results(port, "a red apple", tmp_path / "explore.png")
@@ -184,3 +260,59 @@ def test_a_missing_shard_set_or_checkpoint_is_a_clear_error(tmp_path, micro_run,
             )
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_guards_of_the_explorer_app():
+    from explore.serve import MAX_RESULTS, allowed_hosts, capped_query, request_refusal
+
+    hosts = allowed_hosts("127.0.0.1", 1234)
+    assert request_refusal({"Host": "127.0.0.1:1234"}, hosts) is None
+    same_origin = {"Host": "localhost:1234", "Origin": "http://localhost:1234"}
+    assert request_refusal(same_origin, hosts) is None
+    assert "Host" in request_refusal({"Host": "evil.example:1234"}, hosts)
+    assert "cross-origin" in request_refusal(
+        {"Host": "127.0.0.1:1234", "Origin": "http://evil.example"}, hosts
+    )
+    # exposed on purpose: any Host, still only its own origin
+    assert allowed_hosts("0.0.0.0", 1234) is None
+    assert request_refusal({"Host": "box:1234", "Origin": "http://evil.example"}, None)
+    assert capped_query({"num_images": 10**9, "num_result_ids": -5}) == {
+        "num_images": MAX_RESULTS,
+        "num_result_ids": 1,
+    }
+    with pytest.raises(ValueError, match="image_url"):
+        capped_query({"image_url": "file:///etc/passwd"})
+
+
+@pytest.mark.parametrize("name", ["/tmp/escaped", "../escaped", "a/b", ".hidden"])
+def test_a_tar_member_that_is_a_path_is_refused_not_written(tmp_path, name):
+    import io
+    import tarfile
+
+    from explore.build import write_images
+    from flipcommon.shard_tars import UnsafeSampleKey
+
+    tar_path = tmp_path / "00000.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for member, data in ((f"{name}.jpg", b"\xff\xd8\xff"), (f"{name}.txt", b"x")):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "metadata").mkdir()
+    with pytest.raises(UnsafeSampleKey, match="not a plain name"):
+        write_images({str(tar_path): 1}, tmp_path / "images", tmp_path / "metadata")
+    assert not Path("/tmp/escaped.jpg").exists() and not (tmp_path / "escaped.jpg").exists()
+    assert not list((tmp_path / "images").iterdir())
+
+
+def test_names_read_from_sizes_json_and_latest_are_checked(tmp_path):
+    from flipcommon.checkpoints import CheckpointError
+    from flipcommon.shard_set import ShardSetMissing, read_sizes
+
+    (tmp_path / "sizes.json").write_text(json.dumps({"../../etc/x.tar": 3}))
+    with pytest.raises(ShardSetMissing, match="not a tar name"):
+        read_sizes(str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "LATEST").write_text("../../elsewhere")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        latest_checkpoint(str(tmp_path))

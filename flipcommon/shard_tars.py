@@ -1,13 +1,35 @@
-"""Reading a committed shard's tar back: its samples streamed in tar order."""
+"""Reading a shard's tar back: its samples streamed in tar order, each key checked.
+
+A sample's key becomes a file name where a reader writes samples out (the explorer's images),
+so a key must be a plain name: a tar member named ``/etc/x.jpg`` or ``../x.jpg`` is refused,
+not followed.
+"""
 
 from __future__ import annotations
 
+import re
 import tarfile
 from collections.abc import Iterator
 
 import fsspec
 
-from pipeline.shard_download import ENCODE_FORMAT
+from flipcommon.errors import UserError
+
+IMAGE_EXTENSION = "jpg"  # what the pipeline encodes every image as
+# img2dataset's keys are digits; webdataset allows more, but never a path
+SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+class UnsafeSampleKey(UserError):
+    pass
+
+
+def checked_key(key: str, url: str) -> str:
+    if not SAFE_KEY.fullmatch(key):
+        raise UnsafeSampleKey(
+            f"{url}: sample key {ascii(key)[:80]} is not a plain name (letters, digits, _ and -)"
+        )
+    return key
 
 
 def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -22,7 +44,7 @@ def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
             if key is not None and name != key:
                 yield key, parts
                 parts = {}
-            key = name
+            key = checked_key(name, url)
             parts[ext] = tar.extractfile(member).read()
     if key is not None:
         yield key, parts
@@ -37,4 +59,4 @@ def read_tar_samples(url: str) -> dict[str, dict[str, bytes]]:
 
 
 def read_tar_images(url: str) -> dict[str, bytes]:
-    return {k: p[ENCODE_FORMAT] for k, p in read_tar_samples(url).items() if ENCODE_FORMAT in p}
+    return {k: p[IMAGE_EXTENSION] for k, p in read_tar_samples(url).items() if IMAGE_EXTENSION in p}
