@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 import botocore.session
+import pytest
 import yaml
 from botocore.validate import ParamValidator
 from packaging.specifiers import SpecifierSet
@@ -219,3 +220,91 @@ def test_gpu_step_benchmark_runs_on_the_cpu_at_toy_size(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     figures = json.loads((tmp_path / "train_step_mfu.json").read_text())
     assert "mfu" in json.dumps(figures) and (tmp_path / "train_step_mfu.md").exists()
+
+
+def _deploy_file(tmp_path: Path, change) -> Path:
+    data = yaml.safe_load((ROOT / "infra" / "deploy.yaml").read_text())
+    change(data)
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_control_characters_and_dollars_in_deploy_values_are_refused_at_load(tmp_path):
+    from flipcommon.config import ConfigError
+
+    cases = {
+        "train.run_name": lambda d: d["train"].update(run_name="x\ntouch /tmp/pwned"),
+        "train.overrides.0": lambda d: d["train"].update(overrides=["x=$(touch /tmp/pwned)"]),
+        "storage.shards": lambda d: d["storage"].update(shards="s3://b/${IFS}x"),
+        "pipeline.overrides.0": lambda d: d["pipeline"].update(overrides=["a=\x1b[31m"]),
+    }
+    for where, change in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(where)):
+            load_deploy(_deploy_file(tmp_path, change))
+
+
+# Values that pass the load check but mean something to a shell
+HOSTILE = ["x=`touch PWNED`", "y=a;touch PWNED", 'z=it\'s "quoted" & | > < * ~ #', "w=a b"]
+
+
+def _stub(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/bin/bash\n" + body + "\n")
+    path.chmod(0o755)
+
+
+def test_rendered_scripts_pass_hostile_values_as_plain_words(tmp_path):
+    """The SLURM script and the AWS Batch command, rendered with shell-hostile overrides: both
+    shellcheck-clean, and run (with stub srun/scontrol/torchrun) they hand torchrun each value
+    as one word and run nothing else."""
+    from infra.render import aws, slurm
+
+    deploy = load_deploy(
+        _deploy_file(tmp_path, lambda d: d["train"].update(overrides=list(HOSTILE)))
+    )
+    script = tmp_path / "train.sbatch"
+    script.write_text(slurm.train(deploy))
+    result = run_tool("shellcheck", "--severity=info", script)
+    assert result.returncode == 0, result.stdout
+    bin_dir, work = tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    work.mkdir()
+    args_file = tmp_path / "torchrun-args"
+    _stub(bin_dir, "torchrun", f'printf "%s\\0" "$@" > {shlex.quote(str(args_file))}')
+    _stub(bin_dir, "scontrol", "echo node-a")
+    _stub(bin_dir, "srun", '"$@"')
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SLURM_JOB_NODELIST": "node-a",
+        "SLURM_SUBMIT_DIR": str(work),
+        "SLURM_NODEID": "3",
+    }
+    run = subprocess.run(["bash", str(script)], cwd=work, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    args = args_file.read_text().split("\0")[:-1]
+    assert "--node-rank=3" in args and "--master-addr=node-a" in args
+    assert args[-len(HOSTILE) :] == HOSTILE
+    assert not list(work.iterdir()) and not (tmp_path / "PWNED").exists()
+
+    # AWS Batch: `sh -c "exec …"` with the node index from the environment
+    args_file.unlink()
+    command = aws.batch_train(deploy)["nodeProperties"]["nodeRangeProperties"][0]["container"][
+        "command"
+    ]
+    env = {"PATH": env["PATH"], "AWS_BATCH_JOB_NODE_INDEX": "5"}
+    run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    args = args_file.read_text().split("\0")[:-1]
+    assert "--node-rank=5" in args and "--master-addr=localhost" in args
+    assert args[-len(HOSTILE) :] == HOSTILE
+    assert not list(work.iterdir())
+
+
+def test_sbatch_lines_take_plain_values_only(tmp_path):
+    from flipcommon.config import ConfigError
+    from infra.render import slurm
+
+    deploy = load_deploy(_deploy_file(tmp_path, lambda d: d["train"].update(run_name="a b")))
+    with pytest.raises(ConfigError, match="train.run_name"):
+        slurm.train(deploy)

@@ -3,8 +3,10 @@ deploy's storage URLs and sizes, and the launchers around them (spark-submit, to
 
 from __future__ import annotations
 
+import re
 import shlex
 
+from flipcommon.config import ConfigError
 from infra.render.deploy import Deploy
 
 APP = "/app"  # where the images hold the project (WORKDIR)
@@ -133,9 +135,32 @@ def torchrun_elastic(d: Deploy, endpoint_host: str, run_id: str) -> list[str]:
     ]
 
 
+# The shell variables rendered scripts leave for the node's shell to expand. A deploy value
+# may hold no "$" (checked at load), so these are the only expansions a script holds.
+PLACEHOLDERS = (
+    "$SLURM_NODEID",
+    "$MASTER_ADDR",
+    "$AWS_BATCH_JOB_NODE_INDEX",
+    "${AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS:-localhost}",
+)
+PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS) + r"(?![A-Za-z0-9_])")
+
+
 def shell_word(arg: str) -> str:
-    """Quote for the shell but keep $VARS expandable (the node's shell expands them)."""
-    return f'"{arg}"' if "$" in arg else shlex.quote(arg)
+    """One shell word: the known placeholders as ``"$VAR"`` (the node's shell expands them),
+    everything else single-quoted by ``shlex.quote``; any other "$" is refused."""
+    words, last = [], 0
+    for match in PLACEHOLDER.finditer(arg):
+        if match.start() > last:
+            words.append(shlex.quote(arg[last : match.start()]))
+        words.append(f'"{match.group()}"')
+        last = match.end()
+    rest = PLACEHOLDER.sub("", arg)
+    if "$" in rest:
+        raise ConfigError(f"{arg!r}: '$' outside the known placeholders {PLACEHOLDERS}")
+    if last < len(arg) or not words:
+        words.append(shlex.quote(arg[last:]))
+    return "".join(words)
 
 
 NCCL_ENV = {"NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}

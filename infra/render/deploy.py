@@ -4,10 +4,12 @@ that names it, not a KeyError deep in a renderer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
-from flipcommon.config import load_config
+from flipcommon.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "infra" / "deploy.yaml"
@@ -123,5 +125,40 @@ class Deploy:
     slurm: SlurmDeploy | None = None
 
 
+# Rendered files paste these values into shell scripts, #SBATCH lines and job definitions:
+# none may hold a control character (a newline would start a command) or a "$" (the scripts'
+# own shell variables are the only expansions they hold; infra.render.commands.PLACEHOLDERS).
+UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f$]")
+
+
+def unsafe_values(value: Any, where: str = "") -> list[str]:
+    """Every string in ``value`` (a deploy dataclass, list or dict) holding an unsafe
+    character, by its place in the file."""
+    if is_dataclass(value):
+        return [
+            found
+            for f in fields(value)
+            for found in unsafe_values(getattr(value, f.name), f"{where}{f.name}.")
+        ]
+    if isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items()]
+        keys = [k for k, _ in items if UNSAFE_CHARACTERS.search(k)]
+        return [f"{where}{k}" for k in keys] + [
+            found for k, v in items for found in unsafe_values(v, f"{where}{k}.")
+        ]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in unsafe_values(v, f"{where}{i}.")]
+    if isinstance(value, str) and UNSAFE_CHARACTERS.search(value):
+        return [where.rstrip(".")]
+    return []
+
+
 def load_deploy(path: Path = DEPLOY) -> Deploy:
-    return load_config(Deploy, path)
+    deploy = load_config(Deploy, path)
+    unsafe = unsafe_values(deploy)
+    if unsafe:
+        raise ConfigError(
+            f"{path}: {', '.join(unsafe)}: a control character or '$' would reach the rendered "
+            "scripts' shell; write the value without them"
+        )
+    return deploy

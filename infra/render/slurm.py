@@ -3,16 +3,29 @@ evaluation array, and a submit script that chains them."""
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from flipcommon.config import ConfigError
 from infra.render.commands import HEADER, eval_command, shell_word, torchrun
 from infra.render.deploy import Deploy, SlurmDeploy
 
+# sbatch reads an #SBATCH line's value up to whitespace and does not unquote it
+SBATCH_VALUE = re.compile(r"[A-Za-z0-9._:+=-]+")
+
 
 def _slurm(d: Deploy) -> SlurmDeploy:
     if d.slurm is None:
         raise ConfigError("deploy.yaml has no slurm section")
+    for name, value in (
+        ("train.run_name", d.train.run_name),
+        ("slurm.partition", d.slurm.partition),
+        ("slurm.time", d.slurm.time),
+    ):
+        if not SBATCH_VALUE.fullmatch(value):
+            raise ConfigError(
+                f"{name}={value!r}: an #SBATCH value is letters, digits and . _ : + = - only"
+            )
     return d.slurm
 
 
