@@ -57,42 +57,76 @@ HISTOGRAM_BINS = 20_000  # over [-1, 1]: a top-k% threshold within 1e-4 of the e
 
 
 DEVICES = ("cpu", "cuda")
+MAX_TASK_CPUS = 1024
 
 
 @functools.lru_cache(maxsize=1)
 def _load_model(checkpoint: str, device: str):
-    """Once per worker process: the model, its eval transform and tokenizer."""
+    """Once per worker process: the model, its eval transform and tokenizer. A worker handed
+    another GPU loads it there and drops the first copy (its CUDA context stays)."""
     from flipcommon.checkpoints import load_model  # the checkpoint contract's reader
 
     model, preprocess, tokenizer, _ = load_model(checkpoint)
     return model.to(device), preprocess, tokenizer
 
 
+def granted_cpus(config: ClipScoreConfig) -> int:
+    """The cores this task may use: what Spark granted it (1 per task in local mode, where
+    every slot runs one), or ``task_cpus`` outside Spark."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return int(context.cpus()) if context is not None else config.task_cpus
+
+
 def task_device(device: str) -> str:
-    """The torch device of this task: on "cuda", the GPU Spark gave the task (its address),
-    so tasks sharing an executor never share a GPU."""
+    """The torch device of this task: on "cuda", the GPU Spark gave the task, so tasks sharing
+    an executor never share a GPU. Spark's address is the GPU's index as the discovery script
+    saw it; where CUDA_VISIBLE_DEVICES renumbers the GPUs, its position in that list."""
     if device != "cuda":
         return device
+    import os
+
+    import torch
     from pyspark import TaskContext
 
     context = TaskContext.get()
     gpus = context.resources().get("gpu") if context is not None else None
     if gpus is None or not gpus.addresses:
         return "cuda"  # local mode: no GPU scheduling, the process's own device
-    return f"cuda:{gpus.addresses[0]}"
+    address = gpus.addresses[0]
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+    index = visible.index(address) if address in visible else address
+    if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
+        raise UserError(
+            f"Spark gave this task GPU {address!r}, which is not a CUDA device here "
+            f"({torch.cuda.device_count()} visible, CUDA_VISIBLE_DEVICES={visible or 'unset'}): "
+            "the executors' GPU discovery script must print CUDA indices"
+        )
+    return f"cuda:{index}"
 
 
 def embedding_profile(spark: SparkSession, config: ClipScoreConfig):
     """The embedding job's task resources: ``task_cpus`` cores, and a GPU on "cuda" (Spark's
     stage-level scheduling, so the download's tasks keep one core each). ``None`` in local
-    mode, which schedules no resources."""
+    mode, which schedules no resources. A request no executor could meet would leave the job
+    waiting forever: refused here."""
     if spark.sparkContext.master.startswith("local"):
         return None
-    executor_cores = spark.sparkContext.getConf().get("spark.executor.cores")
-    if executor_cores is not None and int(executor_cores) < config.task_cpus:
+    conf = spark.sparkContext.getConf()
+    executor_cores = conf.get("spark.executor.cores")
+    if executor_cores is not None:
+        if not executor_cores.strip().isdigit():
+            raise UserError(f"spark.executor.cores={executor_cores!r} is not a whole number")
+        if int(executor_cores) < config.task_cpus:
+            raise UserError(
+                f"clip_score.task_cpus={config.task_cpus} is more than an executor's "
+                f"{executor_cores} cores (spark.executor.cores): no executor could run the task"
+            )
+    if config.device == "cuda" and not conf.get("spark.executor.resource.gpu.amount"):
         raise UserError(
-            f"clip_score.task_cpus={config.task_cpus} is more than an executor's "
-            f"{executor_cores} cores (spark.executor.cores): no executor could run the task"
+            "clip_score.device=cuda: the executors have no GPUs for Spark to give out; start "
+            "them with spark.executor.resource.gpu.amount and a discovery script"
         )
     from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
 
@@ -103,14 +137,16 @@ def embedding_profile(spark: SparkSession, config: ClipScoreConfig):
 
 
 def check_config(config: ClipScoreConfig) -> None:
+    """The filter's settings, checked before any work (the stage calls this before the
+    download, so a typo does not wait hours to surface)."""
     if (config.min_similarity is None) == (config.top_percent is None):
         raise UserError("clip_score: set exactly one of min_similarity or top_percent")
     if config.device not in DEVICES:
         raise UserError(f"clip_score.device: {config.device!r} is not one of {DEVICES}")
     if isinstance(config.task_cpus, bool) or not isinstance(config.task_cpus, int):
         raise UserError(f"clip_score.task_cpus: {config.task_cpus!r} is not a whole number")
-    if config.task_cpus < 1:
-        raise UserError(f"clip_score.task_cpus: {config.task_cpus} is below 1")
+    if not 1 <= config.task_cpus <= MAX_TASK_CPUS:
+        raise UserError(f"clip_score.task_cpus: {config.task_cpus} is not in 1…{MAX_TASK_CPUS}")
 
 
 def read_shard_samples(tar_url: str) -> Iterator[tuple[str, bytes, str, dict]]:
@@ -122,7 +158,7 @@ def read_shard_samples(tar_url: str) -> Iterator[tuple[str, bytes, str, dict]]:
 
 
 class ShardEmbedder:
-    """Spark task: embed one shard; returns its similarity histogram (skips done shards)."""
+    """Spark task: embed one shard (skipping a done one); its histogram, a task of its own."""
 
     def __init__(self, source_dir: str, embeddings_dir: str, config: ClipScoreConfig):
         self.source_dir = source_dir
@@ -132,19 +168,36 @@ class ShardEmbedder:
     def metadata_url(self, shard: str) -> str:
         return url_join(self.embeddings_dir, "metadata", f"metadata_{shard}.parquet")
 
-    def __call__(self, shard: str) -> np.ndarray:
-        if not exists(self.metadata_url(shard)):
+    def __call__(self, shard: str) -> None:
+        if not exists(self.metadata_url(shard)):  # a retried task's shard may be done
             self.embed(shard)
+
+    def histogram(self, shard: str) -> np.ndarray:
+        """The shard's similarity histogram, from its metadata file."""
         with fsspec.open(self.metadata_url(shard), "rb") as handle:
             scores = pq.read_table(handle, columns=["similarity"]).column(0).to_numpy()
         return np.histogram(scores, bins=HISTOGRAM_BINS, range=(-1.0, 1.0))[0]
+
+    def embedded_shards(self) -> set[str]:
+        """The shards whose embeddings are complete, from one listing of the metadata folder
+        (each shard's metadata file is written last)."""
+        fs, root = fsspec.core.url_to_fs(url_join(self.embeddings_dir, "metadata"))
+        if not fs.exists(root):
+            return set()
+        names = (path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(root, detail=False))
+        return {
+            n.removeprefix("metadata_").removesuffix(".parquet")
+            for n in names
+            if n.startswith("metadata_") and n.endswith(".parquet")
+        }
 
     def embed(self, shard: str) -> None:
         import torch
         from PIL import Image
 
         device = task_device(self.config.device)
-        torch.set_num_threads(self.config.task_cpus)  # the cores Spark gave this task
+        cpus = granted_cpus(self.config)
+        torch.set_num_threads(cpus)
         model, preprocess, tokenizer = _load_model(self.config.checkpoint, device)
 
         def decode(sample: tuple[str, bytes, str, dict]) -> torch.Tensor:
@@ -152,7 +205,7 @@ class ShardEmbedder:
 
         # decoding on the task's cores too: in one thread it would leave a many-core task's
         # model waiting (PIL and torch release the GIL)
-        with ThreadPoolExecutor(self.config.task_cpus, thread_name_prefix="decode") as decoders:
+        with ThreadPoolExecutor(cpus, thread_name_prefix="decode") as decoders:
             rows, image_embs, text_embs = [], [], []
             batch: list[tuple[str, bytes, str, dict]] = []
             samples = read_shard_samples(url_join(self.source_dir, f"{shard}.tar"))
@@ -287,13 +340,24 @@ def run_clip_score(spark: SparkSession, source_dir: str, config: ClipScoreConfig
     shards = sorted(read_shard_stats(source_dir))
     embeddings_dir = url_join(config.output_dir, "embeddings")
     embedder = ShardEmbedder(source_dir, embeddings_dir, config)
-    histogram = np.zeros(HISTOGRAM_BINS, np.int64)
-    if shards:
-        to_embed = spark.sparkContext.parallelize(shards, len(shards))
+    # The embedding job takes only the shards not embedded yet (a rerun's done ones would
+    # make short tasks that keep idle Python workers, each holding a model, alive), under its
+    # own task resources; the histogram is a job of one-core tasks over every shard.
+    pending = sorted(set(shards) - embedder.embedded_shards())
+    if pending:
+        log.info("embedding %d of %d shards", len(pending), len(shards))
+        to_embed = spark.sparkContext.parallelize(pending, len(pending))
         profile = embedding_profile(spark, config)
         if profile is not None:
             to_embed = to_embed.withResources(profile)
-        histogram = to_embed.map(embedder).treeReduce(np.add)
+        to_embed.foreach(embedder)
+    histogram = np.zeros(HISTOGRAM_BINS, np.int64)
+    if shards:
+        histogram = (
+            spark.sparkContext.parallelize(shards, len(shards))
+            .map(embedder.histogram)
+            .treeReduce(np.add)
+        )
     threshold = (
         float(config.min_similarity)
         if config.min_similarity is not None

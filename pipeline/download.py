@@ -21,6 +21,7 @@ from typing import Any
 import fsspec
 from pyspark.sql import SparkSession
 
+from flipcommon.errors import UserError
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.manifest import committed_shard_names, read_shard_stats
 from pipeline.progress import DownloadProgress
@@ -63,6 +64,7 @@ def download_shards(
     blocklist: BlocklistRef | None = None,
 ) -> DownloadResult:
     """Download every shard not done yet, then the final pass (unless turned off)."""
+    check_sizes(download)
     fs, root = fsspec.core.url_to_fs(output_dir)
     fs.makedirs(root, exist_ok=True)
     # What an interrupted run left half-written (local storage only: on an object store an
@@ -103,6 +105,17 @@ def download_shards(
                 stats |= run_shards(retry, shards, pacing, stats, final_pass=True)
             log.info("final pass done")
     return DownloadResult(stats, progress.summary())
+
+
+def check_sizes(download: DownloadConfig) -> None:
+    """Sizes a download cannot run with, refused before any work (a task with no thread
+    would wait forever for one)."""
+    for name in ("threads", "samples_per_shard", "processes"):
+        value = getattr(download, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"download.{name}={value!r}: a whole number of at least 1")
+    if not download.shard_deadline_s > 0:
+        raise UserError(f"download.shard_deadline_s={download.shard_deadline_s!r}: above 0")
 
 
 def warn_if_pacing_outlasts_shards(
@@ -178,6 +191,11 @@ def run_shards(
                 f"committed, among them {names}. Run the stage again: finished shards are "
                 "kept; the executor logs say why a worker died"
             ) from err
+        returned = sorted(o["shard_id"] for o in outcomes)
+        if returned != sorted(pending):  # a shard lost or doubled by a task: never pass it by
+            raise IncompleteDownloadError(
+                f"the download job returned {len(returned)} outcomes for {len(pending)} shards"
+            )
         errors = {o["shard_id"]: o["error"] for o in outcomes if "error" in o}
         done |= {o["name"]: o["stats"] for o in outcomes if "stats" in o}
         pending = sorted(errors)

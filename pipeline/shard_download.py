@@ -37,7 +37,14 @@ from img2dataset.resizer import Resizer
 from img2dataset.writer import WebDatasetSampleWriter
 
 from flipcommon.shard_tars import IMAGE_EXTENSION
-from flipcommon.storage import is_local, read_bytes, url_join, write_json_atomic
+from flipcommon.storage import (
+    exists,
+    is_local,
+    read_bytes,
+    read_json,
+    url_join,
+    write_json_atomic,
+)
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
 from pipeline.domains import domain_of_url, load_site_urls, load_spread
@@ -55,6 +62,8 @@ ENCODE_FORMAT = IMAGE_EXTENSION
 # A task of several shards reads up to this many parts ahead and leaves up to this many shards
 # committing behind the one it downloads: a small shard's round trips to the store overlap.
 IO_AHEAD = 4
+COMMIT_BYTES = 128 << 20  # at most this much of shards waiting to commit (beside the one)
+SAMPLE_OVERHEAD_BYTES = 4096  # a sample's tar headers, caption and json, about
 OOM_SHARD_COUNT = 5  # shard names 00000…99999, as img2dataset names them
 # URL-list columns as the shard's parquet names them; as img2dataset's reader does, they come
 # after the other columns, caption then url
@@ -303,6 +312,7 @@ class ShardWriter:
             "failed_to_resize": 0,
             "decontaminated": 0,
         }
+        self.bytes_written = 0  # about: the tar's images and their headers, caption, json
         self.retryable_failures = 0
         self.retryable_reasons: collections.Counter[str] = collections.Counter()
         self.status = CappedCounter()
@@ -330,6 +340,7 @@ class ShardWriter:
 
     def write(self, image: bytes | None, meta: dict[str, Any]) -> None:
         self.writer.write(image, meta["key"], meta.get("caption"), meta)
+        self.bytes_written += len(image or b"") + SAMPLE_OVERHEAD_BYTES
         self.counts["count"] += 1
         if meta["status"] == "success":
             self.counts["successes"] += 1
@@ -414,13 +425,17 @@ class ShardDownloader:
     def __call__(self, shard_ids: list[int]) -> list[dict[str, Any]]:
         """Download a task's shards one after the other. The next shards' parts are read while
         one downloads, and a shard commits while the next ones download (up to ``IO_AHEAD``
-        each way), so a task of several small shards does not wait on a store's round trips
-        between them. A commit in flight holds only its writer's last unsent block."""
+        each way, and ``COMMIT_BYTES`` of shards waiting to commit: on an object store a small
+        shard's upload holds its whole tar until it completes), so a task of several small
+        shards does not wait on a store's round trips between them. The task as a whole keeps
+        to ``shard_deadline_s``: a shard it cannot start in time commits its rows as retryable
+        failures, for the final pass."""
         freeze_imported_objects()
-        outcomes: list[dict[str, Any]] = []
+        task_stop = time.monotonic() + self.download.shard_deadline_s
+        outcomes, shard_ids = self.already_committed(shard_ids)
         to_read = iter(shard_ids)
         reading: collections.deque[tuple[int, Future]] = collections.deque()
-        committing: collections.deque[tuple[int, Future]] = collections.deque()
+        committing: collections.deque[tuple[int, Future, int]] = collections.deque()
         with ThreadPoolExecutor(2 * IO_AHEAD, thread_name_prefix="shard-io") as background:
 
             def read_ahead() -> None:
@@ -433,23 +448,48 @@ class ShardDownloader:
                 shard_id, part = reading.popleft()
                 read_ahead()
                 try:
-                    commit = self.download_into_writer(shard_id, part.result())
+                    writer, commit = self.download_into_writer(shard_id, part.result(), task_stop)
                 except Exception as err:  # noqa: BLE001 - the driver reruns the shard
                     outcomes.append(shard_error(shard_id, err))
                     continue
-                if len(committing) >= IO_AHEAD:
-                    outcomes.append(committed_outcome(*committing.popleft()))
-                committing.append((shard_id, background.submit(commit)))
-            outcomes.extend(committed_outcome(*pending) for pending in committing)
+                committing.append((shard_id, background.submit(commit), writer.bytes_written))
+                while len(committing) > IO_AHEAD or (
+                    len(committing) > 1 and sum(c[2] for c in committing) > COMMIT_BYTES
+                ):
+                    outcomes.append(committed_outcome(*committing.popleft()[:2]))
+            outcomes.extend(committed_outcome(shard_id, c) for shard_id, c, _ in committing)
         return outcomes
+
+    def already_committed(self, shard_ids: list[int]) -> tuple[list[dict[str, Any]], list[int]]:
+        """On a retry of the task (its worker died), the shards an earlier attempt committed:
+        their outcomes from their stats files, and the shards left to do. A first attempt
+        checks nothing (one request per shard saved)."""
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        if context is None or context.attemptNumber() == 0:
+            return [], shard_ids
+        done, left = [], []
+        for shard_id in shard_ids:
+            name = shard_name(shard_id, OOM_SHARD_COUNT)
+            stats_url = url_join(self.output_dir, f"{name}_stats.json")
+            if exists(stats_url):
+                done.append({"shard_id": shard_id, "name": name, "stats": read_json(stats_url)})
+            else:
+                left.append(shard_id)
+        return done, left
 
     def download_shard(self, shard_id: int) -> dict[str, Any]:
         """One shard, start to commit."""
-        return self.download_into_writer(shard_id, read_part(self.url_list.part_url(shard_id)))()
+        table = read_part(self.url_list.part_url(shard_id))
+        _, commit = self.download_into_writer(shard_id, table, math.inf)
+        return commit()
 
-    def download_into_writer(self, shard_id: int, table: pa.Table) -> Callable[[], dict]:
-        """Fetch a shard's samples into its writer; returns what commits it (and gives the
-        stats)."""
+    def download_into_writer(
+        self, shard_id: int, table: pa.Table, task_stop: float
+    ) -> tuple[ShardWriter, Callable[[], dict]]:
+        """Fetch a shard's samples into its writer, until its deadline or ``task_stop``;
+        returns the writer and what commits it (and gives the stats)."""
         start_time = time.time()
         fetch_start = time.monotonic()
         rows = table.to_pylist()
@@ -463,7 +503,7 @@ class ShardDownloader:
         processor = make_processor(
             self.download, self.fetch, self.blocklist, self.pacing, own_sites
         )
-        stop_at = time.monotonic() + self.download.shard_deadline_s
+        stop_at = min(time.monotonic() + self.download.shard_deadline_s, task_stop)
         progress = TaskProgress(
             self.output_dir, writer.name, self.download.progress_interval_s, self.finished
         )
@@ -480,7 +520,7 @@ class ShardDownloader:
             progress.update(writer.counts, writer.status, done=True)
             return stats
 
-        return commit
+        return writer, commit
 
 
 def shard_error(shard_id: int, err: BaseException) -> dict[str, Any]:

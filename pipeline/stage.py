@@ -73,6 +73,10 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
     """Build the shard set in ``config.output_dir`` (then its CLIP-score filtered copy, if
     enabled); return the shard set's manifest."""
     config = with_absolute_paths(config)
+    if config.clip_score.enabled:  # its mistakes surface now, not after the download
+        from pipeline.clip_score import check_config
+
+        check_config(config.clip_score)
     manifest = read_manifest(config.output_dir)
     if manifest is not None:
         log.info("%s is complete (%s present)", config.output_dir, MANIFEST_FILE)

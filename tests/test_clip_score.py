@@ -199,7 +199,8 @@ def test_clip_retrieval_indexes_what_we_write(filtered, tmp_path):
     ("overrides", "message"),
     [
         ({"device": "gpu"}, "clip_score.device"),
-        ({"task_cpus": 0}, "below 1"),
+        ({"task_cpus": 0}, "not in 1…1024"),
+        ({"task_cpus": 10**6}, "not in 1…1024"),
         ({"task_cpus": True}, "whole number"),
         ({"top_percent": None}, "exactly one"),
     ],

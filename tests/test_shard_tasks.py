@@ -48,6 +48,7 @@ def test_a_task_of_several_shards_commits_each_and_reports_a_broken_part(tmp_pat
         outcomes = ShardDownloader(str(tmp_path / "out"), url_list, download, fetch)(
             list(range(shards))
         )
+    assert len(outcomes) == shards  # one outcome per shard, none twice
     by_shard = {o["shard_id"]: o for o in outcomes}
     assert sorted(by_shard) == list(range(shards))
     assert "error" in by_shard[broken] and "stats" not in by_shard[broken]
@@ -62,3 +63,31 @@ def test_a_task_of_several_shards_commits_each_and_reports_a_broken_part(tmp_pat
         captions = {row["key"]: row["caption"] for row in rows}
         assert captions == {f"{name}{i}": f"shard {shard} sample {i}" for i in (0, 1)}
     assert not (tmp_path / "out" / f"{broken:05d}_stats.json").exists()
+
+
+def test_a_task_of_several_shards_keeps_to_one_deadline(tmp_path):
+    """The first shard of a task waits on a server that drips its answer past the deadline:
+    the task still ends at about the deadline, the shards it could not start commit their
+    rows as retryable deadline failures (for the final pass), none is lost."""
+    import time
+
+    with HostileWeb() as web:
+        urls_dir = tmp_path / "urls"
+        urls_dir.mkdir()
+        for shard in range(3):
+            urls = [f"{web.base_url}/drip" if shard == 0 else f"{web.base_url}/ok/1.jpg"] * 2
+            table = pa.table({"URL": urls, "TEXT": ["a", "b"]})
+            pq.write_table(table, part_url(str(urls_dir), shard))
+        download = DownloadConfig(image_size=32, samples_per_shard=2, threads=2)
+        download.shard_deadline_s = 2.0
+        fetch = FetchConfig(retries=0, deadline_s=30.0, allowed_networks=["127.0.0.0/8"])
+        url_list = UrlList(str(urls_dir), 6, 2)
+        start = time.monotonic()
+        outcomes = ShardDownloader(str(tmp_path / "out"), url_list, download, fetch)([0, 1, 2])
+        elapsed = time.monotonic() - start
+    assert elapsed < download.shard_deadline_s + 3.0
+    stats = {o["shard_id"]: o["stats"] for o in outcomes}
+    assert sorted(stats) == [0, 1, 2]
+    for shard in (0, 1, 2):
+        assert stats[shard]["count"] == 2
+        assert stats[shard]["retryable_reasons"] == {"shard deadline exceeded": 2}
