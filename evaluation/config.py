@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from flipcommon.config import Range
 
 
 @dataclass
@@ -56,7 +58,7 @@ class EvalConfig:
     train_run_dir: str = "runs/demo/train"
     output_dir: str = "runs/demo/eval"
     demo_corpus_dir: str = ".cache/demo_corpus"  # where the held-out emoji set was rendered
-    batch_size: int = 256
+    batch_size: Annotated[int, Range(1)] = 256
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = 2  # loader processes decoding and preprocessing images
     tasks: list[TaskConfig] = field(default_factory=list)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from flipcommon.config import Range
 
 
 @dataclass
@@ -10,12 +13,13 @@ class ArmConfig:
     """One way of spending the budget: a mask ratio, its batch, with or without tuning."""
 
     name: str = "clip"
-    mask_ratio: float = 0.0
-    batch_scale: int = 1  # batch = base_batch × this (the paper's Table 1a: 1×, 2×, 4×)
+    mask_ratio: Annotated[float, Range(0, 1, high_open=True)] = 0.0
+    # batch = base_batch × this (the paper's Table 1a: 1×, 2×, 4×)
+    batch_scale: Annotated[int, Range(1)] = 1
     unmasked_tuning: bool = False  # end with tuning_fraction of the budget at mask ratio 0
     # masked views of each pair per pre-training step: 2 spends what masking saves on a second
     # view of the same pairs rather than on more pairs (e.g. 50% masking, batch_scale 1)
-    views: int = 1
+    views: Annotated[int, Range(1)] = 1
     # > 0: pre-train on images downsampled to this size (fewer patch tokens by resolution
     # rather than by masking); unmasked tuning, if any, runs at the model's full size
     image_size: int = 0
@@ -48,10 +52,11 @@ class ExperimentConfig:
     budget_gflops: float = 0.0
     eval_points: int = 4  # evaluations at equal shares of the budget (plus phase ends)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    base_batch: int = 64  # the unmasked arm's batch; others scale it by batch_scale
+    # the unmasked arm's batch; others scale it by batch_scale
+    base_batch: Annotated[int, Range(1)] = 64
     base_lr: float = 1.0e-3  # pre-training: lr = base_lr × batch / 256
-    warmup_fraction: float = 0.05  # of each pre-training phase
-    tuning_fraction: float = 0.1  # of the budget, in the +tuning arms
+    warmup_fraction: Annotated[float, Range(0, 1)] = 0.05  # of each pre-training phase
+    tuning_fraction: Annotated[float, Range(0, 1)] = 0.1  # of the budget, in the +tuning arms
     tuning_base_lr: float = 1.0e-4
     arms: list[ArmConfig] = field(default_factory=_paper_arms)
     # TASK:METRIC the write-up and plots lead with: zero-shot over concepts never trained on

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from flipcommon.config import Range
 
 
 @dataclass
@@ -17,9 +20,9 @@ class ExploreConfig:
     # (ssh -L 1234:127.0.0.1:1234 HOST). 0.0.0.0 serves every sample's image and caption to
     # anyone who can reach the port, without authentication.
     host: str = "127.0.0.1"
-    port: int = 1234
+    port: Annotated[int, Range(1, 65535)] = 1234
     serve: bool = True  # false: build the index and stop
-    batch_size: int = 64  # inference batch
+    batch_size: Annotated[int, Range(1)] = 64  # inference batch
     workers: int = 2  # inference's image decoding processes
     max_index_memory: str = "4G"  # autofaiss's budget for the index
     available_memory: str = "16G"  # autofaiss: memory it may use while building

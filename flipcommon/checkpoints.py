@@ -126,6 +126,8 @@ def register_model_config(name: str, cfg: dict) -> None:
 def load_open_clip(spec: str):
     """``open_clip:NAME@WEIGHTS``: open_clip builds the model and loads the weights itself."""
     name, _, weights = spec.removeprefix(OPEN_CLIP_PREFIX).partition("@")
+    if not weights:  # open_clip would build the model with random weights
+        raise CheckpointError(f"{spec}: give local weights, open_clip:{name}@/path/to/file")
     if open_clip.get_model_config(name) is None:
         raise CheckpointError(
             f"open_clip knows no model {name!r}: give open_clip_config=JSON for a custom one"

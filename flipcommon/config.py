@@ -1,14 +1,25 @@
 """Stage configs: one dataclass per stage, loaded from YAML with ``key=value`` overrides.
 
 Overrides use dotted paths (``download.timeout=5``); the value is parsed as YAML so numbers,
-booleans and lists keep their types. Unknown keys are an error, never silently ignored.
+booleans and lists keep their types. Every mistake is a ``ConfigError`` naming the key: an
+unknown key, a YAML syntax error, a value of the wrong type (a bool is not a number), a number
+out of its field's range. Numbers are never negative unless a field declares a ``Range`` that
+allows it (``threads: Annotated[int, Range(1)]``); a field may also declare a ``Check`` that
+parses its value at load (a CIDR, a model spec).
+
+Scalars are read as YAML 1.2 reads them, not as PyYAML's YAML 1.1 does: ``010`` is not 8,
+``on``/``yes`` are not booleans, ``1:20`` is not 80, ``2024-01-01`` is not a date. Such a
+literal stays a string, so a number field refuses it instead of taking a surprising value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +34,111 @@ class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the stage's config dataclass."""
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core schema for plain scalars."""
+
+
+_YAML11_ONLY = (":bool", ":int", ":float", ":timestamp")
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if not tag.endswith(_YAML11_ONLY)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _firsts in (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    (
+        "tag:yaml.org,2002:int",
+        r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$",  # 010 is ten
+        "-+0123456789",
+    ),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+.0123456789",
+    ),
+):
+    Yaml12Loader.add_implicit_resolver(_tag, re.compile(_pattern), list(_firsts))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    return int(text, 16) if text.startswith("0x") else int(text)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    text = loader.construct_scalar(node).lower()
+    return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+
+
+def _construct_bool(loader: yaml.SafeLoader, node: yaml.Node) -> bool:
+    return loader.construct_scalar(node).lower() == "true"
+
+
+Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+Yaml12Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=Yaml12Loader)  # noqa: S506 - a safe loader's subclass
+    except yaml.YAMLError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{where}: not valid YAML ({first_line})") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number field takes, declared beside it: ``Annotated[int, Range(1)]``.
+    ``low_open`` / ``high_open``: that end itself is excluded (a duration of 0 is no duration,
+    a mask ratio of 1 leaves no patch)."""
+
+    low: float | None = 0
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, (int, float)):
+            return
+        if isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{where}: nan is not a number a config takes")
+        too_low = self.low is not None and (
+            value < self.low or (self.low_open and value == self.low)
+        )
+        too_high = self.high is not None and (
+            value > self.high or (self.high_open and value == self.high)
+        )
+        if too_low or too_high:
+            low = high = ""
+            if self.low is not None:
+                low = ("> " if self.low_open else "≥ ") + f"{self.low:g}"
+            if self.high is not None:
+                high = ("< " if self.high_open else "≤ ") + f"{self.high:g}"
+            bounds = ", ".join(filter(None, [low, high]))
+            raise ConfigError(f"{where}: {value!r} is out of range ({bounds})")
+
+
+DEFAULT_RANGE = Range()  # numbers without a declared range: not negative
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A parse run on a field's value at load: ``Annotated[str, Check(parse, "a CIDR")]``.
+    ``parse`` raises ``ValueError`` on a bad value."""
+
+    parse: Callable[[Any], Any]
+    expected: str
+
+    def check(self, value: Any, where: str) -> None:
+        try:
+            self.parse(value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {value!r} is not {self.expected} ({exc})") from exc
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", "c=x"]`` into a nested dict ``{"a": {"b": 1}, "c": "x"}``."""
     nested: dict[str, Any] = {}
@@ -32,9 +148,15 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         node = nested
         *parents, leaf = key.strip().split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+            if not isinstance(node, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"override {item!r}: {where} was given a value, not keys")
+        value = load_yaml(raw, f"override {item!r}") if raw.strip() else ""
+        if isinstance(node.get(leaf), dict) and not isinstance(value, dict):
+            raise ConfigError(f"override {item!r}: {key} was given keys already")
+        node[leaf] = value
     return nested
 
 
@@ -52,7 +174,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from a dict, recursing into nested dataclasses and lists of them."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -68,9 +190,16 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def _coerce(hint: Any, value: Any, where: str, default_range: bool = True) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is typing.Annotated:
+        declared = any(isinstance(rule, Range) for rule in hint.__metadata__)
+        value = _coerce(args[0], value, where, default_range=not declared)
+        for rule in hint.__metadata__:
+            if value is not None:
+                rule.check(value, where)
+        return value
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
     if origin is typing.Literal:  # a field with fixed choices: a typo fails at load
@@ -92,15 +221,14 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is float and isinstance(value, int):
+        value = float(value)
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if hint in (int, float) and default_range:
+        DEFAULT_RANGE.check(value, where)
     return value
 
 
@@ -111,7 +239,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml(path.read_text(), str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded

@@ -3,7 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from flipcommon.config import Check, Range
+
+POSITIVE = Range(0, low_open=True)
+
+
+def ip_network(value: str) -> None:
+    import ipaddress
+
+    ipaddress.ip_network(value, strict=False)
+
+
+def fault_rates(rates: dict) -> None:
+    from pipeline.demo.web import FaultRates
+
+    FaultRates(**rates)  # an unknown kind is a TypeError
+
+
+def model_spec(spec: str) -> None:
+    """Our checkpoint folder, or ``open_clip:NAME@WEIGHTS``: without weights open_clip would
+    build a model with random weights and the filter would score with it."""
+    if spec.startswith("open_clip:"):
+        name, _, weights = spec.removeprefix("open_clip:").partition("@")
+        if not name or not weights:
+            raise ValueError("open_clip models need local weights: open_clip:NAME@/path/file")
 
 
 @dataclass
@@ -13,7 +38,9 @@ class DemoConfig:
     enabled: bool = False
     cache_dir: str = ".cache/demo_corpus"
     limit_per_source: int = 0  # 0 = the whole corpus; tests use a few per source
-    fault_rates: dict[str, float] = field(default_factory=dict)  # see pipeline.demo.web.FaultRates
+    fault_rates: Annotated[dict[str, float], Check(fault_rates, "fault rates")] = field(
+        default_factory=dict
+    )  # see pipeline.demo.web.FaultRates
     hang_seconds: float = 12.0
 
 
@@ -42,7 +69,7 @@ class FilterConfig:
     # LAION's NSFW tag; rows without a tag pass. Empty list: no NSFW rule.
     nsfw_allowed: list[str] = field(default_factory=list)
     # LAION's CLIP similarity; with a threshold set, rows without a valid value are dropped.
-    min_similarity: float = 0.0
+    min_similarity: Annotated[float, Range(-1, 1)] = 0.0
     # ISO 639-1 codes to keep (e.g. [en]). The metadata's LANGUAGE column is used where present
     # (LAION-2B-multi has one); rows without it get the caption's detected language
     # (langid, ~1,000 captions/s/core) unless detect_language is false, in which case they pass.
@@ -55,9 +82,9 @@ class FetchConfig:
     """How each URL is fetched (``pipeline.fetch``): bounded, polite, and never inward."""
 
     # Wall clock per attempt, every phase included: DNS, connect, TLS, headers, body, redirects.
-    deadline_s: float = 20.0
-    socket_timeout_s: float = 10.0  # per socket operation, within the deadline
-    max_bytes: int = 32 * 1024 * 1024
+    deadline_s: Annotated[float, POSITIVE] = 20.0
+    socket_timeout_s: Annotated[float, POSITIVE] = 10.0  # per socket operation, within the deadline
+    max_bytes: Annotated[int, Range(1)] = 32 * 1024 * 1024
     # Extra attempts within the task on 408/429/5xx and transport errors. 0: the final pass
     # (download.retry_pass), hours later, is the retry: a dead host then holds a thread for one
     # deadline, not three, and a flaky site has had time to recover.
@@ -70,7 +97,9 @@ class FetchConfig:
     per_domain_interval_s: float = 0.0
     max_redirects: int = 5
     # Networks exempt from the SSRF guard (CIDRs). Empty: only public addresses are fetched.
-    allowed_networks: list[str] = field(default_factory=list)
+    allowed_networks: list[Annotated[str, Check(ip_network, "a CIDR")]] = field(
+        default_factory=list
+    )
     ca_file: str = ""  # extra CA certificates (PEM) to trust, beside the system's
     dns_cache_s: float = 300.0  # how long a host's resolved addresses are reused, per task
     dns_negative_cache_s: float = 60.0  # how long a failed lookup's answer is reused, per task
@@ -82,22 +111,23 @@ class FetchConfig:
 
 @dataclass
 class DownloadConfig:
-    image_size: int = 256
+    image_size: Annotated[int, Range(1)] = 256
     # img2dataset's modes
     resize_mode: Literal["border", "center_crop", "keep_ratio", "keep_ratio_largest", "no"] = (
         "border"
     )
-    samples_per_shard: int = 10000
-    processes: int = 2  # Spark tasks at once
-    threads: int = 64  # concurrent requests per task
-    encode_quality: int = 95
-    max_pixels: int = 100_000_000  # decoded-size cap read from the header (decompression bombs)
+    samples_per_shard: Annotated[int, Range(1)] = 10000
+    processes: Annotated[int, Range(1)] = 2  # Spark tasks at once
+    threads: Annotated[int, Range(1, 4096)] = 64  # concurrent requests per task
+    encode_quality: Annotated[int, Range(0, 100)] = 95
+    # decoded-size cap read from the header (decompression bombs)
+    max_pixels: Annotated[int, Range(1)] = 100_000_000
     # A shard task stops starting requests after this long; what is left fails as retryable,
     # so one pathological shard cannot hold a whole Spark job.
-    shard_deadline_s: float = 3600.0
+    shard_deadline_s: Annotated[float, POSITIVE] = 3600.0
     retry_pass: bool = True  # after all shards, re-fetch samples that failed retryably
     # Each task publishes its counts this often; the driver prints the sum just as often.
-    progress_interval_s: float = 10.0
+    progress_interval_s: Annotated[float, POSITIVE] = 10.0
 
 
 @dataclass
@@ -115,20 +145,21 @@ class ClipScoreConfig:
 
     enabled: bool = False
     # Our checkpoint directory (any fsspec URL) or "open_clip:NAME@/local/weights.safetensors".
-    checkpoint: str = ""
-    min_similarity: float | None = None  # keep pairs with cosine >= this …
-    top_percent: float | None = None  # … or keep the best this-many percent (set one)
+    checkpoint: Annotated[str, Check(model_spec, "a checkpoint or open_clip:NAME@WEIGHTS")] = ""
+    min_similarity: Annotated[float, Range(-1, 1)] | None = None  # keep pairs with cosine >= this
+    # … or keep the best this-many percent (set one)
+    top_percent: Annotated[float, Range(0, 100, low_open=True)] | None = None
     output_dir: str = ""  # the filtered shard set; default: "<output_dir>-clip"
-    samples_per_shard: int = 10000
-    batch_size: int = 64
+    samples_per_shard: Annotated[int, Range(1)] = 10000
+    batch_size: Annotated[int, Range(1)] = 64
     # "cpu", or "cuda": each embedding task then takes one of its executor's GPUs (Spark GPU
     # scheduling: the executors are started with spark.executor.resource.gpu.* set).
-    device: str = "cpu"
+    device: Literal["cpu", "cuda"] = "cpu"
     # Cores per embedding task, which holds one model and runs this many torch threads. 1: a
     # model per task slot (most images/s per core, a model's memory per core); the executor's
     # cores: one model per executor. Taken by this job alone (stage-level scheduling), not
     # by the download; in local mode every task slot runs one, whatever this says.
-    task_cpus: int = 1
+    task_cpus: Annotated[int, Range(1, 1024)] = 1
 
 
 @dataclass
@@ -136,7 +167,8 @@ class SparkConfig:
     master: str = "local[*]"  # "" under spark-submit: use the --master it was given
     driver_memory: str = "2g"  # when we start Spark (master set); spark-submit: --driver-memory
     app_name: str = "flip-pipeline"
-    shuffle_partitions: int = 200  # Spark's default; a small corpus wants a handful
+    # Spark's default; a small corpus wants a handful
+    shuffle_partitions: Annotated[int, Range(1)] = 200
     conf: dict[str, str] = field(default_factory=dict)  # any other spark.* setting
 
 

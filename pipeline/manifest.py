@@ -10,6 +10,7 @@ import collections
 import datetime as dt
 import json
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,19 @@ def code_version() -> str:
         return "unknown"
 
 
+def without_secrets(url: str) -> str:
+    """A source URL as a manifest may keep it: no user or password, no query string or fragment
+    (a signed URL's signature and expiry live there). Local paths stay as given."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or "://" not in url:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def shard_set_manifest(
     counts: dict[str, Any],
     parameters: dict[str, Any],
@@ -132,7 +146,7 @@ def shard_set_manifest(
         "format": "webdataset (img2dataset layout)",
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
-        "sources": sources,
+        "sources": [without_secrets(source) for source in sources],
         "counts": counts,
         "parameters": parameters,
         **extra,

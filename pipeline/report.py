@@ -108,13 +108,41 @@ def render_html(
             ".grid{display:flex;flex-wrap:wrap;gap:8px}.grid figure{width:160px;margin:0}"
             ".grid figcaption{font-size:12px}</style></head><body><h1>Shard set report</h1>",
             "<h2>Counts (rows in = filtered + duplicates + failed + kept)</h2>",
-            f"<pre>{html.escape(json.dumps(counts, indent=2))}</pre>",
+            _counts_table(counts),
             *[_img(p, "plot") for p in plots],
             _failure_table(stats, errors),
             _sample_grid(samples),
+            "<details><summary>All counts as recorded in manifest.json</summary>",
+            f"<pre>{html.escape(json.dumps(counts, indent=2))}</pre></details>",
             "</body></html>",
         ]
     )
+
+
+def count_rows(counts: dict[str, Any], depth: int = 0) -> list[tuple[int, str, str]]:
+    """(depth, label, value) of every count, nested ones indented under their group; lists
+    (the run's timeline) are left to the plots."""
+    rows = []
+    for key, value in counts.items():
+        label = key.replace("_", " ")
+        if isinstance(value, dict):
+            rows.append((depth, label, ""))
+            rows += count_rows(value, depth + 1)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not isinstance(value, (list, tuple)):
+                rows.append((depth, label, str(value)))
+        else:
+            rows.append((depth, label, f"{value:,}" if isinstance(value, int) else f"{value:,.4g}"))
+    return rows
+
+
+def _counts_table(counts: dict[str, Any]) -> str:
+    cells = "".join(
+        f"<tr><td style='padding-left:{8 + 20 * depth}px'>{html.escape(label)}</td>"
+        f"<td style='text-align:right'>{html.escape(value)}</td></tr>"
+        for depth, label, value in count_rows(counts)
+    )
+    return f"<table>{cells}</table>"
 
 
 def _shards_png(kept_per_shard: list[int]) -> bytes:

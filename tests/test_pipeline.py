@@ -114,7 +114,11 @@ def test_shard_set_layout_and_manifest(shard_set):
     # (how many it holds depends on how long the download took)
     timeline = dl.get("run", {}).get("timeline") or []
     assert report.count('alt="plot"') == 5 + (len(timeline) >= 2)
-    assert f'"kept": {counts["kept"]}' in report
+    # the counts open the page as a table a person reads (the raw JSON is folded away below)
+    table = report[report.index("<table>") : report.index("</table>")]
+    kept_row = "<td style='padding-left:8px'>kept</td><td style='text-align:right'>{:,}</td>"
+    assert kept_row.format(counts["kept"]) in table
+    assert report.index("<table>") < report.index("<details>")
     assert report.count('alt="sample"') == min(24, counts["kept"])  # the grid of kept samples
     # one example per failure reason (the manifest's), with a URL of the demo web
     assert dl["errors"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from flipcommon.config import Range
 
 
 @dataclass
@@ -11,7 +13,7 @@ class PhaseConfig:
     """One phase of a run: FLIP pre-training (mask_ratio 0.5 or 0.75), or unmasked tuning (0)."""
 
     name: str = "pretrain"
-    mask_ratio: float = 0.5
+    mask_ratio: Annotated[float, Range(0, 1, high_open=True)] = 0.5
     samples: int = 1_000_000  # length of the phase, in training samples
     base_lr: float = 4e-6  # lr = base_lr * global_batch / 256
     warmup_samples: int = 0
@@ -27,7 +29,7 @@ class PhaseConfig:
     # Masked views of each pair per step: 2 spends the compute that masking saves on a second
     # view of the same image (its own random patches) instead of on more pairs; the loss is the
     # mean of the views' losses. Each view also runs the text tower (the batch is repeated).
-    views: int = 1
+    views: Annotated[int, Range(1)] = 1
     # Train this phase on images downsampled to this many pixels a side (0: the model's size),
     # a multiple of the patch: fewer patch tokens, like masking, but every region is seen at
     # lower detail. A later phase at 0 tunes the same weights at full size.
@@ -46,7 +48,8 @@ class DataConfig:
     shards: str = "runs/demo/shards"  # a shard set folder (any fsspec URL) with sizes.json
     workers: int = 2
     shuffle_buffer: int = 2000
-    crop_scale_min: float = 0.5  # random resized crop (0.5, 1), bicubic, as in the paper
+    # random resized crop (0.5, 1), bicubic, as in the paper
+    crop_scale_min: Annotated[float, Range(0, 1, low_open=True)] = 0.5
     # How loader workers start. "spawn": a fresh interpreter (seconds per start). "fork" starts
     # faster, but every page of weights and optimizer state the trainer then updates is copied:
     # for a large model (ViT-H/14: ~16 GB of state) that doubles the memory. Fork only small ones.
@@ -62,7 +65,7 @@ class CpuSmokeConfig:
     """What to run instead of the full recipe when no GPU is present (a smoke test)."""
 
     enabled: bool = False
-    batch_size: int = 2
+    batch_size: Annotated[int, Range(1)] = 2
     steps_per_phase: int = 1
 
 
@@ -83,7 +86,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
-    batch_size: int = 256  # global contrastive batch
+    batch_size: Annotated[int, Range(1)] = 256  # global contrastive batch
     weight_decay: float = 0.2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     # With more than one process: ddp (each rank holds the whole model) or fsdp (weights,

@@ -11,6 +11,7 @@ import functools
 import io
 import logging
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -123,7 +124,12 @@ class DecodePairs:
             text = caption.decode("utf-8").strip()
             if not text:
                 return None
-            with Image.open(io.BytesIO(image_bytes)) as image:
+            with warnings.catch_warnings():  # Pillow only warns up to twice its limit ...
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(io.BytesIO(image_bytes))
+            with opened as image:
+                if image.width * image.height > Image.MAX_IMAGE_PIXELS:  # ... refused here
+                    return None
                 image = image.convert("RGB")
             return self.transform(image), self.tokenizer([text])[0]
         except (UnicodeDecodeError, OSError, ValueError, Image.DecompressionBombError):
