@@ -16,6 +16,8 @@ CHECKPOINT ?=
 EXPERIMENT_CONFIG ?= configs/experiment/$(if $(FULL),flip_vs_clip_full,flip_vs_clip).yaml
 EXPLORE_CONFIG ?= configs/explore/demo.yaml
 ARGS ?=
+# training processes on this machine: one per local GPU (nvidia-smi), one on a CPU-only machine
+NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo 1)
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
@@ -27,7 +29,7 @@ export PYTHONUNBUFFERED := 1
 # random-init models and installed data); the stages run by hand are left to the user's setting.
 demo experiment explore cluster-demo test test-fast: export HF_HUB_OFFLINE := 1
 
-.PHONY: setup system-packages shards train eval demo experiment explore cluster-demo test test-fast lint manifests clean help
+.PHONY: setup python-env system-packages shards train eval demo experiment explore cluster-demo test test-fast lint manifests clean help
 
 help:
 	@echo "make demo              shards -> train -> eval on the embedded demo corpus"
@@ -42,7 +44,10 @@ help:
 	@echo "make cluster-demo      rehearse the cloud jobs here (standalone Spark, torchrun x2)"
 	@echo "extra key=value overrides go in ARGS='...'"
 
-setup: system-packages $(STAMP)
+# the demo and the tests need the Debian packages below; running a stage needs only Python
+setup: system-packages python-env
+
+python-env: $(STAMP)
 
 system-packages:
 	@bash infra/install_system_packages.sh $(SYSTEM_PACKAGE_EXTRAS)
@@ -59,13 +64,15 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/pip install -q --no-deps animal-mnist==0.4
 	touch $(STAMP)
 
-shards: setup
+shards: python-env
 	$(PY) -m pipeline $(PIPELINE_CONFIG) $(ARGS)
 
-train: setup
-	$(PY) -m training $(TRAIN_CONFIG) $(ARGS)
+# torchrun on every local GPU (NPROC= to choose): one process per GPU, FSDP/DDP across them
+train: python-env
+	$(PY) -m torch.distributed.run --standalone --nproc-per-node=$(NPROC) \
+		-m training $(TRAIN_CONFIG) $(ARGS)
 
-eval: setup
+eval: python-env
 	$(PY) -m evaluation $(EVAL_CONFIG) $(if $(CHECKPOINT),checkpoint=$(CHECKPOINT)) $(ARGS)
 
 demo: setup

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import glob
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from flipcommon.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,28 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+class CudaUnusable(UserError):
+    pass
+
+
+def nvidia_devices(dev: str = "/dev") -> list[str]:
+    """The NVIDIA GPU device nodes this machine (or container) exposes."""
+    return sorted(glob.glob(os.path.join(dev, "nvidia[0-9]*")))
+
+
+def resolve_device(choice: str, local_rank: int = 0, dev: str = "/dev") -> torch.device:
+    """``auto``: CUDA where torch can use it, else the CPU — but a machine that shows GPUs
+    torch cannot use is a broken install, not a CPU machine: a run there would train on the
+    CPU at a fraction of the speed, or exit 0 after a smoke run. Stop with one line instead."""
+    if choice in ("auto", "cuda") and not torch.cuda.is_available():
+        gpus = nvidia_devices(dev)
+        if gpus or choice == "cuda":
+            seen = f"{len(gpus)} GPU device(s) ({', '.join(gpus[:2])}…)" if gpus else "device=cuda"
+            raise CudaUnusable(
+                f"{seen} but this torch cannot use CUDA (torch {torch.__version__}, built for "
+                f"CUDA {torch.version.cuda or 'none'}): install a torch build that matches the "
+                "driver, or pass device=cpu to train on the CPU on purpose"
+            )
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda":
