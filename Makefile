@@ -16,8 +16,11 @@ CHECKPOINT ?=
 EXPERIMENT_CONFIG ?= configs/experiment/$(if $(FULL),flip_vs_clip_full,flip_vs_clip).yaml
 EXPLORE_CONFIG ?= configs/explore/demo.yaml
 ARGS ?=
-# training processes on this machine: one per local GPU (nvidia-smi), one on a CPU-only machine
-NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo 1)
+# training processes on this machine: one per GPU torch can see (CUDA_VISIBLE_DEVICES counts),
+# one on a CPU-only machine; only `make train NPROC=…` changes it, not an NPROC in the shell
+ifneq ($(origin NPROC),command line)
+NPROC = $(shell $(PY) -c "import torch; print(max(torch.cuda.device_count(), 1))" 2>/dev/null || echo 1)
+endif
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 export SPARK_LOCAL_IP := 127.0.0.1

@@ -17,8 +17,9 @@ text.index, metadata) and out_dir/indices_paths.json; each step is skipped when 
 rerun only serves. Then serves on host= (127.0.0.1: this machine only) and port= until Ctrl-C
 (serve=false: build and stop). The page answers only its own origin, fetches no URL a query
 names, and returns at most 1,000 results per query. To use it from another machine, keep it on
-loopback and tunnel: ssh -L 1234:127.0.0.1:1234 HOST. host=0.0.0.0 shows every sample's image
-and caption to anyone who can reach the port, without authentication.
+loopback and tunnel: ssh -L 1234:127.0.0.1:1234 HOST. host=0.0.0.0 allowed_hosts=[NAME:1234]
+shows every sample's image and caption to anyone who can reach the port, without
+authentication.
 
 Model: model= a checkpoint folder or open_clip:NAME@WEIGHTS; empty: the newest checkpoint of
 train_run_dir. The shard set must be a local folder (or a mount): clip-retrieval reads tars by
@@ -33,8 +34,8 @@ Examples:
 
 
 def _run(config: ExploreConfig, _args) -> None:
-    from explore.build import build, clip_model_name, resolve_model
-    from explore.serve import is_loopback, serve, write_indices_paths
+    from explore.build import ExploreError, build, clip_model_name, resolve_model
+    from explore.serve import host_port, is_loopback, serve, write_indices_paths
 
     model = resolve_model(config)
     clip_model = clip_model_name(model)
@@ -45,11 +46,17 @@ def _run(config: ExploreConfig, _args) -> None:
         return
     query = config.example_query.replace(" ", "+")
     print(f"explore {config.shards} with {model}:")
-    shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-    print(f"  open http://{shown}:{config.port}/?query={query}   (Ctrl-C stops)", flush=True)
-    if not is_loopback(config.host):
+    exposed = not is_loopback(config.host)
+    if exposed and not config.allowed_hosts:
+        raise ExploreError(
+            f"host={config.host} exposes the explorer: name the HOST:PORT browsers will reach "
+            "it by in allowed_hosts=[…] (other names are refused, against DNS rebinding)"
+        )
+    shown = config.allowed_hosts[0] if exposed else host_port(config.host, config.port)
+    print(f"  open http://{shown}/?query={query}   (Ctrl-C stops)", flush=True)
+    if exposed:
         print(f"  listening on {config.host}: anyone who reaches the port sees the shard set")
-    serve(indices_paths, clip_model, config.host, config.port)
+    serve(indices_paths, clip_model, config.host, config.port, config.allowed_hosts)
 
 
 def main(argv: list[str] | None = None) -> None:

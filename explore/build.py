@@ -120,8 +120,15 @@ def write_images(tars: dict[str, int], images: Path, metadata: Path) -> None:
         return
     images.mkdir(parents=True, exist_ok=True)
     written = set()
+    folded: dict[str, str] = {}  # one file per key, on a case-insensitive disk too
     for tar in tars:
         for key, jpg in read_tar_images(tar).items():
+            if key.casefold() in folded:
+                raise ExploreError(
+                    f"{tar}: sample key {key} is already in the shard set "
+                    f"(as {folded[key.casefold()]}): keys must be unique"
+                )
+            folded[key.casefold()] = key
             (images / f"{key}.jpg").write_bytes(jpg)
             written.add(key)
     for part in sorted(glob.glob(str(metadata / "*.parquet"))):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 from typing import Annotated
 
-from flipcommon.config import Range
+from flipcommon.config import Check, Range
+
+
+def listen_address(host: str) -> None:
+    if host != "localhost":
+        ipaddress.ip_address(host)
 
 
 @dataclass
@@ -19,7 +25,10 @@ class ExploreConfig:
     # Where the explorer listens. Loopback: this machine only; from another, tunnel
     # (ssh -L 1234:127.0.0.1:1234 HOST). 0.0.0.0 serves every sample's image and caption to
     # anyone who can reach the port, without authentication.
-    host: str = "127.0.0.1"
+    host: Annotated[str, Check(listen_address, "an IP address or localhost")] = "127.0.0.1"
+    # Exposed (host not loopback): the HOST:PORT names browsers reach it by, e.g.
+    # [gpu-box.internal:1234]; requests naming any other Host are refused (DNS rebinding).
+    allowed_hosts: list[str] = field(default_factory=list)
     port: Annotated[int, Range(1, 65535)] = 1234
     serve: bool = True  # false: build the index and stop
     batch_size: Annotated[int, Range(1)] = 64  # inference batch

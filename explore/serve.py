@@ -6,9 +6,9 @@ any ``image_url`` a request names and returns as many results as asked. Here the
 resources (its k-NN and metadata services, its front end) are mounted on an app that:
 
 - listens on ``host`` (127.0.0.1 unless the config says otherwise);
-- sends no CORS headers, refuses a request whose ``Origin`` is not the page's own, and, on
-  loopback, one whose ``Host`` is not a loopback name (a rebinding DNS name would pass the
-  origin check);
+- sends no CORS headers, refuses a request whose ``Origin`` is not the page's own, and one
+  whose ``Host`` is not a name it is reached by (a rebinding DNS name would pass the origin
+  check): the loopback names, or those listed in ``allowed_hosts`` when exposed;
 - never fetches a URL: a query by ``image_url`` is refused (a query by an uploaded image or by
   text works);
 - caps results per request and request bodies, and does not send the server's file paths.
@@ -16,10 +16,13 @@ resources (its k-NN and metadata services, its front end) are mounted on an app 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ COLUMNS = ["image_path", "caption", "key"]
 INDEX_NAME = "shards"
 MAX_RESULTS = 1_000  # per request: results, result ids, metadata ids
 MAX_REQUEST_BYTES = 16 << 20  # a query image, base64
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+MAX_QUERY_PIXELS = 40_000_000
 
 
 def write_indices_paths(out_dir: Path, index: Path) -> Path:
@@ -39,21 +42,35 @@ def write_indices_paths(out_dir: Path, index: Path) -> Path:
 
 
 def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    """Whether ``host`` (an IP address or "localhost") is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
-def allowed_hosts(host: str, port: int) -> set[str] | None:
-    """The ``Host`` headers a request may carry; None: any (listening beyond loopback, the
-    user chose to expose it)."""
-    if not is_loopback(host):
-        return None
-    return {f"{name}:{port}" for name in LOOPBACK_NAMES} | {f"{host}:{port}"}
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a browser writes it in its Host header (IPv6 in brackets, no :80)."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == 80 else f"{name}:{port}"
 
 
-def request_refusal(headers: Any, hosts: set[str] | None) -> str | None:
+def allowed_hosts(host: str, port: int, extra: list[str] = ()) -> set[str]:
+    """The ``Host`` headers a request may carry: the listening address, the loopback names
+    when it listens on loopback, and the names in ``extra`` (how browsers reach an exposed
+    explorer). Any other Host is a page whose DNS name was rebound to this machine."""
+    hosts = {host_port(host, port), *extra}
+    if is_loopback(host):
+        hosts |= {host_port(name, port) for name in ("127.0.0.1", "localhost", "::1")}
+    return hosts
+
+
+def request_refusal(headers: Any, hosts: set[str]) -> str | None:
     """Why a request must be refused, or None. ``headers``: the request's headers."""
     host = headers.get("Host", "")
-    if hosts is not None and host not in hosts:
+    if host not in hosts:
         return f"unexpected Host {host!r}"
     origin = headers.get("Origin")
     if origin is not None and origin != f"http://{host}":
@@ -61,10 +78,29 @@ def request_refusal(headers: Any, hosts: set[str] | None) -> str | None:
     return None
 
 
+def checked_image(data: str) -> None:
+    """An uploaded query image: a JPEG, PNG or WebP of at most ``MAX_QUERY_PIXELS``, checked
+    from its header before the back end decodes it."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(data)), formats=["JPEG", "PNG", "WEBP"]) as image:
+        if image.width * image.height > MAX_QUERY_PIXELS:
+            raise ValueError(f"query image over {MAX_QUERY_PIXELS:,} pixels")
+
+
 def capped_query(query: dict[str, Any]) -> dict[str, Any]:
-    """A k-NN query as the back end may run it: no URL to fetch, bounded result counts."""
+    """A k-NN query as the back end may run it: no URL to fetch, bounded result counts, an
+    uploaded image only of a common format and size."""
     if query.get("image_url"):
         raise ValueError("queries by image_url are off: the explorer fetches no URL")
+    if query.get("image"):
+        try:
+            checked_image(query["image"])
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise ValueError(f"query image refused: {err}") from err
     capped = dict(query)
     for field in ("num_images", "num_result_ids"):
         if field in capped:
@@ -77,7 +113,9 @@ def without_paths(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k != "image_path"}
 
 
-def make_app(indices_paths: Path, clip_model: str, host: str, port: int):
+def make_app(
+    indices_paths: Path, clip_model: str, host: str, port: int, extra_hosts: list[str] = ()
+):
     """The Flask app: clip-retrieval's resources, our guards."""
     from clip_retrieval.clip_back import (
         ClipOptions,
@@ -143,7 +181,7 @@ def make_app(indices_paths: Path, clip_model: str, host: str, port: int):
 
     app = Flask("explore")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    hosts = allowed_hosts(host, port)
+    hosts = allowed_hosts(host, port, extra_hosts)
 
     @app.before_request
     def refuse_foreign_requests():
@@ -166,7 +204,9 @@ def make_app(indices_paths: Path, clip_model: str, host: str, port: int):
     return app
 
 
-def serve(indices_paths: Path, clip_model: str, host: str, port: int) -> None:
+def serve(
+    indices_paths: Path, clip_model: str, host: str, port: int, extra_hosts: list[str] = ()
+) -> None:
     """Blocks until interrupted."""
-    app = make_app(indices_paths, clip_model, host, port)
+    app = make_app(indices_paths, clip_model, host, port, extra_hosts)
     app.run(host=host, port=port, debug=False, threaded=True)

@@ -84,9 +84,10 @@ Yaml12Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
 def load_yaml(text: str, where: str) -> Any:
     try:
         return yaml.load(text, Loader=Yaml12Loader)  # noqa: S506 - a safe loader's subclass
-    except yaml.YAMLError as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{where}: not valid YAML ({first_line})") from exc
+    # explicit tags (!!int abc), 4,300-digit ints and deep nesting fail as these
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
+        lines = str(exc).splitlines()
+        raise ConfigError(f"{where}: not valid YAML ({lines[0] if lines else exc!r})") from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +104,8 @@ class Range:
     def check(self, value: Any, where: str) -> None:
         if not isinstance(value, (int, float)):
             return
-        if isinstance(value, float) and math.isnan(value):
-            raise ConfigError(f"{where}: nan is not a number a config takes")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {value} is not a number a config takes")
         too_low = self.low is not None and (
             value < self.low or (self.low_open and value == self.low)
         )
@@ -176,7 +177,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=repr)  # YAML keys may be numbers too
     if unknown:
         raise ConfigError(
             f"{where or cls.__name__}: unknown key(s) {unknown}; known keys: {sorted(names)}"
@@ -224,7 +225,10 @@ def _coerce(hint: Any, value: Any, where: str, default_range: bool = True) -> An
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if hint is float and isinstance(value, int):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError as exc:
+            raise ConfigError(f"{where}: {value} is too large") from exc
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     if hint in (int, float) and default_range:
@@ -237,9 +241,14 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = load_yaml(path.read_text(), str(path)) or {}
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        loaded = load_yaml(text, str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded

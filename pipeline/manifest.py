@@ -124,14 +124,18 @@ def code_version() -> str:
 def without_secrets(url: str) -> str:
     """A source URL as a manifest may keep it: no user or password, no query string or fragment
     (a signed URL's signature and expiry live there). Local paths stay as given."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed "[": keep the scheme only, nothing that may be secret
+        return url.partition("://")[0] + "://…"
     if not parts.scheme or "://" not in url:
         return url
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    # the address as written, less "user:password@" (Azure's abfs/wasb name a container there:
+    # kept, its password not)
+    user, _, address = parts.netloc.rpartition("@")
+    if user and parts.scheme in ("abfs", "abfss", "wasb", "wasbs"):
+        address = f"{user.partition(':')[0]}@{address}"
+    return urllib.parse.urlunsplit((parts.scheme, address, parts.path, "", ""))
 
 
 def shard_set_manifest(

@@ -167,3 +167,26 @@ def test_a_value_then_keys_under_it_is_refused(monkeypatch, capsys):
         monkeypatch,
         capsys,
     )
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "download.threads=!!int abc",
+        "download.shard_deadline_s=!!float abc",
+        "download.threads=" + "9" * 5000,
+        "spark.app_name=" + "[" * 3000 + "]" * 3000,
+        "fetch.deadline_s=.inf",
+        "fetch.deadline_s=" + "9" * 400,
+        "demo={1: a, b: c}",
+    ],
+)
+def test_inputs_that_used_to_raise_deep_inside_are_one_line(override, monkeypatch, capsys):
+    run_cli("pipeline", "configs/pipeline/demo.yaml", [override], monkeypatch, capsys)
+
+
+def test_a_folder_or_a_binary_file_as_config_is_one_line(tmp_path, monkeypatch, capsys):
+    run_cli("pipeline", "configs/pipeline", [], monkeypatch, capsys)
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    run_cli("pipeline", str(binary), [], monkeypatch, capsys)

@@ -273,9 +273,14 @@ def test_guards_of_the_explorer_app():
     assert "cross-origin" in request_refusal(
         {"Host": "127.0.0.1:1234", "Origin": "http://evil.example"}, hosts
     )
-    # exposed on purpose: any Host, still only its own origin
-    assert allowed_hosts("0.0.0.0", 1234) is None
-    assert request_refusal({"Host": "box:1234", "Origin": "http://evil.example"}, None)
+    # exposed on purpose: only the names it was told browsers use, and only their own origin
+    exposed = allowed_hosts("0.0.0.0", 1234, ["box.internal:1234"])
+    assert request_refusal({"Host": "box.internal:1234"}, exposed) is None
+    assert request_refusal({"Host": "rebound.example:1234"}, exposed)
+    assert request_refusal({"Host": "box.internal:1234", "Origin": "http://evil.example"}, exposed)
+    # IPv6 loopback in brackets; port 80 without its number, as browsers send it
+    assert request_refusal({"Host": "[::1]:1234"}, allowed_hosts("::1", 1234)) is None
+    assert request_refusal({"Host": "localhost"}, allowed_hosts("127.0.0.1", 80)) is None
     assert capped_query({"num_images": 10**9, "num_result_ids": -5}) == {
         "num_images": MAX_RESULTS,
         "num_result_ids": 1,
@@ -316,3 +321,35 @@ def test_names_read_from_sizes_json_and_latest_are_checked(tmp_path):
     (tmp_path / "checkpoints" / "LATEST").write_text("../../elsewhere")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         latest_checkpoint(str(tmp_path))
+
+
+def test_an_exposed_explorer_needs_the_names_browsers_reach_it_by(tmp_path, capsys):
+    from explore.__main__ import main
+
+    for override, message in {
+        "host=": "is not an IP address or localhost",
+        "host=127.example.com": "is not an IP address or localhost",
+    }.items():
+        with pytest.raises(SystemExit):
+            main([str(ROOT / "configs/explore/demo.yaml"), f"out_dir={tmp_path}", override])
+        assert message in capsys.readouterr().err
+
+
+def test_an_uploaded_query_image_is_checked_before_decoding():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from explore.serve import capped_query
+    from tests.hostile_web import png_bomb
+
+    small = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(small, "PNG")
+    assert capped_query({"image": base64.b64encode(small.getvalue()).decode()})
+    with pytest.raises(ValueError, match="pixels"):
+        capped_query({"image": base64.b64encode(png_bomb(7000)).decode()})
+    gif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, "GIF")
+    with pytest.raises(ValueError, match="refused"):
+        capped_query({"image": base64.b64encode(gif.getvalue()).decode()})

@@ -502,3 +502,32 @@ def test_a_resumed_run_drops_the_metrics_its_predecessor_logged_after_the_checkp
         progress.report(step, 8 * step, "pretrain", 1.0, {"lr": 0.1})
     progress.close()
     assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_restarted_stream_stops_the_old_streams_workers_first(shard_set):
+    """Two workers per stream: after a restart only the new stream's two are alive, and none
+    after close (the old stream's workers, buffers and pinned batches are not kept)."""
+    import multiprocessing
+
+    from training.data import open_shard_set
+    from training.trainer import BatchStream
+
+    shards = open_shard_set(str(shard_set))
+    opened = []
+
+    def open_batches(step: int):
+        opened.append(step)
+        return iter(tiny_loader(shards, workers=2, seed=step, worker_start="fork"))
+
+    def live_workers() -> int:
+        return len(multiprocessing.active_children())
+
+    before = live_workers()
+    stream = BatchStream(open_batches, 0)
+    next(stream)
+    assert live_workers() - before == 2
+    stream.restart(5)
+    next(stream)
+    assert live_workers() - before == 2 and opened == [0, 5]
+    stream.close()
+    assert live_workers() - before == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 import torch
@@ -48,10 +48,11 @@ def train(config: TrainConfig) -> str:
             run_config=asdict(config),
         ),
     )
-    batches = run.open_batches(state.step)
+    batches = BatchStream(run.open_batches, state.step)
     run.model.train()
     for phase_index in range(state.phase_index, len(run.plans)):
-        batches = _train_phase(run, phase_index, batches, progress)
+        _train_phase(run, phase_index, batches, progress)
+    batches.close()
     progress.close()
     if run.dist.is_main:
         if state.skipped_samples:
@@ -65,11 +66,35 @@ def train(config: TrainConfig) -> str:
     return run.last_checkpoint
 
 
-def _train_phase(
-    run: TrainRun, phase_index: int, batches: Iterator, progress: Progress
-) -> Iterator:
+class BatchStream:
+    """The run's batch stream. A restart stops the old stream's loader workers before the new
+    one starts, so two streams' workers, shuffle buffers and pinned batches are never alive at
+    once (at 8 GPUs, ~10 GB of pinned batches per rank)."""
+
+    def __init__(self, open_batches: Callable[[int], Iterator], step: int) -> None:
+        self._open = open_batches
+        self._batches: Iterator | None = open_batches(step)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self):
+        return next(self._batches)
+
+    def restart(self, step: int) -> None:
+        self.close()
+        self._batches = self._open(step)
+
+    def close(self) -> None:
+        old, self._batches = self._batches, None
+        shutdown = getattr(old, "_shutdown_workers", None)  # a multi-process DataLoader's
+        if shutdown is not None:
+            shutdown()
+
+
+def _train_phase(run: TrainRun, phase_index: int, batches: BatchStream, progress: Progress) -> None:
     """Run phase ``phase_index`` from where ``run.state`` stands to its end, checkpointing on
-    the way; returns the batch stream the next phase continues with."""
+    the way; the stream is restarted at each checkpoint."""
     config, state, plan = run.config, run.state, run.plans[phase_index]
     _log_phase_start(run, phase_index)
     # Decisions taken by the clock (a timed phase's end, checkpoint_every_s) must be the same on
@@ -105,11 +130,9 @@ def _train_phase(
         # shuffle buffer) would be charged to its clock: it keeps its stream.
         restart = at_phase_end or (periodic and not plan.seconds)
         if restart and state.phase_index < len(run.plans):
-            del batches  # stops the old stream's workers
-            batches = run.open_batches(state.step)
+            batches.restart(state.step)
         if at_phase_end:
             break
-    return batches
 
 
 def checkpoint_due(config: TrainConfig, step: int, clock_before: float, clock: float) -> bool:

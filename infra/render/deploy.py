@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from flipcommon.config import ConfigError, load_config
+from flipcommon.config import ConfigError, Range, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "infra" / "deploy.yaml"
@@ -31,12 +31,12 @@ class Storage:
 @dataclass
 class PipelineDeploy:
     config: str  # configs/pipeline/*.yaml
-    executors: int
-    executor_cores: int
+    executors: Annotated[int, Range(1)]
+    executor_cores: Annotated[int, Range(1)]
     executor_memory: str  # Spark's notation: 24g
     memory_overhead: str
-    threads_per_task: int
-    task_max_failures: int
+    threads_per_task: Annotated[int, Range(1)]
+    task_max_failures: Annotated[int, Range(1)]
     overrides: list[str] = field(default_factory=list)
     # the driver's JVM heap: the URL list's sort samples its range bounds there
     driver_memory: str = "16g"
@@ -46,9 +46,9 @@ class PipelineDeploy:
 class TrainDeploy:
     model: str  # configs/train/<model>.yaml
     run_name: str
-    nodes: int
-    gpus_per_node: int
-    master_port: int
+    nodes: Annotated[int, Range(1)]
+    gpus_per_node: Annotated[int, Range(1)]
+    master_port: Annotated[int, Range(1, 65535)]
     device: str
     cpus: int  # per node
     memory_gib: int  # per node
@@ -64,7 +64,7 @@ class TrainDeploy:
 @dataclass
 class EvalDeploy:
     suite: str  # configs/eval/<suite>.yaml
-    checkpoints: int  # array size
+    checkpoints: Annotated[int, Range(2)]  # array size (AWS Batch arrays take 2 or more)
     device: str
     cpus: int  # per task
     memory_gib: int
