@@ -152,6 +152,26 @@ class DomainThrottle:
             self._next_free[domain] = max(self._next_free.get(domain, 0.0), until)
 
 
+# IPv6 forms that lead to an IPv4 host: the guard judges that host, not the IPv6 wrapping.
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: DNS64 on cloud subnets
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated, still routed by some stacks
+# IPv6 forms whose IPv4 host cannot be read off the address (RFC 8215's local-use NAT64 puts it
+# where the operator chose) or that are not public (site-local, deprecated): refused.
+NOT_PUBLIC_V6 = [ipaddress.ip_network("64:ff9b:1::/48"), ipaddress.ip_network("fec0::/10")]
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries and leads to: mapped (::ffff:a.b.c.d), NAT64
+    (64:ff9b::a.b.c.d), 6to4 (2002:AABB:CCDD::) or IPv4-compatible (::a.b.c.d); else None."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64_WELL_KNOWN or (ip in IPV4_COMPATIBLE and int(ip) > 0xFFFF):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 @dataclass
 class AddressGuard:
     """Refuses non-public addresses unless they fall in an explicitly allowed network."""
@@ -163,8 +183,10 @@ class AddressGuard:
 
     def permits(self, address: str) -> bool:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):
+            if any(ip in net for net in NOT_PUBLIC_V6):
+                return any(ip in net for net in self._allowed)
+            ip = embedded_ipv4(ip) or ip  # the IPv4 host a translator or tunnel would reach
         if any(ip in net for net in self._allowed):
             return True
         return ip.is_global and not ip.is_multicast

@@ -54,11 +54,30 @@ def test_guard_refuses_loopback_unless_allowed_and_never_connects():
         "http://169.254.169.254/",
         "http://[::1]:9/",
         "http://0.0.0.0/",
+        # IPv6 forms of private IPv4 hosts: NAT64 (DNS64 on a cloud subnet), 6to4,
+        # IPv4-compatible, mapped; and the forms whose host cannot be read off or not public
+        "http://[64:ff9b::a00:1]/",
+        "http://[64:ff9b::7f00:1]/",
+        "http://[2002:a00:1::1]/",
+        "http://[::a00:1]/",
+        "http://[::ffff:a9fe:a9fe]/",
+        "http://[64:ff9b:1::a00:1]/",
+        "http://[fec0::1]/",
     ],
 )
 def test_guard_refuses_private_link_local_and_unspecified_addresses(url):
     result = Fetcher(quick_fetch(allowed_networks=[])).fetch(url)
     assert result.error == "blocked: non-public address"
+
+
+def test_ipv6_forms_of_public_ipv4_hosts_stay_public():
+    from pipeline.fetch import AddressGuard
+
+    guard = AddressGuard()
+    for address in ("64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2606:4700::1111"):
+        assert guard.permits(address), address
+    # an allowed network covers its hosts whatever IPv6 form reaches them
+    assert AddressGuard(["127.0.0.0/8"]).permits("64:ff9b::7f00:1")
 
 
 def test_unsupported_schemes_are_refused():
