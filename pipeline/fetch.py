@@ -292,12 +292,13 @@ class Fetcher:
             self._sleep(wait)
 
     def _request(self, url: str, deadline: Deadline) -> bytes | str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise FetchError("unsupported url")
-        try:
+        try:  # an unclosed "[", a port that is no number, a host label IDNA refuses
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise FetchError("unsupported url")
             port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError as err:
+            parts.hostname.encode("idna")
+        except (ValueError, UnicodeError) as err:
             raise FetchError("unsupported url") from err
         host = parts.hostname
         path = parts.path or "/"
@@ -335,7 +336,10 @@ class Fetcher:
             location = response.getheader("Location")
             if not location:
                 raise FetchError(f"http {status}")
-            return urljoin(url, location)
+            try:
+                return urljoin(url, location)
+            except ValueError as err:  # e.g. "http://[::1"
+                raise FetchError("bad redirect") from err
         if status != 200:
             retry_after = parse_retry_after(response.getheader("Retry-After"))
             if retry_after is not None:
@@ -345,7 +349,7 @@ class Fetcher:
         if self.directives and robots_disallows(response.headers, self.ua_token, self.directives):
             raise FetchError("X-Robots-Tag disallows use")
         declared = response.getheader("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+        if declared and is_ascii_number(declared) and int(declared) > self.config.max_bytes:
             raise FetchError("body too large")
         return self._read_body(response, deadline)
 
@@ -406,12 +410,17 @@ def transport_error(err: Exception, deadline: Deadline) -> FetchError:
     raise err
 
 
+def is_ascii_number(value: str) -> bool:
+    """Digits 0-9 only: ``str.isdigit`` also takes "²" and "¹", which ``int`` refuses."""
+    return value.isascii() and value.isdigit()
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if is_ascii_number(value):
         return float(value)
     from email.utils import parsedate_to_datetime
 

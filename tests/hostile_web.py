@@ -40,6 +40,10 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "/truncated.jpg": ("failed_to_resize", "truncated image"),
     "/html": ("failed_to_resize", "Image decoding error"),
     "/bomb.png": ("failed_to_resize", "too many pixels"),
+    # headers and redirects Python's parsers refuse: a clean reason, not an internal error
+    "/bad-length": ("success", None),  # Content-Length: ² (a digit to str.isdigit, not to int)
+    "/bad-retry-after": ("failed_to_download", "http 503"),  # Retry-After: ¹
+    "/bad-location": ("failed_to_download", "bad redirect"),  # Location: http://[::1
 }
 # Not served by us at all: the guard must refuse it before any connection.
 PRIVATE_URL = "http://10.0.0.1/internal.jpg"
@@ -181,6 +185,12 @@ class HostileWeb:
                     return self.send(200, page, {"Content-Type": "text/html"})
                 if path == "/bomb.png":
                     return self.send(200, web._bomb, {"Content-Type": "image/png"})
+                if path == "/bad-length":
+                    return self.bad_length()
+                if path == "/bad-retry-after":
+                    return self.send(503, b"busy", {"Retry-After": "\u00b9"})
+                if path == "/bad-location":
+                    return self.send(302, b"", {"Location": "http://[::1"})
                 return self.send(404, b"unknown path")
 
             def drip(self) -> None:
@@ -195,6 +205,15 @@ class HostileWeb:
                         time.sleep(0.2)
                 except OSError:
                     pass  # the client gave up, as it must
+                self.close_connection = True
+
+            def bad_length(self) -> None:
+                """An image whose Content-Length is "²": read to the connection's end."""
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", "\u00b2")
+                self.end_headers()
+                self.wfile.write(sample_image(11))
                 self.close_connection = True
 
             def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:

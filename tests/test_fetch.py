@@ -86,6 +86,15 @@ def test_unsupported_schemes_are_refused():
         assert fetcher.fetch(url).error == "unsupported url"
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::1", "http://[::1/x.jpg", f"http://{'a' * 64}.example.com/x.jpg", "http://h:x/"],
+)
+def test_urls_python_cannot_parse_are_refused_cleanly(url):
+    result = Fetcher(quick_fetch()).fetch(url)
+    assert result.error == "unsupported url" and not result.retryable
+
+
 def test_drip_feed_ends_at_the_deadline_not_never():
     with HostileWeb() as web:
         result = Fetcher(quick_fetch(retries=0)).fetch(web.base_url + "/drip")
