@@ -30,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
@@ -351,7 +352,9 @@ class Fetcher:
         declared = response.getheader("Content-Length")
         if declared and is_ascii_number(declared) and int(declared) > self.config.max_bytes:
             raise FetchError("body too large")
-        return self._read_body(response, deadline)
+        body = self._read_body(response, deadline)
+        encoding = (response.getheader("Content-Encoding") or "").strip().lower()
+        return decoded_body(body, encoding, self.config.max_bytes)
 
     def _read_body(self, response: http.client.HTTPResponse, deadline: Deadline) -> bytes:
         chunks, total = [], 0
@@ -374,6 +377,33 @@ class Fetcher:
         if total == 0:
             raise FetchError("empty body")
         return b"".join(chunks)
+
+
+# Content-Encoding a browser undoes (we ask for none; misconfigured servers send them anyway):
+# zlib's window bits for each. Others ("br": no decoder installed) are left to the decoder.
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decoded_body(body: bytes, encoding: str, max_bytes: int) -> bytes:
+    """The body with its Content-Encoding undone, as a browser would, never past ``max_bytes``
+    decoded (a few KB of gzip can hold gigabytes). "deflate" may come without its zlib header,
+    as some servers send it."""
+    if encoding in ("", "identity") or encoding not in ENCODINGS:
+        return body
+    for wbits in (ENCODINGS[encoding], -zlib.MAX_WBITS):
+        decoder = zlib.decompressobj(wbits)
+        try:
+            data = decoder.decompress(body, max_bytes + 1)
+        except zlib.error:
+            if encoding == "deflate" and wbits > 0:
+                continue  # raw deflate: try without the header
+            raise FetchError("bad content encoding") from None
+        if len(data) > max_bytes:
+            raise FetchError("body too large")
+        if not data:
+            raise FetchError("empty body")
+        return data
+    raise FetchError("bad content encoding")
 
 
 def transport_error(err: Exception, deadline: Deadline) -> FetchError:

@@ -6,6 +6,7 @@ what the stage must record for each URL.
 
 from __future__ import annotations
 
+import gzip
 import io
 import socket
 import struct
@@ -44,6 +45,10 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "/bad-length": ("success", None),  # Content-Length: ² (a digit to str.isdigit, not to int)
     "/bad-retry-after": ("failed_to_download", "http 503"),  # Retry-After: ¹
     "/bad-location": ("failed_to_download", "bad redirect"),  # Location: http://[::1
+    # Content-Encoding a browser undoes: the image arrives; a bomb stops at the byte cap
+    "/gzip.jpg": ("success", None),
+    "/deflate-raw.jpg": ("success", None),
+    "/gzip-bomb.jpg": ("failed_to_download", "body too large"),
 }
 # Not served by us at all: the guard must refuse it before any connection.
 PRIVATE_URL = "http://10.0.0.1/internal.jpg"
@@ -187,6 +192,16 @@ class HostileWeb:
                     return self.send(200, web._bomb, {"Content-Type": "image/png"})
                 if path == "/bad-length":
                     return self.bad_length()
+                if path == "/gzip.jpg":
+                    body = gzip.compress(sample_image(12))
+                    return self.send(200, body, {"Content-Encoding": "gzip"})
+                if path == "/deflate-raw.jpg":
+                    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+                    body = packer.compress(sample_image(13)) + packer.flush()
+                    return self.send(200, body, {"Content-Encoding": "deflate"})
+                if path == "/gzip-bomb.jpg":  # ~64 KB that decode to 64 MiB (caps: 1-32 MiB)
+                    body = gzip.compress(b"\xff" * (64 << 20), 9)
+                    return self.send(200, body, {"Content-Encoding": "gzip"})
                 if path == "/bad-retry-after":
                     return self.send(503, b"busy", {"Retry-After": "\u00b9"})
                 if path == "/bad-location":
