@@ -45,6 +45,7 @@ from flipcommon.storage import (
     url_join,
     write_json_atomic,
 )
+from pipeline.browser_image import NotAnImage, browser_ready
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
 from pipeline.domains import domain_of_url, load_site_urls, load_spread
@@ -142,8 +143,14 @@ class SampleProcessor:
             reason = self.blocklist.match(fetched.data, sha256)
             if reason is not None:
                 return None, failure("decontaminated", reason)
+        try:  # what a browser shows: first frame, upright, 8-bit RGB (pipeline.browser_image)
+            shown = browser_ready(fetched.data, self.max_pixels)
+        except NotAnImage:
+            shown = fetched.data  # the resizer names what is wrong with it
+        except ValueError as err:
+            return None, failure("failed_to_resize", str(err))
         image, width, height, original_width, original_height, error = self.resizer(
-            io.BytesIO(fetched.data)
+            io.BytesIO(shown)
         )
         if error is not None:
             return None, failure("failed_to_resize", error)
