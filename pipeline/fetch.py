@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from pipeline.config import FetchConfig
 from pipeline.deadline_net import (
@@ -302,9 +302,7 @@ class Fetcher:
         except (ValueError, UnicodeError) as err:
             raise FetchError("unsupported url") from err
         host = parts.hostname
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
+        path = request_target(parts.path, parts.query)
         conn: http.client.HTTPConnection | None = None
         try:
             address = self.guard.choose(self.resolver.addresses(host, port, deadline))
@@ -438,6 +436,21 @@ def transport_error(err: Exception, deadline: Deadline) -> FetchError:
     if isinstance(err, OSError):
         return FetchError("network error", retryable=True)
     raise err
+
+
+# What a browser leaves as it is (WHATWG URL): in a path, the ASCII printables but space, ",
+# #, <, >, ?, `, {, }; in a query, all but space, ", #, <, >, '. "%" stays: an escape is kept.
+PATH_SAFE = "!$%&'()*+,-./:;=@[]^_|~"
+QUERY_SAFE = "!$%&()*+,-./:;=?@[]^_`{|}~\\"
+
+
+def request_target(path: str, query: str) -> str:
+    """The path and query as a browser sends them: spaces, raw UTF-8 (percent-encoded as its
+    bytes) and other characters HTTP does not allow escaped; what is already escaped kept."""
+    target = quote(path or "/", safe=PATH_SAFE, encoding="utf-8", errors="surrogatepass")
+    if query:
+        target += "?" + quote(query, safe=QUERY_SAFE, encoding="utf-8", errors="surrogatepass")
+    return target
 
 
 def is_ascii_number(value: str) -> bool:

@@ -49,6 +49,9 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "/gzip.jpg": ("success", None),
     "/deflate-raw.jpg": ("success", None),
     "/gzip-bomb.jpg": ("failed_to_download", "body too large"),
+    # raw UTF-8 and spaces, as LAION metadata has them: sent percent-encoded, as a browser does
+    "/café photo.jpg": ("success", None),
+    "/ok/4.jpg?size=big photo&ü=1": ("success", None),
 }
 # Not served by us at all: the guard must refuse it before any connection.
 PRIVATE_URL = "http://10.0.0.1/internal.jpg"
@@ -190,6 +193,8 @@ class HostileWeb:
                     return self.send(200, page, {"Content-Type": "text/html"})
                 if path == "/bomb.png":
                     return self.send(200, web._bomb, {"Content-Type": "image/png"})
+                if path == "/caf%C3%A9%20photo.jpg":  # only the browser's encoding is served
+                    return self.send(200, sample_image(14))
                 if path == "/bad-length":
                     return self.bad_length()
                 if path == "/gzip.jpg":
