@@ -41,6 +41,10 @@ SOURCES = {
         encoded(Image.fromarray((np.arange(2400).reshape(40, 60) * 27).astype(np.uint16)), "PNG"),
         (60, 40),
     ),
+    "png, RGBA (blended in 8 bits here, not in float64 by the resizer)": (
+        encoded(RGB.convert("RGBA"), "PNG"),
+        (60, 40),
+    ),
     "png, palette with transparency": (
         encoded(RGB.convert("P"), "PNG", transparency=0),
         (60, 40),
