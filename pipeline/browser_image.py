@@ -16,8 +16,8 @@ import warnings
 
 from PIL import Image, ImageOps
 
-# RGBA is flattened here too: Pillow blends in 8 bits (~12 bytes per pixel at peak), where the
-# resizer blends in float64 (~76).
+# RGBA is flattened here too: Pillow blends in 8 bits; measured on a 16 Mpx RGBA PNG, the peak
+# from bytes to resized JPEG is 24 bytes per pixel this way, 76 with the resizer's float64 blend.
 PASS_THROUGH_MODES = ("RGB",)
 ORIENTATION_TAG = 0x0112
 
