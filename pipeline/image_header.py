@@ -34,8 +34,9 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     i = 2
     while i + 9 <= len(data):
-        if data[i] != 0xFF:
-            return None
+        if data[i] != 0xFF:  # stray bytes between segments: libjpeg skips them, and so do we
+            i += 1
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1

@@ -146,7 +146,9 @@ class SampleProcessor:
         try:  # what a browser shows: first frame, upright, 8-bit RGB (pipeline.browser_image)
             shown = browser_ready(fetched.data, self.max_pixels)
         except NotAnImage:
-            shown = fetched.data  # the resizer names what is wrong with it
+            # bytes Pillow cannot read have no size we can check: OpenCV could still decode
+            # some (HDR, EXR) past the pixel cap, so they are refused, as undecodable
+            return None, failure("failed_to_resize", "Image decoding error")
         except ValueError as err:
             return None, failure("failed_to_resize", str(err))
         image, width, height, original_width, original_height, error = self.resizer(

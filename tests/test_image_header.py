@@ -42,3 +42,33 @@ def test_jpeg_with_large_metadata_segments_and_junk():
     assert declared_size(buffer.getvalue()) == (321, 123)
     assert declared_size(b"<html>nope</html>") is None
     assert declared_size(b"\xff\xd8\xff\xe0\x00") is None  # cut inside the first segment
+
+
+def test_a_stray_byte_between_jpeg_segments_does_not_hide_the_size():
+    """libjpeg skips bytes between segments (a warning) and decodes the image at full size:
+    the scanner must too, or the pixel cap is bypassed."""
+    import cv2
+    import numpy as np
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (321, 123)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    app0_end = 4 + int.from_bytes(data[4:6], "big")  # SOI, then APP0's marker and length
+    stray = data[:app0_end] + b"\x00\x13" + data[app0_end:]
+    decoded = cv2.imdecode(np.frombuffer(stray, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded is not None and decoded.shape[:2] == (123, 321)  # libjpeg reads it whole
+    assert declared_size(stray) == (321, 123)
+
+
+def test_bytes_no_capped_decoder_can_size_are_refused():
+    from pipeline.config import DownloadConfig, FetchConfig
+    from pipeline.fetch import FetchResult
+    from pipeline.shard_download import make_processor
+
+    radiance = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 30000 +X 30000\n" + b"\x02\x02" * 64
+    processor = make_processor(DownloadConfig(), FetchConfig())
+    _, result = processor.finish(FetchResult(radiance))
+    assert (result["status"], result["error_message"]) == (
+        "failed_to_resize",
+        "Image decoding error",
+    )
