@@ -21,7 +21,6 @@ from typing import Any
 import fsspec
 from pyspark.sql import SparkSession
 
-from flipcommon.errors import UserError
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.manifest import committed_shard_names, read_shard_stats
 from pipeline.progress import DownloadProgress
@@ -64,7 +63,6 @@ def download_shards(
     blocklist: BlocklistRef | None = None,
 ) -> DownloadResult:
     """Download every shard not done yet, then the final pass (unless turned off)."""
-    check_sizes(download)
     fs, root = fsspec.core.url_to_fs(output_dir)
     fs.makedirs(root, exist_ok=True)
     # What an interrupted run left half-written (local storage only: on an object store an
@@ -105,17 +103,6 @@ def download_shards(
                 stats |= run_shards(retry, shards, pacing, stats, final_pass=True)
             log.info("final pass done")
     return DownloadResult(stats, progress.summary())
-
-
-def check_sizes(download: DownloadConfig) -> None:
-    """Sizes a download cannot run with, refused before any work (a task with no thread
-    would wait forever for one)."""
-    for name in ("threads", "samples_per_shard", "processes"):
-        value = getattr(download, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"download.{name}={value!r}: a whole number of at least 1")
-    if not download.shard_deadline_s > 0:
-        raise UserError(f"download.shard_deadline_s={download.shard_deadline_s!r}: above 0")
 
 
 def warn_if_pacing_outlasts_shards(

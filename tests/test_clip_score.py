@@ -195,25 +195,21 @@ def test_clip_retrieval_indexes_what_we_write(filtered, tmp_path):
     assert pd.read_parquet(index / "metadata")["key"].tolist() == ours["key"].tolist()
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"device": "gpu"}, "clip_score.device"),
-        ({"task_cpus": 0}, "not in 1…1024"),
-        ({"task_cpus": 10**6}, "not in 1…1024"),
-        ({"task_cpus": True}, "whole number"),
-        ({"top_percent": None}, "exactly one"),
-    ],
-)
-def test_bad_filter_settings_are_refused_before_any_work(overrides, message):
-    from dataclasses import replace
-
+def test_a_filter_without_exactly_one_rule_is_refused_before_any_work(tmp_path):
+    """Each field's range and choices are the config loader's (tests/test_config_errors.py);
+    the rule across fields is checked by the stage before Spark starts or anything is built."""
+    from flipcommon.config import load_config
     from flipcommon.errors import UserError
-    from pipeline.clip_score import check_config
+    from pipeline.config import PipelineConfig
+    from pipeline.stage import run
 
-    config = ClipScoreConfig(enabled=True, checkpoint="x", top_percent=50)
-    with pytest.raises(UserError, match=message):
-        check_config(replace(config, **overrides))
+    demo = Path(__file__).parent.parent / "configs/pipeline/demo.yaml"
+    for rules in ([], ["clip_score.min_similarity=0.3", "clip_score.top_percent=50"]):
+        overrides = [f"output_dir={tmp_path}/shards", "clip_score.enabled=true", *rules]
+        config = load_config(PipelineConfig, demo, [*overrides, "clip_score.checkpoint=x"])
+        with pytest.raises(UserError, match="exactly one of min_similarity or top_percent"):
+            run(config)
+    assert not (tmp_path / "shards").exists()
 
 
 @pytest.mark.slow
