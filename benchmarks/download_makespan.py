@@ -10,7 +10,7 @@ What is the project's own code, run as it is:
   I × min(k, C) per task, C the tasks at once;
 - ``pipeline.shard_retry.final_pass_samples_per_shard``: how the final pass's list is cut;
 - ``pipeline.fetch.DomainThrottle``: every request to the busiest site, in every shard that
-  holds it, is booked through the real throttle on the simulated clock (its random phase
+  holds it, is booked through the real throttle on the simulated clock (its lane of the
   included); the cluster's request timeline to that site is what the window check reads;
 - ``pipeline.url_shards.UrlList.lane_ranks``: each shard's slice of the kept-together lane and
   of the spread lane;
@@ -95,12 +95,16 @@ class Policy:
     no_such_host_final: bool
     negative_dns_cache: bool
     barrier_shards: int = 0  # shards per Spark job, with a barrier between jobs; 0: one job
+    # a retryable failure tried again in its task, this long after it failed, when the task
+    # waits on a paced site anyway (None: never; it waits for the final pass)
+    retry_while_paced_s: float | None = None
 
 
 POLICIES = [
     Policy("1,000-shard jobs, sites in runs, retries 2", False, 2, False, False, 1000),
     Policy("one job, sites in runs, retries 2", False, 2, False, False),
-    Policy("now: large sites spread, no in-task retries", True, 0, True, True),
+    Policy("large sites spread, no in-task retries", True, 0, True, True),
+    Policy("now: spread, retried in-task while work is left", True, 0, True, True, 0, 60.0),
 ]
 
 
@@ -113,6 +117,7 @@ class Cluster:
     interval_s: float = 0.002  # fetch.per_domain_interval_s
     shard_deadline_s: float = 3600.0
     task_overhead_s: float = 2.0  # read the part, commit the shard
+    clock_skew_s: float = 0.001  # nodes' wall clocks under NTP: ~1 ms apart
 
     @property
     def slots(self) -> int:
@@ -221,6 +226,8 @@ class RowCost:
     cpu_s: float
     retryable: float  # fraction of rows left to the final pass
     dead_share: float  # of those, dead hosts (the rest answer when asked again)
+    retry_thread_s: float = 0.0  # one more attempt of a retryable row, thread-seconds
+    retry_longest_s: float = 0.0  # the longest such attempt (a dead host's deadline)
 
 
 def first_pass_cost(outcomes: Outcomes, policy: Policy) -> RowCost:
@@ -248,6 +255,14 @@ def first_pass_cost(outcomes: Outcomes, policy: Policy) -> RowCost:
         cpu_s=outcomes.success * outcomes.cpu_s,
         retryable=retryable,
         dead_share=outcomes.dead_host / retryable if retryable else 0.0,
+        retry_thread_s=(
+            outcomes.dead_host * outcomes.dead_host_s
+            + (retryable - outcomes.dead_host) * outcomes.latency_s
+        )
+        / retryable
+        if retryable
+        else 0.0,
+        retry_longest_s=outcomes.dead_host_s,
     )
 
 
@@ -279,6 +294,7 @@ class PassResult:
     start_s: np.ndarray
     leftover_rows: int  # cut by the shard deadline
     leftover_by_site: np.ndarray
+    retried_in_task: float = 0.0  # share of the rows of sites paced alone, retried in-task
 
 
 def run_pass(
@@ -303,8 +319,27 @@ def run_pass(
     left_site = np.where(per_request > 0, left_site, 0)
     by_site = np.bincount(lay.piece_site, left_site, sizes_len)
     leftover = int(left_other.sum() + left_site.sum())
+    # a task retries a retryable failure itself, ``retry_while_paced_s`` after it failed, when
+    # it has at least that long plus a dead host's deadline still to run anyway (its paced
+    # sites' turns, its URLs not yet started): the failures of all but its last such stretch,
+    # of the sites it paces alone.
+    # Their second attempts add to its I/O; what is left goes to the final pass
+    retried = np.zeros(lay.shards)
+    if policy.retry_while_paced_s is not None and cost.retryable:
+        tail = policy.retry_while_paced_s + cost.retry_longest_s
+        before = np.maximum(other, paced)
+        # … but only for sites the task paces alone: a shared site's turns are what it waits on
+        alone = np.bincount(lay.piece_shard, lay.piece_urls * (multiplier <= 1), lay.shards)
+        in_time = np.clip(1.0 - tail / np.maximum(before, 1e-9), 0.0, 1.0)
+        retried = in_time * alone / np.maximum(lay.rows, 1)
+        extra_io = lay.rows * cost.retryable * retried * cost.retry_thread_s / cluster.threads
+        other = np.maximum(io + extra_io, cpu)
+        length = np.minimum(np.maximum(other, paced), budget) + cluster.task_overhead_s
     start = schedule(length, slots, policy.barrier_shards)
-    return PassResult(float((start + length).max(initial=0.0)), length, start, leftover, by_site)
+    alone_rows = np.bincount(lay.piece_shard, lay.piece_urls * (multiplier <= 1), lay.shards)
+    share = float((lay.rows * retried).sum() / max(1, alone_rows.sum()))
+    makespan = float((start + length).max(initial=0.0))
+    return PassResult(makespan, length, start, leftover, by_site, share)
 
 
 def schedule(lengths: np.ndarray, slots: int, barrier_shards: int = 0) -> np.ndarray:
@@ -326,18 +361,27 @@ def schedule(lengths: np.ndarray, slots: int, barrier_shards: int = 0) -> np.nda
     return starts
 
 
-def busiest_site_requests(lay: Layout, result: PassResult, cluster: Cluster) -> np.ndarray:
+def busiest_site_requests(
+    lay: Layout, result: PassResult, cluster: Cluster, rng: np.random.Generator
+) -> np.ndarray:
     """When the busiest site is asked, cluster-wide: each task that holds it books its URLs
     through its own ``DomainThrottle`` on the simulated clock, from the task's start: the task
     starts the site with the most paced time left at every turn (``pipeline.site_schedule``;
     ``shard_time_model.py`` checks that against the real feed), so its requests go at the
-    throttle's slots — the first at a random phase, then one per interval × multiplier."""
+    throttle's slots — on the cluster's grid in the task's lane (its shard id), one per
+    interval × multiplier. Each task's wall clock is off by a normal draw of
+    ``cluster.clock_skew_s`` (what NTP leaves between nodes)."""
     multiplier = min(int(lay.spread[0]), cluster.slots)
     times = []
     for shard in np.flatnonzero(lay.busiest):
         begin = result.start_s[shard] + cluster.task_overhead_s / 2
+        skew = float(rng.normal(0.0, cluster.clock_skew_s)) if cluster.clock_skew_s else 0.0
         throttle = DomainThrottle(
-            cluster.interval_s, {"site": multiplier}, clock=lambda begin=begin: begin
+            cluster.interval_s,
+            {"site": multiplier},
+            clock=lambda begin=begin: begin,
+            lane=int(shard),
+            wall_offset_s=skew,
         )
         stop = begin + cluster.shard_deadline_s
         for _ in range(int(lay.busiest[shard])):
@@ -361,7 +405,9 @@ def retry_sizes(sizes: np.ndarray, first: RowCost, result: PassResult, lay: Layo
     """Each site's rows in the final pass's list: its retryable share, and what the deadline
     left (the rows a task's own pace missed spread over sites as they were)."""
     rng = np.random.default_rng(7)
-    failed = rng.binomial(sizes, first.retryable)
+    alone = lay.spread[: len(sizes)] <= 1  # a shared site's failures are never retried in-task
+    rate = np.where(alone, first.retryable * (1.0 - result.retried_in_task), first.retryable)
+    failed = rng.binomial(sizes, rate)
     paced_left = result.leftover_by_site.astype(np.int64)
     other_left = result.leftover_rows - int(paced_left.sum())
     spread_left = rng.multinomial(max(0, other_left), sizes / sizes.sum()) if other_left > 0 else 0
@@ -397,7 +443,7 @@ def simulate(
     first_layout = layout(sizes, placement, rng)
     first_cost = first_pass_cost(outcomes, policy)
     first = run_pass(first_layout, first_cost, cluster, policy, len(sizes))
-    requests = [busiest_site_requests(first_layout, first, cluster)]
+    requests = [busiest_site_requests(first_layout, first, cluster, rng)]
     retry = retry_sizes(sizes, first_cost, first, first_layout)
     leftovers = first.leftover_rows / max(1, int(retry.sum()))
     final_cost = final_pass_cost(outcomes, policy, first_cost, leftovers)
@@ -407,10 +453,13 @@ def simulate(
             int(retry.sum()), cluster.samples_per_shard, cluster.slots
         ),
     )
-    final_layout = layout(retry[retry > 0], final_placement, rng)
-    final = run_pass(final_layout, final_cost, cluster, policy, int((retry > 0).sum()))
+    if retry.sum() == 0:  # every failure retried in its task: no final pass
+        final = PassResult(0.0, np.zeros(0), np.zeros(0), 0, np.zeros(0))
+    else:
+        final_layout = layout(retry[retry > 0], final_placement, rng)
+        final = run_pass(final_layout, final_cost, cluster, policy, int((retry > 0).sum()))
     if retry[0] > 0:
-        shifted = busiest_site_requests(final_layout, final, cluster)
+        shifted = busiest_site_requests(final_layout, final, cluster, rng)
         requests.append(shifted + first.makespan_s)
     times = np.concatenate(requests)
     bounds = ideal_s(sizes, outcomes, cluster)
@@ -455,6 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=Outcomes.latency_s)
     parser.add_argument("--dead-host", type=float, default=Outcomes.dead_host)
     parser.add_argument(
+        "--clock-skew",
+        type=float,
+        default=Cluster.clock_skew_s,
+        help="standard deviation of a node's wall clock from true time, seconds",
+    )
+    parser.add_argument(
         "--policies",
         type=int,
         nargs="+",
@@ -470,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{population.rows:,} rows over {len(sizes):,} sites; busiest {sizes[0]:,} URLs")
     header = (
         f"{'nodes':>5} {'policy':<46} {'first h':>8} {'final h':>8} {'total h':>8} "
-        f"{'ideal h':>8} {'x ideal':>7} {'node-h':>7} {'max 10s':>7} {'max 60s':>7}"
+        f"{'ideal h':>8} {'x ideal':>7} {'node-h':>7} {'max 1s':>7} {'max 10s':>7} "
+        f"{'max 60s':>7}"
     )
     print(header)
     for nodes in args.nodes:
@@ -479,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             samples_per_shard=args.samples_per_shard,
             interval_s=args.interval,
+            clock_skew_s=args.clock_skew,
         )
         for index in args.policies:
             row = simulate(sizes, outcomes, cluster, POLICIES[index])
@@ -487,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{nodes:>5} {row['policy']:<46} {row['first_pass_h']:>8.2f} "
                 f"{row['final_pass_h']:>8.2f} {row['makespan_h']:>8.2f} {row['ideal_h']:>8.2f} "
-                f"{row['vs_ideal']:>7.2f} {row['node_hours']:>7.0f} {windows['10s']:>7.3f} "
+                f"{row['vs_ideal']:>7.2f} {row['node_hours']:>7.0f} {windows['1s']:>7.3f} "
+                f"{windows['10s']:>7.3f} "
                 f"{windows['60s']:>7.3f}",
                 flush=True,
             )

@@ -46,10 +46,18 @@ class DemoConfig:
 
 @dataclass
 class InputConfig:
-    """Metadata in the LAION-400M parquet schema, or csv/jsonl with the same columns."""
+    """Metadata files: LAION-400M's parquet schema by default; other datasets by ``preset``
+    or by naming their format and columns (``pipeline.ingest.PRESETS``)."""
 
     urls: list[str] = field(default_factory=list)  # files or folders, any fsspec URL
-    format: Literal["parquet", "csv", "json"] = "parquet"
+    # laion400m, laion5b, datacomp, coyo700m, cc12m, cc3m: their format and columns (then
+    # leave format, url_col, caption_col and columns as they are)
+    preset: Literal["laion400m", "laion5b", "datacomp", "coyo700m", "cc12m", "cc3m"] | None = None
+    format: Literal["parquet", "csv", "tsv", "json", "jsonl"] = "parquet"  # json: JSON lines
+    url_col: str = "URL"  # the image URL's column (case-insensitive)
+    caption_col: str = "TEXT"  # the caption's
+    # csv/tsv files without a header row: their columns' names, in order ([url, caption])
+    columns: list[str] = field(default_factory=list)
     # auto: Spark's own reader where it needs no extra jars (local, hdfs, s3a with hadoop-aws),
     # else fsspec on the executors (s3://, gs://, …). Or force "spark" / "fsspec".
     reader: Literal["auto", "spark", "fsspec"] = "auto"
@@ -126,6 +134,11 @@ class DownloadConfig:
     # so one pathological shard cannot hold a whole Spark job.
     shard_deadline_s: Annotated[float, POSITIVE] = 3600.0
     retry_pass: bool = True  # after all shards, re-fetch samples that failed retryably
+    # A retryable failure (timeout, 5xx, a host that does not answer) is tried once more in
+    # its own task this long after it failed, when the task has at least this long plus
+    # fetch.deadline_s of work left anyway; a second retryable failure is then final, and
+    # only the rest wait for the final pass. null: every one waits for the final pass.
+    retry_in_task_after_s: Annotated[float, Range(0)] | None = 60.0
     # Each task publishes its counts this often; the driver prints the sum just as often.
     progress_interval_s: Annotated[float, POSITIVE] = 10.0
 

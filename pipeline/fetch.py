@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import math
 import random
 import socket
 import ssl
@@ -49,6 +50,7 @@ from pipeline.deadline_net import (
 from pipeline.domains import domain_of_url
 
 CHUNK_BYTES = 64 * 1024
+SHARD_DEADLINE = "shard deadline exceeded"  # the reason a task's own deadline gives
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
@@ -83,13 +85,20 @@ RETRYABLE_REASONS = frozenset(
         "incomplete body",
         "dns failure",
         "network error",
-        "shard deadline exceeded",
+        SHARD_DEADLINE,
     }
 )
 
 
 def is_retryable(reason: str | None) -> bool:
     return reason in RETRYABLE_REASONS
+
+
+GOLDEN_FRACTION = (5**0.5 - 1) / 2
+GRID_TOLERANCE_S = 1e-6  # a wall time's rounding is ~2.4e-7 s
+# How late a shared site's place may still be taken: a thread handing a URL to another wakes
+# a few ms late (Python's switch interval is 5 ms); missing the place would cost a whole period.
+GRID_LATENESS_S = 0.025
 
 
 class DomainThrottle:
@@ -100,50 +109,87 @@ class DomainThrottle:
     A site without a multiplier gets ``default_multiplier``: a download task sets it to the
     most tasks at once, for sites it reaches only through redirects (any task may).
 
-    A shared site's first slot in the task falls at a random point of its first interval: tasks
-    that start together (a job's first wave) then spread their requests over the interval
-    instead of all sending their first one at once."""
+    A shared site's slots lie on one wall-clock grid for the whole cluster, period k ×
+    interval, each task at its own place on it: the fractional part of ``lane`` × the golden
+    ratio (``lane`` = the task's shard id). The shards that run at once are mostly
+    consecutive ids, and consecutive ids' places are spread evenly over the period (the
+    three-gap theorem), so the site hears about one request per interval from the cluster in
+    short windows too, not only on average: independent random phases bunch (1.16× the
+    allowance in 1-s windows at 2,048 tasks, against 1.05× placed; the download simulation).
+    The grid needs the nodes' clocks to agree to within a few intervals, as NTP keeps them. A
+    throttle without a lane draws one at random per site."""
 
     def __init__(
         self,
         interval_s: float,
         multipliers: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        phase: Callable[[float], float] | None = None,
+        lane: int | None = None,
         default_multiplier: int = 1,
+        wall_offset_s: float | None = None,
     ):
         self.interval_s = interval_s
         self.multipliers = multipliers or {}
         self.default_multiplier = default_multiplier
         self._clock = clock
-        self._phase = phase or (lambda interval: random.uniform(0.0, interval))
+        self._lane = lane
+        # wall time − ``clock``: the grid is on the wall clock, which the nodes share
+        self._wall_offset = time.time() - clock() if wall_offset_s is None else wall_offset_s
         self._next_free: dict[str, float] = {}
+        self._lanes: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def interval_for(self, domain: str) -> float:
         return self.interval_s * self.multipliers.get(domain, self.default_multiplier)
 
-    def _free_at(self, domain: str, now: float) -> float:
-        """``domain``'s next free time; a shared site's first is drawn here. Under the lock."""
-        if domain not in self._next_free:
-            shared = self.multipliers.get(domain, self.default_multiplier) > 1
-            first = self._phase(self.interval_for(domain)) if shared else 0.0
-            self._next_free[domain] = now + first
-        return self._next_free[domain]
+    def shared(self, domain: str) -> bool:
+        """Other tasks pace ``domain`` too (it is on the cluster's grid)."""
+        return self.multipliers.get(domain, self.default_multiplier) > 1
+
+    def _slot(self, domain: str, now: float) -> float:
+        """``domain``'s next slot (on the throttle's clock), which may have just passed: any
+        time from its next free one for a site only this task holds; for a shared one, the
+        task's next place on the cluster's grid, or the last one if it passed only a little
+        while ago (``GRID_LATENESS_S``, at most half a period) and is the one due: a thread that
+        wakes a little late keeps its place instead of waiting a whole period. A task's first
+        request waits for its place (tasks that start together must not all send at once).
+        Under the lock."""
+        free = self._next_free.get(domain)
+        shared = self.multipliers.get(domain, self.default_multiplier)
+        if shared <= 1 or self.interval_s <= 0:
+            return now if free is None else max(now, free)
+        if domain not in self._lanes:
+            self._lanes[domain] = random.randrange(1 << 30) if self._lane is None else self._lane
+        period = self.interval_s * shared
+        place = (self._lanes[domain] * GOLDEN_FRACTION) % 1.0 * period
+
+        def place_from(at: float) -> float:  # the first place at or after ``at``
+            past = math.fmod(at + self._wall_offset - place, period) % period
+            if past <= GRID_TOLERANCE_S or period - past <= GRID_TOLERANCE_S:
+                return at  # on a place, give or take the float rounding of a wall time
+            return at + period - past
+
+        if free is None:  # the first: the next place, set now so a late booking still gets it
+            free = self._next_free[domain] = place_from(now)
+        last = now - math.fmod(now + self._wall_offset - place, period) % period
+        late = min(period / 2, max(self.interval_s, GRID_LATENESS_S))
+        if now - last <= late and last >= free - GRID_TOLERANCE_S:
+            return last
+        return place_from(max(now, free))
 
     def reserve(self, domain: str) -> float:
         """Book the next slot for ``domain``; return how long to wait for it."""
         with self._lock:
             now = self._clock()
-            slot = max(now, self._free_at(domain, now))
+            slot = self._slot(domain, now)
             self._next_free[domain] = slot + self.interval_for(domain)
-            return slot - now
+            return max(0.0, slot - now)
 
     def next_slot(self, domain: str) -> float:
-        """When ``domain``'s next slot is (on the throttle's clock), without booking it."""
+        """When ``domain``'s next slot is (on the throttle's clock), without booking it: in the
+        past when it is one that may still be taken late."""
         with self._lock:
-            now = self._clock()
-            return max(now, self._free_at(domain, now))
+            return self._slot(domain, self._clock())
 
     def pause(self, domain: str, seconds: float) -> None:
         """The site asked us to come back later (Retry-After): nobody in this task calls it
@@ -227,6 +273,7 @@ class Fetcher:
         resolver: Resolver | None = None,
         pace_multipliers: Mapping[str, int] | None = None,
         unknown_site_multiplier: int = 1,
+        lane: int | None = None,
     ):
         self.config = config
         self.guard = AddressGuard(list(config.allowed_networks))
@@ -238,6 +285,7 @@ class Fetcher:
             config.per_domain_interval_s,
             pace_multipliers,
             default_multiplier=unknown_site_multiplier,
+            lane=lane,
         )
         self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
         self.ua_token = config.user_agent_token.strip().lower()
@@ -270,7 +318,7 @@ class Fetcher:
 
     def _attempt(self, url: str, stop_at: float) -> bytes:
         # Waiting for the domain's turn is queueing, not the request: the deadline starts after.
-        self._wait_turn(domain_of_url(url), stop_at, "shard deadline exceeded")
+        self._wait_turn(domain_of_url(url), stop_at, SHARD_DEADLINE)
         deadline = Deadline.within(self.config.deadline_s, self.config.socket_timeout_s, stop_at)
         seen: set[str] = set()
         for hop in range(self.config.max_redirects + 1):

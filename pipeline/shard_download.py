@@ -23,7 +23,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.pool import ThreadPool
 from threading import Semaphore
 from typing import Any
@@ -49,11 +49,11 @@ from pipeline.browser_image import NotAnImage, browser_ready
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
 from pipeline.domains import domain_of_url, load_site_urls, load_spread
-from pipeline.fetch import Fetcher, FetchResult
+from pipeline.fetch import SHARD_DEADLINE, Fetcher, FetchResult
 from pipeline.image_header import declared_size
 from pipeline.progress import TaskProgress
 from pipeline.site_placement import seconds_per_shard
-from pipeline.site_schedule import paced_order
+from pipeline.site_schedule import PacedOrder
 from pipeline.spark_daemon import freeze_imported_objects
 from pipeline.url_shards import UrlList
 
@@ -220,10 +220,12 @@ def make_processor(
     blocklist: BlocklistRef | None = None,
     pacing: SitePacing | None = None,
     own_sites: frozenset[str] = frozenset(),
+    lane: int | None = None,
 ) -> SampleProcessor:
     """``own_sites``: the sites of the shard's own URLs. One that only this shard holds is
     paced at the interval; a site reached only through a redirect, which any task may reach,
-    at the interval × the most tasks at once, like a site spread over every shard."""
+    at the interval × the most tasks at once, like a site spread over every shard. ``lane``:
+    the shard's place on a shared site's slot grid (its id; ``DomainThrottle``)."""
     resizer = Resizer(
         image_size=download.image_size,
         resize_mode=download.resize_mode,
@@ -234,8 +236,27 @@ def make_processor(
     loaded = load_blocklist(blocklist.url, blocklist.max_distance) if blocklist else None
     multipliers = {site: 1 for site in own_sites} | (pacing.multipliers() if pacing else {})
     unknown = pacing.concurrency if pacing else 1
-    fetcher = Fetcher(fetch, pace_multipliers=multipliers, unknown_site_multiplier=unknown)
+    fetcher = Fetcher(
+        fetch, pace_multipliers=multipliers, unknown_site_multiplier=unknown, lane=lane
+    )
     return SampleProcessor(fetcher, resizer, download.max_pixels, loaded)
+
+
+@dataclass(frozen=True)
+class InTaskRetry:
+    """A retryable failure is tried once more in its own task, ``after_s`` after it failed,
+    when the task has at least that long plus a whole attempt (``attempt_s``, the fetch
+    deadline) still to run anyway: its paced sites' turns, its URLs not yet started — unless
+    its site is one the task shares with others (its turns are what the task waits on). Such
+    a retry costs the task no time, and its URL no place in the final pass, which only starts
+    when every first-pass shard is done (at 32 nodes, 1.8 h after a 11.6 h first pass in the
+    download simulation). A second retryable failure is then final."""
+
+    after_s: float
+    attempt_s: float
+
+    def worth_it(self, work_left_s: float) -> bool:
+        return work_left_s >= self.after_s + self.attempt_s
 
 
 def process_all(
@@ -243,6 +264,7 @@ def process_all(
     processor: SampleProcessor,
     threads: int,
     stop_at: float,
+    retry: InTaskRetry | None = None,
 ) -> Iterator[tuple[int, bytes | None, dict[str, Any]]]:
     """(index, image, result) for every (index, url), in completion order.
 
@@ -251,18 +273,23 @@ def process_all(
     thread is free to start it, so it starts in its turn, not after a queue. At most
     ``2 × threads`` results wait to be written (memory stays flat). Requests still in flight at
     ``stop_at`` end then (their deadline is cut to it), and URLs not started by then: all come
-    out as retryable ``shard deadline exceeded`` failures.
+    out as retryable ``shard deadline exceeded`` failures. With ``retry``, a retryable failure
+    may start again later in the task (``InTaskRetry``); its result is the second attempt's.
     """
     in_flight = Semaphore(threads * 2)
     idle_threads = Semaphore(threads)
     started: set[int] = set()
+    order = PacedOrder(urls, processor.fetcher.throttle, stop_at)
+    fetch_seconds: list[float] = []  # of finished fetches, for the time the rest will take
+    estimate = [-math.inf, 0.0]  # when work_left_s last looked, and what it found
+    retried: dict[int, tuple[str, FetchResult]] = {}  # index -> its URL, first failure
 
     def feed() -> Iterator[tuple[int, str]]:
-        order = paced_order(urls, processor.fetcher.throttle, stop_at)
+        items = iter(order)
         while True:
             in_flight.acquire()
             idle_threads.acquire()
-            item = next(order, None)
+            item = next(items, None)
             if item is None or time.monotonic() >= stop_at:
                 idle_threads.release()
                 in_flight.release()
@@ -272,17 +299,48 @@ def process_all(
 
     def work(item: tuple[int, str]) -> tuple[int, FetchResult]:
         index, url = item
+        began = time.monotonic()
         try:
             return index, processor.fetch(url, stop_at)
         except Exception as err:  # noqa: BLE001 - one sample's bug must not lose the shard
             traceback.print_exc()
             return index, FetchResult(None, f"internal error: {type(err).__name__}")
         finally:
+            fetch_seconds.append(time.monotonic() - began)
             idle_threads.release()
 
+    def work_left_s() -> float:
+        """The task's time still to run, at least: its slowest site's turns, or its queued
+        URLs at the mean fetch time so far. Read at most once a second (it looks at every
+        site, and a shard may fail a thousand URLs)."""
+        now = time.monotonic()
+        if now - estimate[0] >= 1.0:
+            mean = sum(fetch_seconds) / len(fetch_seconds) if fetch_seconds else 0.0
+            estimate[:] = [now, max(order.paced_time_left(), order.queued() * mean / threads)]
+        return estimate[1] - (now - estimate[0])
+
+    def retried_later(index: int, fetched: FetchResult) -> bool:
+        if retry is None or not fetched.retryable or index in retried:
+            return False
+        if fetched.error == SHARD_DEADLINE or not retry.worth_it(work_left_s()):
+            return False
+        url = urls_by_index[index]
+        if processor.fetcher.throttle.shared(domain_of_url(url)):
+            return False  # its turns are what the task waits on: a retry would lengthen it
+        if not order.add((index, url), time.monotonic() + retry.after_s):
+            return False
+        retried[index] = (url, fetched)
+        return True
+
+    urls_by_index = dict(urls) if retry is not None else {}
     # no more threads than URLs: starting 64 threads costs ~10 ms, a small shard's whole time
     with ThreadPool(max(1, min(threads, len(urls)))) as pool:
         for index, fetched in pool.imap_unordered(work, feed()):
+            if retried_later(index, fetched):
+                in_flight.release()
+                continue
+            if index in retried:
+                fetched = second_attempt(retried.pop(index)[1], fetched)
             try:
                 image, result = processor.finish(fetched)
             except Exception as err:  # noqa: BLE001 - as above
@@ -293,9 +351,19 @@ def process_all(
                 )
             yield index, image, result
             in_flight.release()
+    for index, (_, first) in retried.items():  # put back, but the task ended before its turn
+        yield index, None, failure("failed_to_download", first.error, first.retryable)
     for index, _ in urls:
         if index not in started:
-            yield index, None, failure("failed_to_download", "shard deadline exceeded", True)
+            yield index, None, failure("failed_to_download", SHARD_DEADLINE, True)
+
+
+def second_attempt(first: FetchResult, second: FetchResult) -> FetchResult:
+    """A retried URL's result: the second attempt's, whose retryable failure is final (its URL
+    was asked twice, ``InTaskRetry.after_s`` apart) unless the shard's deadline cut it."""
+    retryable = second.retryable and second.error == SHARD_DEADLINE
+    attempts = first.attempts + second.attempts
+    return replace(second, retryable=retryable, attempts=attempts)
 
 
 class ShardWriter:
@@ -510,14 +578,17 @@ class ShardDownloader:
         urls = [(index, row["url"]) for index, row in enumerate(rows)]
         own_sites = frozenset(domain_of_url(url) for _, url in urls)
         processor = make_processor(
-            self.download, self.fetch, self.blocklist, self.pacing, own_sites
+            self.download, self.fetch, self.blocklist, self.pacing, own_sites, lane=shard_id
         )
         stop_at = min(time.monotonic() + self.download.shard_deadline_s, task_stop)
         progress = TaskProgress(
             self.output_dir, writer.name, self.download.progress_interval_s, self.finished
         )
         final = {"retryable": False} if self.final_pass else {}
-        for index, image, result in process_all(urls, processor, self.download.threads, stop_at):
+        retry_after = None if self.final_pass else self.download.retry_in_task_after_s
+        retry = None if retry_after is None else InTaskRetry(retry_after, self.fetch.deadline_s)
+        threads = self.download.threads
+        for index, image, result in process_all(urls, processor, threads, stop_at, retry):
             key = compute_key(index, shard_id, digits, OOM_SHARD_COUNT)
             writer.write(image, {**rows[index], "key": key, **result, **final})
             progress.update(writer.counts, writer.status)

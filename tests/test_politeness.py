@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -98,7 +99,7 @@ def test_a_paced_site_is_started_in_its_turns_and_the_others_in_between():
 
 def test_a_spread_domain_is_paced_that_many_times_slower():
     now = [0.0]
-    throttle = DomainThrottle(0.5, {"big.com": 4}, clock=lambda: now[0], phase=lambda i: 0.0)
+    throttle = DomainThrottle(0.5, {"big.com": 4}, clock=lambda: now[0], lane=0, wall_offset_s=0)
     assert [throttle.reserve("big.com") for _ in range(3)] == [0.0, 2.0, 4.0]
     assert [throttle.reserve("small.com") for _ in range(3)] == [0.0, 0.5, 1.0]
 
@@ -111,7 +112,7 @@ def test_a_site_reached_only_by_redirect_is_paced_as_if_every_task_reached_it():
     pacing = SitePacing(None, concurrency=8)
     processor = make_processor(DownloadConfig(), fetch, None, pacing, frozenset({"own.com"}))
     throttle = processor.fetcher.throttle
-    throttle._phase, throttle._clock = (lambda interval: 0.0), (lambda: 0.0)
+    throttle._lane, throttle._wall_offset, throttle._clock = 0, 0.0, (lambda: 0.0)
     assert [throttle.reserve("own.com") for _ in range(3)] == [0.0, 0.5, 1.0]
     assert [throttle.reserve("cdn-elsewhere.net") for _ in range(3)] == [0.0, 4.0, 8.0]
 
@@ -119,11 +120,41 @@ def test_a_site_reached_only_by_redirect_is_paced_as_if_every_task_reached_it():
 def test_tasks_that_start_together_spread_a_shared_sites_first_requests():
     """Eight tasks start at once, each pacing a site shared by eight shards: their first
     requests fall over the whole first interval, not all at its start."""
-    firsts = [DomainThrottle(0.5, {"big.com": 8}).reserve("big.com") for _ in range(8)]
-    assert all(0.0 <= wait <= 4.0 for wait in firsts)
-    assert len(set(firsts)) == 8 and max(firsts) > 0.5
+
+    def first_wait(lane: int) -> float:
+        throttle = DomainThrottle(0.5, {"big.com": 8}, clock=lambda: 0.0, lane=lane)
+        return throttle.reserve("big.com")
+
+    firsts = sorted(first_wait(lane) for lane in range(8))
+    assert all(0.0 <= wait <= 4.0 for wait in firsts) and firsts[-1] > 3.0
+    assert max_requests_in_window(firsts, 0.5) <= 2
     # a site only this task holds is not delayed
     assert DomainThrottle(0.5, {"big.com": 8}).reserve("small.com") == 0.0
+
+
+def test_tasks_in_consecutive_lanes_never_book_the_same_instant():
+    """Shards 0..n-1 of a site shared by k ≥ n tasks: their slots lie on one wall-clock grid,
+    each shard's at its own place (the golden-ratio sequence of its id), so the cluster's
+    requests are evenly spread: in any window of T seconds at most T/I + 2 of them, whenever
+    the tasks started, where independent random phases bunch."""
+    interval, k = 0.01, 64
+    times = []
+    for shard, begin in enumerate(np.random.default_rng(0).uniform(0, 5, k)):
+        throttle = DomainThrottle(
+            interval, {"big.com": k}, clock=lambda b=begin: b, lane=shard, wall_offset_s=0.0
+        )
+        times += [begin + throttle.reserve("big.com") for _ in range(40)]
+    times = np.sort(np.asarray(times))
+    steady = times[(times > 5 + k * interval) & (times < times.max() - 5)]
+    for window in (0.25, 0.5, 1.0):  # random phases here: up to T/I + 8
+        most = max_requests_in_window(list(steady), window)
+        assert most <= round(window / interval) + 2, (window, most)
+    # the wall clock is the grid: a task that starts later, or on a clock off by whole
+    # periods, keeps its place on it
+    late = DomainThrottle(interval, {"big.com": k}, clock=lambda: 7.0, lane=3, wall_offset_s=0)
+    early = DomainThrottle(interval, {"big.com": k}, clock=lambda: 0.0, lane=3, wall_offset_s=0)
+    place = (7.0 + late.reserve("big.com")) % (k * interval)
+    assert place == pytest.approx(early.reserve("big.com") % (k * interval))
 
 
 def test_a_site_too_large_to_keep_together_is_spread_over_the_whole_list(spark, tmp_path):
@@ -314,3 +345,34 @@ def test_url_list_is_the_same_whatever_the_partitioning(spark, tmp_path, monkeyp
     assert first == second
     assert len({url for _, _, url, _ in first}) == len(first) == 700
     assert all(sample_id < 10_000 for *_, sample_id in first)  # the smallest SAMPLE_ID kept
+
+
+@pytest.mark.parametrize("overshoot_s", [0.0, 0.001, 0.004])
+def test_a_feeder_that_wakes_late_keeps_a_shared_sites_pace(overshoot_s):
+    """The real feed and throttle on a simulated clock whose sleeps all end late (a thread
+    wakes a few ms after its time), and each URL booked by its worker 3 ms after the feed
+    handed it out, with a wall clock near today's (~1.7e9 s): a shared site's URLs still go
+    out at one per period, on the task's place of the grid, none waiting a whole period."""
+    from pipeline.site_schedule import PacedOrder
+
+    now = [100.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds + overshoot_s
+
+    interval, k, urls = 0.002, 2048, 40
+    throttle = DomainThrottle(
+        interval, {"big.com": k}, clock=lambda: now[0], lane=5, wall_offset_s=1.7e9
+    )
+    items = [(i, f"http://big.com/{i}.jpg") for i in range(urls)]
+    sent = []
+    for _ in PacedOrder(items, throttle, stop_at=1e6, clock=lambda: now[0], sleep=sleep):
+        now[0] += 0.003  # the worker books its slot a little later
+        wait = throttle.reserve("big.com")
+        assert wait < interval * k / 2, wait  # never a whole period
+        sent.append(now[0] + wait)
+    period = interval * k
+    assert len(sent) == urls
+    assert (sent[-1] - sent[0]) / (urls - 1) == pytest.approx(period, rel=0.01)
+    places = {round(((t + 1.7e9) % period) / interval) for t in sent}
+    assert len(places) <= 3, places  # one place on the grid (give or take the lateness)
