@@ -11,7 +11,9 @@ from pipeline.config import PipelineConfig
 HELP = """\
 Build a webdataset shard set from image-text metadata, on Spark.
 
-Steps: read metadata (LAION-400M parquet schema, or csv/json with URL and TEXT columns) →
+Steps: read metadata (LAION-400M parquet schema by default; input.preset=laion5b, datacomp,
+coyo700m, cc12m or cc3m for those datasets' files; or input.format=csv/tsv/jsonl with
+input.url_col / input.caption_col, and input.columns for headerless csv/tsv) →
 rule filters (caption length …) → exact dedup on (URL, TEXT) → URL list (one part per shard,
 reused by a rerun) → download in one Spark job, one task per shard (img2dataset's resizer and
 writer; our fetch step: one wall-clock
@@ -19,8 +21,9 @@ deadline per attempt over every phase — DNS, connect, TLS, headers, body, redi
 per-site interval that holds for the whole cluster (fetch.per_domain_interval_s; large sites
 are spread over every shard), the X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap; a
 shard budget, download.shard_deadline_s, that ends requests in flight) → a final pass
-re-fetching samples that failed retryably (408/429/5xx, timeouts; no in-task retries unless
-fetch.retries > 0) into new shards → sizes.json and manifest.json
+re-fetching samples that failed retryably (408/429/5xx, timeouts) into new shards — a task
+with work left retries its own failures a minute later (download.retry_in_task_after_s), and
+immediate retries need fetch.retries > 0 → sizes.json and manifest.json
 (written last). While it downloads, the driver prints samples done, images/s, success rate
 and the top failure reasons every download.progress_interval_s. Optional: decontamination
 against evaluation images (decontamination.sources), and a CLIP-score filter into a new shard set

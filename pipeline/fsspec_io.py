@@ -22,7 +22,12 @@ from pyspark.sql import types as T
 from flipcommon.storage import url_join, write_bytes_atomic
 
 BATCH_ROWS = 65_536
-SUFFIXES = {"parquet": (".parquet",), "csv": (".csv",), "json": (".json", ".jsonl")}
+SUFFIXES = {
+    "parquet": (".parquet",),
+    "csv": (".csv",),
+    "tsv": (".tsv",),
+    "json": (".json", ".jsonl"),
+}
 # Schemes Spark's Hadoop layer reads without extra jars; the rest go through fsspec.
 SPARK_NATIVE_SCHEMES = ("", "file", "hdfs", "s3a", "dbfs", "abfs", "abfss", "wasbs")
 
@@ -52,29 +57,46 @@ def list_files(urls: list[str], fmt: str) -> list[str]:
     return files
 
 
-def _batches(url: str, fmt: str) -> Iterator[pa.RecordBatch]:
+def _batches(url: str, fmt: str, columns: tuple[str, ...] = ()) -> Iterator[pa.RecordBatch]:
+    """``columns``: a csv/tsv file without a header row, its columns' names."""
     with fsspec.open(url, "rb") as handle:
         if fmt == "parquet":
             yield from pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS)
-        elif fmt == "csv":
-            options = pa_csv.ParseOptions(newlines_in_values=True)
-            yield from pa_csv.open_csv(handle, parse_options=options)
+        elif fmt in ("csv", "tsv"):
+            if fmt == "csv":
+                parse = pa_csv.ParseOptions(newlines_in_values=True)
+            else:  # as the CC3M/CC12M tools write it: tabs, no quoting
+                parse = pa_csv.ParseOptions(delimiter="\t", quote_char=False)
+            names = list(columns) or None
+            read = pa_csv.ReadOptions(column_names=names)
+            # every column as text: a caption of digits must not become a number
+            convert = pa_csv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()))
+            yield from pa_csv.open_csv(
+                handle, read_options=read, parse_options=parse, convert_options=convert
+            )
         else:  # JSON lines: pyarrow has no streaming JSON reader; files are read whole
             yield from pa_json.read_json(io.BytesIO(handle.read())).to_batches(BATCH_ROWS)
 
 
-def file_columns(url: str, fmt: str) -> list[str]:
-    for batch in _batches(url, fmt):
+def file_columns(url: str, fmt: str, header: tuple[str, ...] = ()) -> list[str]:
+    for batch in _batches(url, fmt, header):
         return batch.schema.names
-    return []
+    return list(header)
 
 
-def read_as_strings(spark: SparkSession, files: list[str], fmt: str, columns: list[str]):
+def read_as_strings(
+    spark: SparkSession,
+    files: list[str],
+    fmt: str,
+    columns: list[str],
+    header: tuple[str, ...] = (),
+):
     """A DataFrame of ``columns`` (matched case-insensitively, absent ones null) as strings, one
-    partition per file; callers cast (``ingest.normalise``)."""
+    partition per file; callers cast (``ingest.normalise``). ``header``: csv/tsv files without
+    a header row, their columns' names."""
 
     def rows(url: str) -> Iterator[tuple]:
-        for batch in _batches(url, fmt):
+        for batch in _batches(url, fmt, header):
             by_lower = {name.lower(): name for name in batch.schema.names}
             values = []
             for column in columns:

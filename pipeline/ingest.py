@@ -5,12 +5,15 @@ The driver only plans: rows stay on the executors.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from flipcommon.errors import UserError
 from pipeline import fsspec_io
+from pipeline.config import InputConfig
 
 # The columns every later step relies on, with LAION-400M's names.
 NORMALISED_COLUMNS = {
@@ -24,55 +27,108 @@ NORMALISED_COLUMNS = {
     "similarity": T.DoubleType(),
     "LANGUAGE": T.StringType(),  # ISO 639-1, when the metadata has it (LAION-2B-multi)
 }
-REQUIRED_COLUMNS = ("URL", "TEXT")
 
 
 class MetadataError(UserError, ValueError):
     """Metadata that lacks what the pipeline needs."""
 
 
+@dataclass(frozen=True)
+class MetadataLayout:
+    """How a dataset's metadata files are written: their format, the columns holding the URL
+    and the caption, and for csv/tsv files without a header row the names of their columns."""
+
+    format: str = "parquet"  # parquet, csv, tsv, json (JSON lines)
+    url_col: str = "URL"
+    caption_col: str = "TEXT"
+    columns: tuple[str, ...] = ()  # headerless csv/tsv: every column's name, in order
+
+
+# The layouts of the datasets people bring (their published metadata files). LAION-5B's
+# punsafe/pwatermark and DataComp's uid/face_bboxes are read by name where a later step uses them.
+PRESETS = {
+    "laion400m": MetadataLayout("parquet", "URL", "TEXT"),
+    "laion5b": MetadataLayout("parquet", "URL", "TEXT"),
+    "datacomp": MetadataLayout("parquet", "url", "text"),
+    "coyo700m": MetadataLayout("parquet", "url", "text"),
+    "cc12m": MetadataLayout("tsv", "url", "caption", ("url", "caption")),
+    "cc3m": MetadataLayout("tsv", "url", "caption", ("caption", "url")),
+}
+FORMATS = ("parquet", "csv", "tsv", "json", "jsonl")
+
+
+def layout_of(config: InputConfig) -> MetadataLayout:
+    """The layout ``input`` names: its preset's, or its own format and columns."""
+    own = MetadataLayout(config.format, config.url_col, config.caption_col, tuple(config.columns))
+    if config.preset is None:
+        return own
+    if config.preset not in PRESETS:
+        raise MetadataError(f"unknown input.preset {config.preset!r}: use one of {list(PRESETS)}")
+    if own != MetadataLayout():
+        raise MetadataError(
+            "input.preset sets the format and columns: leave input.format, url_col, "
+            "caption_col and columns unset, or drop the preset"
+        )
+    return PRESETS[config.preset]
+
+
 def read_metadata(
-    spark: SparkSession, urls: list[str], fmt: str, reader: str = "auto"
+    spark: SparkSession,
+    urls: list[str],
+    layout: MetadataLayout | str,
+    reader: str = "auto",
 ) -> DataFrame:
-    """``reader``: ``spark`` (Hadoop's readers: local, hdfs://, s3a:// with its jars …),
-    ``fsspec`` (any fsspec URL, read on the executors: ``pipeline.fsspec_io``) or ``auto``
-    (spark where it reads the scheme without extra jars, else fsspec)."""
+    """``layout``: a ``MetadataLayout`` or just a format (LAION's columns). ``reader``:
+    ``spark`` (Hadoop's readers: local, hdfs://, s3a:// with its jars …), ``fsspec`` (any
+    fsspec URL, read on the executors: ``pipeline.fsspec_io``) or ``auto`` (spark where it
+    reads the scheme without extra jars, else fsspec)."""
+    layout = MetadataLayout(layout) if isinstance(layout, str) else layout
     if not urls:
         raise MetadataError("no metadata given: set input.urls to files or folders")
-    if fmt not in ("parquet", "csv", "json", "jsonl"):
-        raise MetadataError(f"unknown metadata format {fmt!r}: use parquet, csv or json")
+    if layout.format not in FORMATS:
+        raise MetadataError(f"unknown metadata format {layout.format!r}: use one of {FORMATS}")
     if reader not in ("auto", "spark", "fsspec"):
         raise MetadataError(f"unknown metadata reader {reader!r}: use auto, spark or fsspec")
-    fmt = "json" if fmt == "jsonl" else fmt
+    if layout.columns and layout.format not in ("csv", "tsv"):
+        raise MetadataError("input.columns names the columns of csv/tsv files without a header")
+    fmt = "json" if layout.format == "jsonl" else layout.format
     if reader == "spark" or (reader == "auto" and fsspec_io.spark_reads_natively(urls)):
-        return normalise(_spark_read(spark, urls, fmt))
+        return normalise(_spark_read(spark, urls, fmt, layout.columns), layout)
     try:
         files = fsspec_io.list_files(urls, fmt)
     except FileNotFoundError as err:
         raise MetadataError(str(err)) from err
-    present = fsspec_io.file_columns(files[0], fmt)
-    _check_required(present)
-    return normalise(fsspec_io.read_as_strings(spark, files, fmt, list(NORMALISED_COLUMNS)))
+    present = fsspec_io.file_columns(files[0], fmt, layout.columns)
+    _check_required(present, layout)
+    mapped = {layout.url_col.lower(), layout.caption_col.lower(), "url", "text"}
+    others = [c for c in NORMALISED_COLUMNS if c.lower() not in mapped]
+    wanted = [layout.url_col, layout.caption_col, *others]
+    frame = fsspec_io.read_as_strings(spark, files, fmt, wanted, layout.columns)
+    return normalise(frame, layout)
 
 
-def _spark_read(spark: SparkSession, urls: list[str], fmt: str) -> DataFrame:
+def _spark_read(spark: SparkSession, urls: list[str], fmt: str, columns: tuple[str, ...]):
     if fmt == "parquet":
         return spark.read.parquet(*urls)
+    if fmt == "tsv":  # as written by the CC3M/CC12M tools: tab-separated, no quoting
+        read = spark.read.option("sep", "\t").option("quote", "").option("header", not columns)
+        frame = read.csv(*urls)
+        return frame.toDF(*columns) if columns else frame
     if fmt == "csv":
-        return (
-            spark.read.option("header", True)
-            .option("multiLine", True)
-            .option("escape", '"')
-            .csv(*urls)
-        )
+        read = spark.read.option("header", not columns).option("multiLine", True)
+        frame = read.option("escape", '"').csv(*urls)
+        return frame.toDF(*columns) if columns else frame
     return spark.read.json(list(urls))
 
 
-def _check_required(columns: list[str]) -> None:
+def _check_required(columns: list[str], layout: MetadataLayout) -> None:
     lower = {c.lower() for c in columns}
-    missing = [c for c in REQUIRED_COLUMNS if c.lower() not in lower]
+    missing = [c for c in (layout.url_col, layout.caption_col) if c.lower() not in lower]
     if missing:
-        raise MetadataError(f"metadata lacks column(s) {missing}; it has {columns}")
+        raise MetadataError(
+            f"metadata lacks column(s) {missing}; it has {columns} "
+            "(input.url_col / input.caption_col name the URL's and caption's columns)"
+        )
 
 
 def _clean_text(column: Column) -> Column:
@@ -86,13 +142,16 @@ def _positive_int(column: Column) -> Column:
     return F.when(value > 0, value)
 
 
-def normalise(df: DataFrame) -> DataFrame:
-    """Map to the normalised schema: add missing optional columns, clean junk values."""
-    _check_required(df.columns)
+def normalise(df: DataFrame, layout: MetadataLayout | None = None) -> DataFrame:
+    """Map to the normalised schema: the layout's URL and caption columns become URL and
+    TEXT, missing optional columns are added, junk values cleaned."""
+    layout = layout or MetadataLayout()
+    _check_required(df.columns, layout)
     lower = {c.lower(): c for c in df.columns}
+    renamed = {"url": layout.url_col.lower(), "text": layout.caption_col.lower()}
 
     def col(name: str) -> Column:
-        source = lower.get(name.lower())
+        source = lower.get(renamed.get(name.lower(), name.lower()))
         if source is None:
             return F.lit(None).cast(NORMALISED_COLUMNS[name])
         return F.col(f"`{source}`")

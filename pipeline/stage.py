@@ -24,6 +24,8 @@ from pipeline.shard_retry import RETRY_FOLDER
 from pipeline.site_placement import SitePlacement
 from pipeline.spark_session import get_spark
 
+# (metadata files, their layout) per source: the user's metadata, the demo's
+Groups = list[tuple[list[str], "ingest.MetadataLayout | str"]]
 log = logging.getLogger(__name__)
 
 
@@ -85,7 +87,8 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
         log.info("Spark master: %s", spark.sparkContext.master)
         with contextlib.ExitStack() as stack:
             # (files, format) groups: the user's metadata in its format, the demo's as parquet
-            groups = [(list(config.input.urls), config.input.format)] if config.input.urls else []
+            user = [(list(config.input.urls), ingest.layout_of(config.input))]
+            groups = user if config.input.urls else []
             if config.demo.enabled:
                 groups.append((stack.enter_context(demo_metadata(config.demo)), "parquet"))
             manifest = build_shard_set(spark, config, groups)
@@ -105,18 +108,28 @@ class UrlListMismatchError(ValueError):
     """The output folder's URL list was built from other inputs or settings."""
 
 
+def layout_fingerprint(layout: ingest.MetadataLayout) -> dict:
+    """The metadata's layout as a URL list's fingerprint holds it: its format, and its columns
+    where they are not LAION's (a list built before presets existed stays reusable)."""
+    columns = {"url_col": layout.url_col, "caption_col": layout.caption_col}
+    columns["columns"] = list(layout.columns)  # as JSON gives it back
+    laion = ingest.MetadataLayout()
+    laion = {"url_col": laion.url_col, "caption_col": laion.caption_col, "columns": []}
+    return {"format": layout.format} | ({"columns": columns} if columns != laion else {})
+
+
 def url_list_fingerprint(config: PipelineConfig, sources: list[str]) -> dict:
     """What a URL list depends on: a rerun with other values must not reuse it."""
     return {
         "sources": sources,
-        "format": config.input.format,
+        **layout_fingerprint(ingest.layout_of(config.input)),
         "filters": asdict(config.filters),
         "samples_per_shard": config.download.samples_per_shard,
     }
 
 
 def build_url_list(
-    spark: SparkSession, config: PipelineConfig, groups: list[tuple[list[str], str]]
+    spark: SparkSession, config: PipelineConfig, groups: Groups
 ) -> url_shards.UrlList:
     """Metadata → rule filters → dedup → the URL list, with the input counts in its marker."""
     frames = [ingest.read_metadata(spark, urls, fmt, config.input.reader) for urls, fmt in groups]
@@ -163,9 +176,7 @@ def deduplicated(df: DataFrame) -> DataFrame:
     return df.groupBy("URL", "TEXT").agg(first).select("URL", "TEXT", "_first.*")
 
 
-def reusable_url_list(
-    config: PipelineConfig, groups: list[tuple[list[str], str]]
-) -> url_shards.UrlList | None:
+def reusable_url_list(config: PipelineConfig, groups: Groups) -> url_shards.UrlList | None:
     """The URL list an earlier run of this output folder completed, if it may be reused: a
     rerun then cuts exactly the same shards and skips reading the metadata. The demo's list
     is always rebuilt (its web's port changes per run)."""
@@ -201,9 +212,7 @@ def reusable_url_list(
     return existing
 
 
-def build_shard_set(
-    spark: SparkSession, config: PipelineConfig, groups: list[tuple[list[str], str]]
-) -> dict:
+def build_shard_set(spark: SparkSession, config: PipelineConfig, groups: Groups) -> dict:
     if not groups:
         raise ingest.MetadataError("no metadata given: set input.urls or demo.enabled=true")
     url_list = reusable_url_list(config, groups) or build_url_list(spark, config, groups)

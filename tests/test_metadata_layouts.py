@@ -1,0 +1,106 @@
+"""The metadata people bring, read end to end by the stage: each preset's published layout
+(LAION parquet, DataComp/COYO parquet with lower-case columns, CC12M/CC3M tab-separated files
+without a header), and csv / JSON lines with their columns named by input.url_col and
+input.caption_col. Every row's URL and caption arrive in the shards as written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import InputConfig, PipelineConfig
+from pipeline.ingest import MetadataError, layout_of, read_metadata
+from pipeline.stage import build_shard_set
+from tests.hostile_web import HostileWeb
+from tests.test_fetch import quick_fetch
+
+# a caption with a double quote, one of digits only (must stay text), one with a comma
+CAPTIONS = ['a "quoted" red bicycle', "004217", "two dogs, one ball"]
+
+
+def _write(path: Path, preset: str, urls: list[str]) -> str:
+    """The rows as the dataset publishes them."""
+    if preset in ("laion400m", "laion5b"):
+        table = {"URL": urls, "TEXT": CAPTIONS, "SAMPLE_ID": pa.array([1, 2, 3], pa.int64())}
+        if preset == "laion5b":
+            table |= {"punsafe": [0.01, 0.2, 0.0], "pwatermark": [0.1, 0.0, 0.9]}
+        pq.write_table(pa.table(table), path.with_suffix(".parquet"))
+        return str(path.with_suffix(".parquet"))
+    if preset == "datacomp":
+        uids = [f"{i:032x}" for i in range(3)]
+        table = {"uid": uids, "url": urls, "text": CAPTIONS, "face_bboxes": [[], [], []]}
+        pq.write_table(pa.table(table), path.with_suffix(".parquet"))
+        return str(path.with_suffix(".parquet"))
+    if preset == "coyo700m":
+        table = {"id": pa.array([7, 8, 9], pa.int64()), "url": urls, "text": CAPTIONS}
+        pq.write_table(pa.table(table), path.with_suffix(".parquet"))
+        return str(path.with_suffix(".parquet"))
+    pairs = zip(urls, CAPTIONS, strict=True)
+    if preset == "cc12m":  # url<TAB>caption, no header
+        lines = [f"{u}\t{c}" for u, c in pairs]
+    elif preset == "cc3m":  # caption<TAB>url, no header
+        lines = [f"{c}\t{u}" for u, c in pairs]
+    elif preset == "csv":
+        pd.DataFrame({"image": urls, "alt": CAPTIONS}).to_csv(path.with_suffix(".csv"), index=False)
+        return str(path.with_suffix(".csv"))
+    elif preset == "jsonl":
+        lines = [json.dumps({"link": u, "caption": c}) for u, c in pairs]
+        path.with_suffix(".jsonl").write_text("\n".join(lines) + "\n")
+        return str(path.with_suffix(".jsonl"))
+    path.with_suffix(".tsv").write_text("\n".join(lines) + "\n")
+    return str(path.with_suffix(".tsv"))
+
+
+def _input(preset: str, files: list[str]) -> InputConfig:
+    if preset == "csv":
+        return InputConfig(urls=files, format="csv", url_col="image", caption_col="alt")
+    if preset == "jsonl":
+        return InputConfig(urls=files, format="jsonl", url_col="link", caption_col="caption")
+    return InputConfig(urls=files, preset=preset)
+
+
+LAYOUTS = ["laion400m", "laion5b", "datacomp", "coyo700m", "cc12m", "cc3m", "csv", "jsonl"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_layout_is_read_end_to_end_by_the_stage(tmp_path, spark, layout):
+    with HostileWeb() as web:
+        urls = [f"{web.base_url}/ok/{i}.jpg" for i in range(3)]
+        meta = _write(tmp_path / "meta", layout, urls)
+        config = PipelineConfig(output_dir=str(tmp_path / "shards"), input=_input(layout, [meta]))
+        config.download.image_size = 32
+        config.download.threads = 2
+        config.fetch = quick_fetch()
+        config.spark.shuffle_partitions = 2
+        manifest = build_shard_set(spark, config, [([meta], layout_of(config.input))])
+    assert manifest["counts"]["kept"] == 3
+    rows = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "shards").glob("*.parquet")))
+    assert sorted(zip(rows["url"], rows["caption"], strict=True)) == sorted(
+        zip(urls, CAPTIONS, strict=True)
+    )
+
+
+@pytest.mark.parametrize("reader", ["spark", "fsspec"])
+def test_both_readers_read_a_headerless_tsv_alike(tmp_path, spark, reader):
+    urls = [f"http://example.com/{i}.jpg" for i in range(3)]
+    meta = _write(tmp_path / "meta", "cc3m", urls)
+    frame = read_metadata(spark, [meta], layout_of(InputConfig(preset="cc3m")), reader)
+    rows = sorted((r["URL"], r["TEXT"]) for r in frame.collect())
+    assert rows == sorted(zip(urls, CAPTIONS, strict=True))
+
+
+def test_a_preset_with_its_own_columns_and_a_missing_column_are_clear_errors(tmp_path, spark):
+    with pytest.raises(MetadataError, match="leave input.format"):
+        layout_of(InputConfig(preset="cc12m", format="csv"))
+    meta = _write(tmp_path / "meta", "datacomp", ["http://example.com/0.jpg"] * 3)
+    layout = layout_of(InputConfig(format="parquet", url_col="link"))
+    for reader in ("spark", "fsspec"):
+        with pytest.raises(MetadataError, match=r"lacks column\(s\) \['link'\].*input.url_col"):
+            read_metadata(spark, [meta], layout, reader)
+    with pytest.raises(MetadataError, match="without a header"):
+        read_metadata(spark, [meta], layout_of(InputConfig(columns=["url", "caption"])))
