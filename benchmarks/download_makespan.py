@@ -294,7 +294,7 @@ class PassResult:
     start_s: np.ndarray
     leftover_rows: int  # cut by the shard deadline
     leftover_by_site: np.ndarray
-    retried_in_task: float = 0.0  # share of the rows of sites paced alone, retried in-task
+    retried_in_task: np.ndarray | float = 0.0  # per site: the share of its rows retried in-task
 
 
 def run_pass(
@@ -321,23 +321,25 @@ def run_pass(
     leftover = int(left_other.sum() + left_site.sum())
     # a task retries a retryable failure itself, ``retry_while_paced_s`` after it failed, when
     # it has at least that long plus a dead host's deadline still to run anyway (its paced
-    # sites' turns, its URLs not yet started): the failures of all but its last such stretch,
-    # of the sites it paces alone.
-    # Their second attempts add to its I/O; what is left goes to the final pass
-    retried = np.zeros(lay.shards)
+    # sites' turns, its URLs not yet started) and the failure's own site, with the retry
+    # added, ends before that too: the failures of all but the task's last such stretch, of
+    # every site but the one it waits on. Their second attempts add to its I/O; what is left
+    # goes to the final pass
+    retried_urls = np.zeros(len(lay.piece_urls))
     if policy.retry_while_paced_s is not None and cost.retryable:
         tail = policy.retry_while_paced_s + cost.retry_longest_s
         before = np.maximum(other, paced)
-        # … but only for sites the task paces alone: a shared site's turns are what it waits on
-        alone = np.bincount(lay.piece_shard, lay.piece_urls * (multiplier <= 1), lay.shards)
         in_time = np.clip(1.0 - tail / np.maximum(before, 1e-9), 0.0, 1.0)
-        retried = in_time * alone / np.maximum(lay.rows, 1)
-        extra_io = lay.rows * cost.retryable * retried * cost.retry_thread_s / cluster.threads
+        own = site_wait + per_request + cost.retry_longest_s
+        eligible = own <= before[lay.piece_shard]
+        retried_urls = lay.piece_urls * eligible * in_time[lay.piece_shard]
+        retried = np.bincount(lay.piece_shard, retried_urls, lay.shards)
+        extra_io = retried * cost.retryable * cost.retry_thread_s / cluster.threads
         other = np.maximum(io + extra_io, cpu)
         length = np.minimum(np.maximum(other, paced), budget) + cluster.task_overhead_s
     start = schedule(length, slots, policy.barrier_shards)
-    alone_rows = np.bincount(lay.piece_shard, lay.piece_urls * (multiplier <= 1), lay.shards)
-    share = float((lay.rows * retried).sum() / max(1, alone_rows.sum()))
+    by_site_retried = np.bincount(lay.piece_site, retried_urls, sizes_len)
+    share = by_site_retried / np.maximum(1, np.bincount(lay.piece_site, lay.piece_urls, sizes_len))
     makespan = float((start + length).max(initial=0.0))
     return PassResult(makespan, length, start, leftover, by_site, share)
 
@@ -405,9 +407,7 @@ def retry_sizes(sizes: np.ndarray, first: RowCost, result: PassResult, lay: Layo
     """Each site's rows in the final pass's list: its retryable share, and what the deadline
     left (the rows a task's own pace missed spread over sites as they were)."""
     rng = np.random.default_rng(7)
-    alone = lay.spread[: len(sizes)] <= 1  # a shared site's failures are never retried in-task
-    rate = np.where(alone, first.retryable * (1.0 - result.retried_in_task), first.retryable)
-    failed = rng.binomial(sizes, rate)
+    failed = rng.binomial(sizes, first.retryable * (1.0 - result.retried_in_task))
     paced_left = result.leftover_by_site.astype(np.int64)
     other_left = result.leftover_rows - int(paced_left.sum())
     spread_left = rng.multinomial(max(0, other_left), sizes / sizes.sum()) if other_left > 0 else 0

@@ -142,10 +142,6 @@ class DomainThrottle:
     def interval_for(self, domain: str) -> float:
         return self.interval_s * self.multipliers.get(domain, self.default_multiplier)
 
-    def shared(self, domain: str) -> bool:
-        """Other tasks pace ``domain`` too (it is on the cluster's grid)."""
-        return self.multipliers.get(domain, self.default_multiplier) > 1
-
     def _slot(self, domain: str, now: float) -> float:
         """``domain``'s next slot (on the throttle's clock), which may have just passed: any
         time from its next free one for a site only this task holds; for a shared one, the

@@ -246,17 +246,19 @@ def make_processor(
 class InTaskRetry:
     """A retryable failure is tried once more in its own task, ``after_s`` after it failed,
     when the task has at least that long plus a whole attempt (``attempt_s``, the fetch
-    deadline) still to run anyway: its paced sites' turns, its URLs not yet started — unless
-    its site is one the task shares with others (its turns are what the task waits on). Such
-    a retry costs the task no time, and its URL no place in the final pass, which only starts
+    deadline) still to run anyway: its paced sites' turns, its URLs not yet started — and its
+    own site's turns, with the retry's added, end before that too (a retry of the site the
+    task waits on would lengthen it by that site's interval). Such a retry costs the task no
+    time, and its URL no place in the final pass, which only starts
     when every first-pass shard is done (at 32 nodes, 1.8 h after a 11.6 h first pass in the
     download simulation). A second retryable failure is then final."""
 
     after_s: float
     attempt_s: float
 
-    def worth_it(self, work_left_s: float) -> bool:
-        return work_left_s >= self.after_s + self.attempt_s
+    def worth_it(self, work_left_s: float, own_site_s: float) -> bool:
+        """``own_site_s``: the failed URL's site's turns left in the task, the retry's too."""
+        return max(self.after_s, own_site_s) + self.attempt_s <= work_left_s
 
 
 def process_all(
@@ -322,11 +324,13 @@ def process_all(
     def retried_later(index: int, fetched: FetchResult) -> bool:
         if retry is None or not fetched.retryable or index in retried:
             return False
-        if fetched.error == SHARD_DEADLINE or not retry.worth_it(work_left_s()):
+        if fetched.error == SHARD_DEADLINE:
             return False
         url = urls_by_index[index]
-        if processor.fetcher.throttle.shared(domain_of_url(url)):
-            return False  # its turns are what the task waits on: a retry would lengthen it
+        site = domain_of_url(url)
+        own_site_s = order.site_time_left(site) + processor.fetcher.throttle.interval_for(site)
+        if not retry.worth_it(work_left_s(), own_site_s):
+            return False
         if not order.add((index, url), time.monotonic() + retry.after_s):
             return False
         retried[index] = (url, fetched)

@@ -70,6 +70,11 @@ class PacedOrder:
         with self._lock:
             return max((self._site_time_left(s) for s in self._queues), default=0.0)
 
+    def site_time_left(self, site: str) -> float:
+        """How long ``site``'s queued URLs hold the task at its pace."""
+        with self._lock:
+            return self._site_time_left(site)
+
     def queued(self) -> int:
         """URLs not handed out yet, put-back ones not counted (a retry must not justify
         another)."""

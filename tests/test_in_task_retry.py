@@ -80,3 +80,14 @@ def test_a_retry_the_deadline_cuts_stays_retryable():
     assert sorted(index for index, _, _ in results) == list(range(len(urls)))
     by_url = {urls[index]: result for index, _, result in results}
     assert by_url[urls[0]]["error_message"] == "http 500" and by_url[urls[0]]["retryable"]
+
+
+def test_a_failure_of_the_site_the_task_waits_on_is_left_to_the_final_pass():
+    """The paced site's own failure: retrying it would add a turn to the site that sets the
+    task's length, so it waits for the final pass."""
+    with HostileWeb("127.0.0.2") as paced:
+        urls = [f"{paced.base_url}/500"] + [f"{paced.base_url}/ok/{i}.jpg" for i in range(15)]
+        results = _run(urls, RETRY)
+        assert len(paced.requests["/500"]) == 1
+    assert results[urls[0]]["retryable"] is True
+    assert all(results[u]["status"] == "success" for u in urls[1:])
