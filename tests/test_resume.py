@@ -23,7 +23,8 @@ TOTAL_STEPS = 32
 
 
 def _config(run_dir: Path, shards: Path, **overrides):
-    config = micro_train_config(str(run_dir), str(shards), checkpoint_every_steps=4, **overrides)
+    overrides = {"checkpoint_every_steps": 4, **overrides}
+    config = micro_train_config(str(run_dir), str(shards), **overrides)
     config.phases = PHASES
     return config
 
@@ -76,3 +77,33 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shard_set):
     assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))
     assert [r["samples_seen"] for r in records] == [8 * s for s in range(1, TOTAL_STEPS + 1)]
     assert [r["lr"] for r in records] == [r["lr"] for r in reference_records]
+
+
+def test_sigterm_checkpoints_exits_0_and_the_resumed_run_is_bit_exact(tmp_path, shard_set):
+    """SIGTERM (a scheduler's preemption) mid-phase: the run finishes its step, writes a
+    checkpoint there and exits 0; resumed, it ends where a run with a checkpoint at every step
+    ends (every checkpoint restarts the batch stream, so that is the run it must equal)."""
+    run_dir = tmp_path / "preempted"
+    args = [*_cli_args(run_dir, shard_set), "checkpoint_every_steps=1"]  # the last one wins
+    metrics = run_dir / "metrics.jsonl"
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert b"stopped by SIGTERM" in stderr
+    stopped_at = latest_checkpoint(str(run_dir))
+    assert stopped_at is not None and not stopped_at.endswith(f"{TOTAL_STEPS:08d}")
+
+    resumed = train(_config(run_dir, shard_set, resume=True, checkpoint_every_steps=1))
+    reference = train(_config(tmp_path / "reference", shard_set, checkpoint_every_steps=1))
+    assert resumed.endswith(f"step_{TOTAL_STEPS:08d}")
+    ours, theirs = read_weights(resumed), read_weights(reference)
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=0, atol=0, msg=name)
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))

@@ -19,6 +19,7 @@ from training.masking import set_mask_ratio
 from training.observe import Progress, Watchers, plot_curves
 from training.optim import set_lr
 from training.phases import PhasePlan
+from training.preemption import StopRequest
 from training.resolution import downsample
 from training.setup import TrainRun, set_up
 from training.sharding import average_replicated_grads
@@ -49,12 +50,20 @@ def train(config: TrainConfig) -> str:
         ),
     )
     batches = BatchStream(run.open_batches, state.step)
+    stop = StopRequest().install()
     run.model.train()
     for phase_index in range(state.phase_index, len(run.plans)):
-        _train_phase(run, phase_index, batches, progress)
+        if not _train_phase(run, phase_index, batches, progress, stop):
+            break
     batches.close()
     progress.close()
-    if run.dist.is_main:
+    if stop.requested and state.phase_index < len(run.plans):
+        log.warning(
+            "stopped by SIGTERM at step %d; checkpoint %s: rerun with resume=true to continue",
+            state.step,
+            run.last_checkpoint,
+        )
+    elif run.dist.is_main:
         if state.skipped_samples:
             log.warning("skipped %d broken samples or tar records", state.skipped_samples)
         log.info("training curves: %s", plot_curves(config.run_dir))
@@ -92,9 +101,12 @@ class BatchStream:
             shutdown()
 
 
-def _train_phase(run: TrainRun, phase_index: int, batches: BatchStream, progress: Progress) -> None:
+def _train_phase(
+    run: TrainRun, phase_index: int, batches: BatchStream, progress: Progress, stop: StopRequest
+) -> bool:
     """Run phase ``phase_index`` from where ``run.state`` stands to its end, checkpointing on
-    the way; the stream is restarted at each checkpoint."""
+    the way; the stream is restarted at each checkpoint. False: stopped by SIGTERM (after a
+    checkpoint of the step it stopped at)."""
     config, state, plan = run.config, run.state, run.plans[phase_index]
     _log_phase_start(run, phase_index)
     # Decisions taken by the clock (a timed phase's end, checkpoint_every_s) must be the same on
@@ -119,20 +131,24 @@ def _train_phase(run: TrainRun, phase_index: int, batches: BatchStream, progress
         if state.step % config.log_every_steps == 0 or at_phase_end:
             _report(run, progress, plan, loss, {"lr": lr, "data_time_s": data_time})
         periodic = checkpoint_due(config, state.step, clock_before, state.train_seconds)
+        stopping = stop.due(state.step, run.dist.world_size, run.device)
         if at_phase_end:
             state.phase_index, state.phase_step, state.phase_seconds = phase_index + 1, 0, 0.0
-        if at_phase_end or periodic:
+        if at_phase_end or periodic or stopping:
             progress.flush()  # first: a checkpoint on storage implies its metrics are too
             _save(run, plan)
             barrier()  # no rank runs on until the checkpoint is whole on storage
         # Restarting the stream at a checkpoint makes a resumed run see the same batches.
         # A timed phase cannot resume bit for bit anyway, and the restart (refilling the
         # shuffle buffer) would be charged to its clock: it keeps its stream.
+        if stopping:
+            return False
         restart = at_phase_end or (periodic and not plan.seconds)
         if restart and state.phase_index < len(run.plans):
             batches.restart(state.step)
         if at_phase_end:
             break
+    return True
 
 
 def checkpoint_due(config: TrainConfig, step: int, clock_before: float, clock: float) -> bool:
