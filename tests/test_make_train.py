@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,37 @@ def test_gpus_torch_cannot_use_stop_the_run(tmp_path):
         resolve_device("cuda", dev=str(tmp_path / "none"))
     assert resolve_device("cpu", dev=str(tmp_path)).type == "cpu"  # on purpose: allowed
     assert resolve_device("auto", dev=str(tmp_path / "none")).type == "cpu"  # no GPU at all
+
+
+def test_sigterm_to_every_rank_stops_them_at_one_step_with_a_checkpoint(tmp_path, shard_set):
+    """As SLURM signals a job step's processes: SIGTERM to torchrun and both ranks. The ranks
+    agree on the stop (every 10 steps), checkpoint that step together and leave; nobody waits
+    in a collective the other has left."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "training", "configs/train/flip_tiny.yaml",
+        f"run_dir={run_dir}", f"data.shards={shard_set}", "model.name=flip_micro",
+        "batch_size=8", "data.workers=0", "data.shuffle_buffer=16", "device=cpu",
+        "log_every_steps=1", "checkpoint_every_steps=100",
+        "phases=[{name: pretrain, mask_ratio: 0.5, samples: 800000, base_lr: 1.0e-3}]",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    output = process.communicate(timeout=300)[0].decode()
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert output.count("stopped by SIGTERM") == 2, output[-4000:]
+    assert steps[-1] % 10 == 0 and steps[-1] < 100_000, steps
+    latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+    assert latest.endswith(f"step_{steps[-1]:08d}"), latest
