@@ -22,6 +22,7 @@ from pyspark.sql import types as T
 from flipcommon.storage import url_join, write_bytes_atomic
 
 BATCH_ROWS = 65_536
+CSV_BLOCK_BYTES = 16 << 20  # a block must hold a whole row: captions of up to ~16 MB
 SUFFIXES = {
     "parquet": (".parquet",),
     "csv": (".csv",),
@@ -57,8 +58,17 @@ def list_files(urls: list[str], fmt: str) -> list[str]:
     return files
 
 
-def _batches(url: str, fmt: str, columns: tuple[str, ...] = ()) -> Iterator[pa.RecordBatch]:
-    """``columns``: a csv/tsv file without a header row, its columns' names."""
+def _skip_row(row) -> str:
+    """A csv/tsv row with too few or too many fields (a stray tab in a caption) is skipped, as
+    Spark's reader drops it, instead of failing the whole file."""
+    return "skip"
+
+
+def _batches(
+    url: str, fmt: str, columns: tuple[str, ...] = (), text_columns: tuple[str, ...] = ()
+) -> Iterator[pa.RecordBatch]:
+    """``columns``: a csv/tsv file without a header row, its columns' names; ``text_columns``:
+    columns to read as text whatever they look like."""
     with fsspec.open(url, "rb") as handle:
         if fmt == "parquet":
             yield from pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS)
@@ -67,10 +77,13 @@ def _batches(url: str, fmt: str, columns: tuple[str, ...] = ()) -> Iterator[pa.R
                 parse = pa_csv.ParseOptions(newlines_in_values=True)
             else:  # as the CC3M/CC12M tools write it: tabs, no quoting
                 parse = pa_csv.ParseOptions(delimiter="\t", quote_char=False)
+            parse.invalid_row_handler = _skip_row
             names = list(columns) or None
-            read = pa_csv.ReadOptions(column_names=names)
-            # every column as text: a caption of digits must not become a number
-            convert = pa_csv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()))
+            read = pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES)
+            # the columns read as text: a caption of digits must not become a number (nor a
+            # column of numbers in its first block fail at its first word)
+            text = {v for c in (*columns, *text_columns) for v in (c, c.lower(), c.upper())}
+            convert = pa_csv.ConvertOptions(column_types=dict.fromkeys(text, pa.string()))
             yield from pa_csv.open_csv(
                 handle, read_options=read, parse_options=parse, convert_options=convert
             )
@@ -96,7 +109,7 @@ def read_as_strings(
     a header row, their columns' names."""
 
     def rows(url: str) -> Iterator[tuple]:
-        for batch in _batches(url, fmt, header):
+        for batch in _batches(url, fmt, header, tuple(columns)):
             by_lower = {name.lower(): name for name in batch.schema.names}
             values = []
             for column in columns:

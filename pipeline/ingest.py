@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -42,15 +43,35 @@ class MetadataLayout:
     url_col: str = "URL"
     caption_col: str = "TEXT"
     columns: tuple[str, ...] = ()  # headerless csv/tsv: every column's name, in order
+    # other normalised columns read from a column of another name: (normalised, theirs)
+    renames: tuple[tuple[str, str], ...] = ()
+
+    def sources(self) -> dict[str, str]:
+        """Normalised column (lower case) -> the dataset's column (lower case), where named."""
+        named = {"url": self.url_col, "text": self.caption_col, **dict(self.renames)}
+        return {ours.lower(): theirs.lower() for ours, theirs in named.items()}
 
 
-# The layouts of the datasets people bring (their published metadata files). LAION-5B's
-# punsafe/pwatermark and DataComp's uid/face_bboxes are read by name where a later step uses them.
+# The layouts of the datasets people bring (their published metadata files). Columns with no
+# counterpart here (LAION-5B's punsafe/pwatermark, DataComp's uid/face_bboxes) are not read.
+# DataComp's similarity is CLIP ViT-L/14's, COYO's ViT-B/32's: a filters.min_similarity
+# threshold means what it means for that model.
 PRESETS = {
     "laion400m": MetadataLayout("parquet", "URL", "TEXT"),
     "laion5b": MetadataLayout("parquet", "URL", "TEXT"),
-    "datacomp": MetadataLayout("parquet", "url", "text"),
-    "coyo700m": MetadataLayout("parquet", "url", "text"),
+    "datacomp": MetadataLayout(
+        "parquet",
+        "url",
+        "text",
+        renames=(
+            ("similarity", "clip_l14_similarity_score"),
+            ("WIDTH", "original_width"),
+            ("HEIGHT", "original_height"),
+        ),
+    ),
+    "coyo700m": MetadataLayout(
+        "parquet", "url", "text", renames=(("similarity", "clip_similarity_vitb32"),)
+    ),
     "cc12m": MetadataLayout("tsv", "url", "caption", ("url", "caption")),
     "cc3m": MetadataLayout("tsv", "url", "caption", ("caption", "url")),
 }
@@ -91,18 +112,29 @@ def read_metadata(
         raise MetadataError(f"unknown metadata reader {reader!r}: use auto, spark or fsspec")
     if layout.columns and layout.format not in ("csv", "tsv"):
         raise MetadataError("input.columns names the columns of csv/tsv files without a header")
+    if layout.url_col.lower() == layout.caption_col.lower():
+        raise MetadataError("input.url_col and input.caption_col name the same column")
     fmt = "json" if layout.format == "jsonl" else layout.format
     if reader == "spark" or (reader == "auto" and fsspec_io.spark_reads_natively(urls)):
-        return normalise(_spark_read(spark, urls, fmt, layout.columns), layout)
+        try:
+            frame = _spark_read(spark, urls, fmt, layout.columns)
+        except AnalysisException as err:
+            if "COLUMN_ALREADY_EXISTS" not in str(err):
+                raise
+            first_line = str(err).splitlines()[0]
+            clash = f"metadata has columns that differ only by case: {first_line}"
+            raise MetadataError(clash) from err
+        return normalise(frame, layout)
     try:
         files = fsspec_io.list_files(urls, fmt)
     except FileNotFoundError as err:
         raise MetadataError(str(err)) from err
     present = fsspec_io.file_columns(files[0], fmt, layout.columns)
     _check_required(present, layout)
-    mapped = {layout.url_col.lower(), layout.caption_col.lower(), "url", "text"}
-    others = [c for c in NORMALISED_COLUMNS if c.lower() not in mapped]
-    wanted = [layout.url_col, layout.caption_col, *others]
+    sources = layout.sources()
+    used = set(sources.values())
+    others = [c for c in NORMALISED_COLUMNS if c.lower() not in sources and c.lower() not in used]
+    wanted = [*dict.fromkeys(sources.values()), *others]
     frame = fsspec_io.read_as_strings(spark, files, fmt, wanted, layout.columns)
     return normalise(frame, layout)
 
@@ -122,7 +154,14 @@ def _spark_read(spark: SparkSession, urls: list[str], fmt: str, columns: tuple[s
 
 
 def _check_required(columns: list[str], layout: MetadataLayout) -> None:
-    lower = {c.lower() for c in columns}
+    read = set(layout.sources().values()) | {c.lower() for c in NORMALISED_COLUMNS}
+    spellings: dict[str, list[str]] = {}
+    for column in columns:
+        spellings.setdefault(column.lower(), []).append(column)
+    clashes = [names for key, names in spellings.items() if key in read and len(names) > 1]
+    if clashes:
+        raise MetadataError(f"metadata has columns that differ only by case: {clashes}")
+    lower = set(spellings)
     missing = [c for c in (layout.url_col, layout.caption_col) if c.lower() not in lower]
     if missing:
         raise MetadataError(
@@ -148,10 +187,15 @@ def normalise(df: DataFrame, layout: MetadataLayout | None = None) -> DataFrame:
     layout = layout or MetadataLayout()
     _check_required(df.columns, layout)
     lower = {c.lower(): c for c in df.columns}
-    renamed = {"url": layout.url_col.lower(), "text": layout.caption_col.lower()}
+    sources = layout.sources()
+    used = set(sources.values())
 
     def col(name: str) -> Column:
-        source = lower.get(renamed.get(name.lower(), name.lower()))
+        key = name.lower()
+        # a column read as another one (caption_col: LICENSE) is not also read as itself
+        source = lower.get(sources[key]) if key in sources else None
+        if key not in sources and key not in used:
+            source = lower.get(key)
         if source is None:
             return F.lit(None).cast(NORMALISED_COLUMNS[name])
         return F.col(f"`{source}`")

@@ -89,7 +89,7 @@ def test_sigterm_to_every_rank_stops_them_at_one_step_with_a_checkpoint(tmp_path
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
         "-m", "training", "configs/train/flip_tiny.yaml",
         f"run_dir={run_dir}", f"data.shards={shard_set}", "model.name=flip_micro",
-        "batch_size=8", "data.workers=0", "data.shuffle_buffer=16", "device=cpu",
+        "batch_size=8", "data.workers=1", "data.shuffle_buffer=16", "device=cpu",
         "log_every_steps=1", "checkpoint_every_steps=100",
         "phases=[{name: pretrain, mask_ratio: 0.5, samples: 800000, base_lr: 1.0e-3}]",
     ]  # fmt: skip

@@ -104,3 +104,53 @@ def test_a_preset_with_its_own_columns_and_a_missing_column_are_clear_errors(tmp
             read_metadata(spark, [meta], layout, reader)
     with pytest.raises(MetadataError, match="without a header"):
         read_metadata(spark, [meta], layout_of(InputConfig(columns=["url", "caption"])))
+
+
+def test_datacomp_and_coyo_similarity_and_sizes_are_read_under_their_own_names(tmp_path, spark):
+    path = tmp_path / "datacomp.parquet"
+    table = {
+        "uid": ["a" * 32],
+        "url": ["http://example.com/0.jpg"],
+        "text": ["a red bicycle"],
+        "original_width": pa.array([640], pa.int64()),
+        "original_height": pa.array([480], pa.int64()),
+        "clip_l14_similarity_score": [0.31],
+    }
+    pq.write_table(pa.table(table), path)
+    for reader in ("spark", "fsspec"):
+        layout = layout_of(InputConfig(preset="datacomp"))
+        (row,) = read_metadata(spark, [str(path)], layout, reader).collect()
+        assert (row["WIDTH"], row["HEIGHT"], row["similarity"]) == (640, 480, 0.31), reader
+
+
+def test_csv_columns_stay_text_and_a_malformed_row_does_not_fail_the_file(tmp_path, spark):
+    """With a header, a caption column of digits is text (pyarrow would type it as numbers,
+    "000001" becoming 1); a TSV row with a stray tab is dropped, the rest read."""
+    rows = [(f"http://example.com/{i}.jpg", f"{i:06d}") for i in range(3)]
+    csv = tmp_path / "digits.csv"
+    pd.DataFrame(rows, columns=["url", "caption"]).to_csv(csv, index=False)
+    layout = layout_of(InputConfig(format="csv", url_col="url", caption_col="caption"))
+    for reader in ("spark", "fsspec"):
+        frame = read_metadata(spark, [str(csv)], layout, reader)
+        assert sorted(r["TEXT"] for r in frame.collect()) == ["000000", "000001", "000002"]
+    tsv = tmp_path / "stray.tsv"
+    tsv.write_text("http://e.com/0.jpg\tfine caption\nhttp://e.com/1.jpg\tbad\tcaption\n")
+    layout = layout_of(InputConfig(preset="cc12m"))
+    frame = read_metadata(spark, [str(tsv)], layout, "fsspec")
+    assert [r["TEXT"] for r in frame.collect()] == ["fine caption"]
+
+
+def test_column_names_that_clash_are_clear_errors_or_read_once(tmp_path, spark):
+    with pytest.raises(MetadataError, match="name the same column"):
+        read_metadata(spark, ["x"], layout_of(InputConfig(url_col="u", caption_col="U")))
+    both = tmp_path / "both.parquet"
+    pq.write_table(pa.table({"url": ["a"], "URL": ["b"], "TEXT": ["a caption"]}), both)
+    for reader in ("spark", "fsspec"):
+        with pytest.raises(MetadataError, match="differ only by case"):
+            read_metadata(spark, [str(both)], "parquet", reader).collect()
+    # a caption taken from a column named like another normalised one is not read twice
+    licensed = tmp_path / "licensed.parquet"
+    pq.write_table(pa.table({"URL": ["http://e.com/0.jpg"], "LICENSE": ["a caption"]}), licensed)
+    layout = layout_of(InputConfig(caption_col="LICENSE"))
+    (row,) = read_metadata(spark, [str(licensed)], layout).collect()
+    assert (row["TEXT"], row["LICENSE"]) == ("a caption", None)

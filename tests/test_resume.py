@@ -12,6 +12,7 @@ import torch
 from flipcommon.checkpoints import latest_checkpoint, read_weights
 from tests.conftest import micro_train_config, micro_training_args
 from training.config import PhaseConfig
+from training.preemption import PREEMPTED_EXIT
 from training.trainer import train
 
 REPO = Path(__file__).parent.parent
@@ -94,7 +95,7 @@ def test_sigterm_checkpoints_exits_0_and_the_resumed_run_is_bit_exact(tmp_path, 
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert process.returncode == PREEMPTED_EXIT, stderr.decode()[-2000:]
     assert b"stopped by SIGTERM" in stderr
     stopped_at = latest_checkpoint(str(run_dir))
     assert stopped_at is not None and not stopped_at.endswith(f"{TOTAL_STEPS:08d}")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from flipcommon.cli import run_stage, stage_parser
 from training.config import TrainConfig
+
+log = logging.getLogger("training")
 
 HELP = """\
 Train a CLIP model the FLIP way: random removal of a share of image patches (phase
@@ -23,6 +27,9 @@ one config runs on 8 or 256 GPUs unchanged; a phase may set its own). parallelis
 weights, gradients and optimizer state across ranks (ViT-H/14 and larger). A phase with
 seconds=S instead of samples runs for S seconds of training time (equal-compute comparisons).
 
+Preemption: on SIGTERM (a scheduler's time limit, eviction, spot reclaim) the run finishes its
+step, writes a checkpoint and exits with status 75; rerun with resume=true to continue.
+
 Examples:
   python -m training configs/train/flip_tiny.yaml
   python -m training configs/train/vit_b16.yaml data.shards=s3://bucket/shards resume=true
@@ -30,11 +37,16 @@ Examples:
 
 
 def _run(config: TrainConfig, args) -> None:
+    from training.preemption import PREEMPTED_EXIT, Preempted
     from training.trainer import train
 
     if args.resume:
         config.resume = True
-    train(config)
+    try:
+        train(config)
+    except Preempted as stop:
+        log.warning("%s: rerun with resume=true to continue", stop)
+        raise SystemExit(PREEMPTED_EXIT) from None
 
 
 def main(argv: list[str] | None = None) -> None:

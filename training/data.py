@@ -24,6 +24,7 @@ from torchvision import transforms
 from flipcommon.errors import UserError
 from flipcommon.shard_set import read_sizes
 from flipcommon.storage import url_join
+from training.preemption import ignore_sigterm
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -203,6 +204,7 @@ def make_loader(
         prefetch_factor=prefetch_batches if workers > 0 else None,
         # page-locked batches copy to a GPU asynchronously (non_blocking) and faster
         pin_memory=pin_memory,
+        worker_init_fn=ignore_sigterm if workers > 0 else None,
     )
 
 

@@ -19,7 +19,7 @@ from training.masking import set_mask_ratio
 from training.observe import Progress, Watchers, plot_curves
 from training.optim import set_lr
 from training.phases import PhasePlan
-from training.preemption import StopRequest
+from training.preemption import Preempted, StopRequest
 from training.resolution import downsample
 from training.setup import TrainRun, set_up
 from training.sharding import average_replicated_grads
@@ -52,18 +52,17 @@ def train(config: TrainConfig) -> str:
     batches = BatchStream(run.open_batches, state.step)
     stop = StopRequest().install()
     run.model.train()
-    for phase_index in range(state.phase_index, len(run.plans)):
-        if not _train_phase(run, phase_index, batches, progress, stop):
-            break
+    stopped = False
+    try:
+        for phase_index in range(state.phase_index, len(run.plans)):
+            if not _train_phase(run, phase_index, batches, progress, stop):
+                stopped = True
+                break
+    finally:
+        stop.uninstall()
     batches.close()
     progress.close()
-    if stop.requested and state.phase_index < len(run.plans):
-        log.warning(
-            "stopped by SIGTERM at step %d; checkpoint %s: rerun with resume=true to continue",
-            state.step,
-            run.last_checkpoint,
-        )
-    elif run.dist.is_main:
+    if not stopped and run.dist.is_main:
         if state.skipped_samples:
             log.warning("skipped %d broken samples or tar records", state.skipped_samples)
         log.info("training curves: %s", plot_curves(config.run_dir))
@@ -72,6 +71,8 @@ def train(config: TrainConfig) -> str:
     # its last files can get rank 0 aborted by gloo (seen once in ~50 two-rank CPU runs).
     barrier()
     close_distributed()
+    if stopped:
+        raise Preempted(state.step, run.last_checkpoint)
     return run.last_checkpoint
 
 
@@ -131,7 +132,7 @@ def _train_phase(
         if state.step % config.log_every_steps == 0 or at_phase_end:
             _report(run, progress, plan, loss, {"lr": lr, "data_time_s": data_time})
         periodic = checkpoint_due(config, state.step, clock_before, state.train_seconds)
-        stopping = stop.due(state.step, run.dist.world_size, run.device)
+        stopping = stop.due(state.step, step_seconds, run.device) and not at_phase_end
         if at_phase_end:
             state.phase_index, state.phase_step, state.phase_seconds = phase_index + 1, 0, 0.0
         if at_phase_end or periodic or stopping:
