@@ -83,7 +83,9 @@ def _batches(
             # the columns read as text: a caption of digits must not become a number (nor a
             # column of numbers in its first block fail at its first word)
             text = {v for c in (*columns, *text_columns) for v in (c, c.lower(), c.upper())}
-            convert = pa_csv.ConvertOptions(column_types=dict.fromkeys(text, pa.string()))
+            convert = pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(text, pa.string()), strings_can_be_null=True
+            )  # an empty field is null, as pyarrow's own typing and Spark's reader make it
             yield from pa_csv.open_csv(
                 handle, read_options=read, parse_options=parse, convert_options=convert
             )
