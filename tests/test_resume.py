@@ -80,7 +80,7 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shard_set):
     assert [r["lr"] for r in records] == [r["lr"] for r in reference_records]
 
 
-def test_sigterm_checkpoints_exits_0_and_the_resumed_run_is_bit_exact(tmp_path, shard_set):
+def test_sigterm_checkpoints_exits_75_and_the_resumed_run_is_bit_exact(tmp_path, shard_set):
     """SIGTERM (a scheduler's preemption) mid-phase: the run finishes its step, writes a
     checkpoint there and exits 0; resumed, it ends where a run with a checkpoint at every step
     ends (every checkpoint restarts the batch stream, so that is the run it must equal)."""
