@@ -41,7 +41,9 @@ import argparse
 import heapq
 import json
 import math
+import resource
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -50,9 +52,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.config import FetchConfig  # noqa: E402
 from pipeline.fetch import DomainThrottle  # noqa: E402
 from pipeline.shard_retry import final_pass_samples_per_shard  # noqa: E402
 from pipeline.site_placement import SitePlacement  # noqa: E402
+from pipeline.task_lanes import LaneLease, lease_lane  # noqa: E402
 from pipeline.url_shards import UrlList  # noqa: E402
 
 BACKOFF_MEAN_S = (0.75, 1.5)  # the fetcher's jittered backoff before retry 1, 2 (base 1 s)
@@ -98,13 +102,17 @@ class Policy:
     # a retryable failure tried again in its task, this long after it failed, when the task
     # waits on a paced site anyway (None: never; it waits for the final pass)
     retry_while_paced_s: float | None = None
+    # each task's place on a shared site's grid: a lane leased from its executor's folder
+    # (``pipeline.task_lanes``); else its shard id (the code before)
+    leased_lanes: bool = False
 
 
 POLICIES = [
     Policy("1,000-shard jobs, sites in runs, retries 2", False, 2, False, False, 1000),
     Policy("one job, sites in runs, retries 2", False, 2, False, False),
     Policy("large sites spread, no in-task retries", True, 0, True, True),
-    Policy("now: spread, retried in-task while work is left", True, 0, True, True, 0, 60.0),
+    Policy("spread, retried in-task while work is left", True, 0, True, True, 0, 60.0),
+    Policy("now: … and each task at its slot's leased lane", True, 0, True, True, 0, 60.0, True),
 ]
 
 
@@ -118,6 +126,7 @@ class Cluster:
     shard_deadline_s: float = 3600.0
     task_overhead_s: float = 2.0  # read the part, commit the shard
     clock_skew_s: float = 0.001  # nodes' wall clocks under NTP: ~1 ms apart
+    headroom: float = FetchConfig.shared_site_headroom  # fetch.shared_site_headroom
 
     @property
     def slots(self) -> int:
@@ -295,15 +304,24 @@ class PassResult:
     leftover_rows: int  # cut by the shard deadline
     leftover_by_site: np.ndarray
     retried_in_task: np.ndarray | float = 0.0  # per site: the share of its rows retried in-task
+    lanes: np.ndarray | None = None  # each task's lane, where leased (else its shard id)
 
 
 def run_pass(
-    lay: Layout, cost: RowCost, cluster: Cluster, policy: Policy, sizes_len: int
+    lay: Layout,
+    cost: RowCost,
+    cluster: Cluster,
+    policy: Policy,
+    sizes_len: int,
+    lanes_root: Path | None = None,
 ) -> PassResult:
     """Every shard's length (I/O, CPU, its slowest site's pacing), then Spark's FIFO schedule."""
     slots = cluster.slots
     multiplier = np.minimum(lay.spread[lay.piece_site], slots)
-    site_wait = lay.piece_urls * cluster.interval_s * multiplier
+    # a shared site's grid runs ``headroom`` slower than its share of the interval
+    slower = np.where(multiplier > 1, 1.0 + cluster.headroom, 1.0)
+    per_request = cluster.interval_s * multiplier * slower
+    site_wait = lay.piece_urls * per_request
     paced = np.zeros(lay.shards)
     np.maximum.at(paced, lay.piece_shard, site_wait)
     io = lay.rows * cost.thread_s / cluster.threads
@@ -314,7 +332,6 @@ def run_pass(
     # what the deadline leaves: the rows the task's own pace did not reach, and each paced
     # site's URLs past the deadline
     left_other = lay.rows * np.clip(1 - budget / np.maximum(other, 1e-9), 0, 1)
-    per_request = cluster.interval_s * multiplier
     left_site = np.maximum(0, lay.piece_urls - np.floor(budget / np.maximum(per_request, 1e-12)))
     left_site = np.where(per_request > 0, left_site, 0)
     by_site = np.bincount(lay.piece_site, left_site, sizes_len)
@@ -337,30 +354,69 @@ def run_pass(
         extra_io = retried * cost.retryable * cost.retry_thread_s / cluster.threads
         other = np.maximum(io + extra_io, cpu)
         length = np.minimum(np.maximum(other, paced), budget) + cluster.task_overhead_s
-    start = schedule(length, slots, policy.barrier_shards)
+    start, slot = schedule_slots(length, slots, policy.barrier_shards)
+    lanes = None
+    if policy.leased_lanes and lanes_root is not None:
+        lanes = leased_lanes(start, length, slot // cluster.cores_per_node, lanes_root)
     by_site_retried = np.bincount(lay.piece_site, retried_urls, sizes_len)
     share = by_site_retried / np.maximum(1, np.bincount(lay.piece_site, lay.piece_urls, sizes_len))
     makespan = float((start + length).max(initial=0.0))
-    return PassResult(makespan, length, start, leftover, by_site, share)
+    return PassResult(makespan, length, start, leftover, by_site, share, lanes)
 
 
 def schedule(lengths: np.ndarray, slots: int, barrier_shards: int = 0) -> np.ndarray:
     """Spark's FIFO: task i starts when a slot frees, in id order; with ``barrier_shards``, a
     job of that many tasks must end before the next job starts."""
+    return schedule_slots(lengths, slots, barrier_shards)[0]
+
+
+def schedule_slots(
+    lengths: np.ndarray, slots: int, barrier_shards: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``schedule``'s starts, and the slot each task runs in."""
     starts = np.zeros(len(lengths))
+    slot_of = np.zeros(len(lengths), np.int64)
     job = barrier_shards or len(lengths)
     clock = 0.0
     for first in range(0, len(lengths), job):
-        free = [clock] * slots
+        free = [(clock, slot) for slot in range(slots)]
         heapq.heapify(free)
         end = clock
         for i in range(first, min(first + job, len(lengths))):
-            starts[i] = heapq.heappop(free)
+            starts[i], slot_of[i] = heapq.heappop(free)
             done = starts[i] + lengths[i]
-            heapq.heappush(free, done)
+            heapq.heappush(free, (done, int(slot_of[i])))
             end = max(end, done)
         clock = end
-    return starts
+    return starts, slot_of
+
+
+def leased_lanes(
+    start: np.ndarray, length: np.ndarray, executor: np.ndarray, lanes_root: Path
+) -> np.ndarray:
+    """Each task's lane as ``pipeline.task_lanes.lease_lane`` gives it: tasks in the order
+    they start, each leasing from its executor's folder under ``lanes_root`` (real files and
+    locks) with its id as its own lane, and giving it back when it ends. The folders outlive a
+    pass, as an executor's do between the first pass's job and the final pass's."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = int(np.bincount(executor).sum()) + 256  # a lease holds a file open
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    lanes = np.zeros(len(start), np.int64)
+    running: list[tuple[float, int]] = []
+    leases: dict[int, LaneLease] = {}
+    try:
+        for task in np.lexsort((np.arange(len(start)), start)):
+            while running and running[0][0] <= start[task]:
+                leases.pop(heapq.heappop(running)[1]).release()
+            lease = lease_lane(lanes_root / f"executor-{executor[task]}", int(task))
+            leases[int(task)] = lease
+            lanes[task] = lease.lane
+            heapq.heappush(running, (float(start[task] + length[task]), int(task)))
+    finally:
+        for lease in leases.values():
+            lease.release()
+    return lanes
 
 
 def busiest_site_requests(
@@ -371,7 +427,8 @@ def busiest_site_requests(
     starts the site with the most paced time left at every turn (``pipeline.site_schedule``;
     ``shard_time_model.py`` checks that against the real feed), so its requests go at the
     throttle's slots — on the cluster's grid in the task's lane (its shard id), one per
-    interval × multiplier. Each task's wall clock is off by a normal draw of
+    interval × multiplier (the lane: the task's leased lane, or the shard id where the policy
+    leases none). Each task's wall clock is off by a normal draw of
     ``cluster.clock_skew_s`` (what NTP leaves between nodes)."""
     multiplier = min(int(lay.spread[0]), cluster.slots)
     times = []
@@ -382,8 +439,9 @@ def busiest_site_requests(
             cluster.interval_s,
             {"site": multiplier},
             clock=lambda begin=begin: begin,
-            lane=int(shard),
+            lane=int(shard if result.lanes is None else result.lanes[shard]),
             wall_offset_s=skew,
+            headroom=cluster.headroom,
         )
         stop = begin + cluster.shard_deadline_s
         for _ in range(int(lay.busiest[shard])):
@@ -442,7 +500,9 @@ def simulate(
     started = time.perf_counter()
     first_layout = layout(sizes, placement, rng)
     first_cost = first_pass_cost(outcomes, policy)
-    first = run_pass(first_layout, first_cost, cluster, policy, len(sizes))
+    lanes_folders = tempfile.TemporaryDirectory(prefix="lanes-")
+    lanes_root = Path(lanes_folders.name)
+    first = run_pass(first_layout, first_cost, cluster, policy, len(sizes), lanes_root)
     requests = [busiest_site_requests(first_layout, first, cluster, rng)]
     retry = retry_sizes(sizes, first_cost, first, first_layout)
     leftovers = first.leftover_rows / max(1, int(retry.sum()))
@@ -457,10 +517,12 @@ def simulate(
         final = PassResult(0.0, np.zeros(0), np.zeros(0), 0, np.zeros(0))
     else:
         final_layout = layout(retry[retry > 0], final_placement, rng)
-        final = run_pass(final_layout, final_cost, cluster, policy, int((retry > 0).sum()))
+        final_sites = int((retry > 0).sum())
+        final = run_pass(final_layout, final_cost, cluster, policy, final_sites, lanes_root)
     if retry[0] > 0:
         shifted = busiest_site_requests(final_layout, final, cluster, rng)
         requests.append(shifted + first.makespan_s)
+    lanes_folders.cleanup()
     times = np.concatenate(requests)
     bounds = ideal_s(sizes, outcomes, cluster)
     makespan = first.makespan_s + final.makespan_s
@@ -510,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         help="standard deviation of a node's wall clock from true time, seconds",
     )
     parser.add_argument(
+        "--headroom",
+        type=float,
+        default=Cluster.headroom,
+        help="fetch.shared_site_headroom: a shared site's grid this much under its allowance",
+    )
+    parser.add_argument(
         "--policies",
         type=int,
         nargs="+",
@@ -536,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             samples_per_shard=args.samples_per_shard,
             interval_s=args.interval,
             clock_skew_s=args.clock_skew,
+            headroom=args.headroom,
         )
         for index in args.policies:
             row = simulate(sizes, outcomes, cluster, POLICIES[index])

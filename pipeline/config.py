@@ -103,6 +103,10 @@ class FetchConfig:
     # Minimum gap between requests to one site (registrable domain) from the whole cluster;
     # each task paces a site by this × the site's shard spread (pipeline.domains). 0: off.
     per_domain_interval_s: float = 0.0
+    # A site that many tasks share is paced this much slower than its share of the interval,
+    # so the nodes' clocks disagreeing by ~1 ms (NTP) never put the cluster above one request
+    # per interval in a 1-s window (the download simulation). Raise it where clocks drift more.
+    shared_site_headroom: Annotated[float, Range(0.0, 1.0)] = 0.01
     max_redirects: int = 5
     # Networks exempt from the SSRF guard (CIDRs). Empty: only public addresses are fetched.
     allowed_networks: list[Annotated[str, Check(ip_network, "a CIDR")]] = field(

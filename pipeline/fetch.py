@@ -110,14 +110,15 @@ class DomainThrottle:
     most tasks at once, for sites it reaches only through redirects (any task may).
 
     A shared site's slots lie on one wall-clock grid for the whole cluster, period k ×
-    interval, each task at its own place on it: the fractional part of ``lane`` × the golden
-    ratio (``lane`` = the task's shard id). The shards that run at once are mostly
-    consecutive ids, and consecutive ids' places are spread evenly over the period (the
-    three-gap theorem), so the site hears about one request per interval from the cluster in
-    short windows too, not only on average: independent random phases bunch (1.16× the
-    allowance in 1-s windows at 2,048 tasks, against 1.05× placed; the download simulation).
-    The grid needs the nodes' clocks to agree to within a few intervals, as NTP keeps them. A
-    throttle without a lane draws one at random per site."""
+    interval × (1 + ``headroom``), each task at its own place on it: the fractional part of
+    ``lane`` × the golden ratio. The lane is the task's executor slot's
+    (``pipeline.task_lanes``): the first wave's shard ids, consecutive, whose places are spread
+    evenly over the period (the three-gap theorem), so the site hears about one request per
+    interval from the cluster in short windows too, not only on average. Independent random
+    phases bunch: 1.16 × the allowance in 1-s windows at 2,048 tasks, the shard ids as lanes
+    1.054 ×, leased lanes 1.008 × (the download simulation); what is left is the nodes' clocks
+    disagreeing (1 ms apart, as NTP keeps them), which ``headroom`` (1%) covers. A throttle
+    without a lane draws one at random per site."""
 
     def __init__(
         self,
@@ -127,8 +128,12 @@ class DomainThrottle:
         lane: int | None = None,
         default_multiplier: int = 1,
         wall_offset_s: float | None = None,
+        headroom: float = 0.0,
     ):
+        if headroom < 0:
+            raise ValueError(f"headroom must be >= 0, not {headroom}")
         self.interval_s = interval_s
+        self.headroom = headroom
         self.multipliers = multipliers or {}
         self.default_multiplier = default_multiplier
         self._clock = clock
@@ -140,7 +145,10 @@ class DomainThrottle:
         self._lock = threading.Lock()
 
     def interval_for(self, domain: str) -> float:
-        return self.interval_s * self.multipliers.get(domain, self.default_multiplier)
+        """The gap between this task's requests to ``domain``: a shared site's is its grid's
+        period."""
+        shared = self.multipliers.get(domain, self.default_multiplier)
+        return self.interval_s * shared * (1.0 + self.headroom if shared > 1 else 1.0)
 
     def _slot(self, domain: str, now: float) -> float:
         """``domain``'s next slot (on the throttle's clock), which may have just passed: any
@@ -156,7 +164,7 @@ class DomainThrottle:
             return now if free is None else max(now, free)
         if domain not in self._lanes:
             self._lanes[domain] = random.randrange(1 << 30) if self._lane is None else self._lane
-        period = self.interval_s * shared
+        period = self.interval_s * shared * (1.0 + self.headroom)
         place = (self._lanes[domain] * GOLDEN_FRACTION) % 1.0 * period
 
         def place_from(at: float) -> float:  # the first place at or after ``at``
@@ -282,6 +290,7 @@ class Fetcher:
             pace_multipliers,
             default_multiplier=unknown_site_multiplier,
             lane=lane,
+            headroom=config.shared_site_headroom,
         )
         self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
         self.ua_token = config.user_agent_token.strip().lower()

@@ -55,6 +55,7 @@ from pipeline.progress import TaskProgress
 from pipeline.site_placement import seconds_per_shard
 from pipeline.site_schedule import PacedOrder
 from pipeline.spark_daemon import freeze_imported_objects
+from pipeline.task_lanes import executor_lanes_folder, lease_lane
 from pipeline.url_shards import UrlList
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def make_processor(
     """``own_sites``: the sites of the shard's own URLs. One that only this shard holds is
     paced at the interval; a site reached only through a redirect, which any task may reach,
     at the interval × the most tasks at once, like a site spread over every shard. ``lane``:
-    the shard's place on a shared site's slot grid (its id; ``DomainThrottle``)."""
+    the task's place on a shared site's slot grid (``pipeline.task_lanes``; ``DomainThrottle``)."""
     resizer = Resizer(
         image_size=download.image_size,
         resize_mode=download.resize_mode,
@@ -512,6 +513,13 @@ class ShardDownloader:
         to ``shard_deadline_s``: a shard it cannot start in time commits its rows as retryable
         failures, for the final pass."""
         freeze_imported_objects()
+        if not shard_ids:
+            return []
+        with lease_lane(executor_lanes_folder(), shard_ids[0]) as lane:
+            return self.download_task(shard_ids, lane)
+
+    def download_task(self, shard_ids: list[int], lane: int) -> list[dict[str, Any]]:
+        """``__call__``'s work, its shards' requests at ``lane``'s places on shared sites."""
         task_stop = time.monotonic() + self.download.shard_deadline_s
         outcomes, shard_ids = self.already_committed(shard_ids)
         to_read = iter(shard_ids)
@@ -529,7 +537,9 @@ class ShardDownloader:
                 shard_id, part = reading.popleft()
                 read_ahead()
                 try:
-                    writer, commit = self.download_into_writer(shard_id, part.result(), task_stop)
+                    writer, commit = self.download_into_writer(
+                        shard_id, part.result(), task_stop, lane
+                    )
                 except Exception as err:  # noqa: BLE001 - the driver reruns the shard
                     outcomes.append(shard_error(shard_id, err))
                     continue
@@ -563,14 +573,15 @@ class ShardDownloader:
     def download_shard(self, shard_id: int) -> dict[str, Any]:
         """One shard, start to commit."""
         table = read_part(self.url_list.part_url(shard_id))
-        _, commit = self.download_into_writer(shard_id, table, math.inf)
+        _, commit = self.download_into_writer(shard_id, table, math.inf, shard_id)
         return commit()
 
     def download_into_writer(
-        self, shard_id: int, table: pa.Table, task_stop: float
+        self, shard_id: int, table: pa.Table, task_stop: float, lane: int
     ) -> tuple[ShardWriter, Callable[[], dict]]:
-        """Fetch a shard's samples into its writer, until its deadline or ``task_stop``;
-        returns the writer and what commits it (and gives the stats)."""
+        """Fetch a shard's samples into its writer, until its deadline or ``task_stop``, at
+        ``lane``'s places on shared sites (``pipeline.task_lanes``); returns the writer and
+        what commits it (and gives the stats)."""
         start_time = time.time()
         fetch_start = time.monotonic()
         rows = table.to_pylist()
@@ -582,7 +593,7 @@ class ShardDownloader:
         urls = [(index, row["url"]) for index, row in enumerate(rows)]
         own_sites = frozenset(domain_of_url(url) for _, url in urls)
         processor = make_processor(
-            self.download, self.fetch, self.blocklist, self.pacing, own_sites, lane=shard_id
+            self.download, self.fetch, self.blocklist, self.pacing, own_sites, lane=lane
         )
         stop_at = min(time.monotonic() + self.download.shard_deadline_s, task_stop)
         progress = TaskProgress(

@@ -53,3 +53,19 @@ def test_the_task_length_check_runs_at_toy_size(capsys):
     args = ["--urls", "200", "--threads", "8", "--latency", "0.01"]
     assert shard_time_model.main([*args, "--shares", "0.1", "--ratios", "1"]) == 0
     assert "worst measured ÷ model" in capsys.readouterr().out
+
+
+def test_leased_lanes_keep_the_first_waves_places_whatever_the_task_lengths(tmp_path):
+    """Sixteen slots on four executors, tasks of very uneven length: at every moment the
+    running tasks hold distinct lanes, all of the first wave's ids (0..15), where their shard
+    ids spread far past that (a long task of the first wave beside much later ones)."""
+    lengths = np.random.default_rng(3).lognormal(0.0, 1.5, 400)
+    start, slot = makespan.schedule_slots(lengths, slots=16)
+    lanes = makespan.leased_lanes(start, lengths, slot // 4, tmp_path)
+    assert set(lanes) == set(range(16))
+    widest = 0
+    for moment in np.linspace(0, (start + lengths).max(), 200, endpoint=False):
+        running = np.flatnonzero((start <= moment) & (moment < start + lengths))
+        assert len(set(lanes[running])) == len(running) <= 16
+        widest = max(widest, int(np.ptp(running)) if len(running) else 0)
+    assert widest > 16  # the running ids alone are no wave: their places would bunch

@@ -114,7 +114,22 @@ def test_a_site_reached_only_by_redirect_is_paced_as_if_every_task_reached_it():
     throttle = processor.fetcher.throttle
     throttle._lane, throttle._wall_offset, throttle._clock = 0, 0.0, (lambda: 0.0)
     assert [throttle.reserve("own.com") for _ in range(3)] == [0.0, 0.5, 1.0]
-    assert [throttle.reserve("cdn-elsewhere.net") for _ in range(3)] == [0.0, 4.0, 8.0]
+    # shared by up to 8 tasks: 8 × the interval, and the 1% headroom for the nodes' clocks
+    waits = [throttle.reserve("cdn-elsewhere.net") for _ in range(3)]
+    assert waits == pytest.approx([0.0, 4.04, 8.08])
+
+
+def test_a_shared_sites_grid_runs_its_headroom_under_the_allowance():
+    throttle = DomainThrottle(
+        0.5, {"big.com": 4}, clock=lambda: 0.0, lane=0, wall_offset_s=0, headroom=0.25
+    )
+    assert [throttle.reserve("big.com") for _ in range(3)] == [0.0, 2.5, 5.0]
+    assert throttle.interval_for("big.com") == 2.5
+    # a site only this task holds keeps the interval: one task keeps it exactly
+    assert [throttle.reserve("own.com") for _ in range(2)] == [0.0, 0.5]
+    assert throttle.interval_for("own.com") == 0.5
+    with pytest.raises(ValueError, match="headroom"):
+        DomainThrottle(0.5, headroom=-0.1)
 
 
 def test_tasks_that_start_together_spread_a_shared_sites_first_requests():
