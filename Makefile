@@ -70,9 +70,10 @@ $(STAMP): pyproject.toml requirements.lock
 shards: python-env
 	$(PY) -m pipeline $(PIPELINE_CONFIG) $(ARGS)
 
-# torchrun on every local GPU (NPROC= to choose): one process per GPU, FSDP/DDP across them
+# torchrun on every local GPU (NPROC= to choose): one process per GPU, FSDP/DDP across them.
+# SIGTERM (kill, a scheduler) checkpoints and exits 75; torchrun gives the ranks 10 minutes.
 train: python-env
-	$(PY) -m torch.distributed.run --standalone --nproc-per-node=$(NPROC) \
+	$(PY) -m torch.distributed.run --standalone --nproc-per-node=$(NPROC) --shutdown-timeout=600 \
 		-m training $(TRAIN_CONFIG) $(ARGS)
 
 eval: python-env

@@ -199,11 +199,16 @@ def _timeout_rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         RANK=str(rank),
         LOCAL_RANK=str(rank),
     )
-    init_distributed("cpu", timeout_s=1.0)
+    init_distributed("cpu", timeout_s=1.0, storage_timeout_s=30.0)
     if rank == 0:
-        time.sleep(4)  # e.g. a checkpoint write that takes too long
+        time.sleep(3)  # writing a checkpoint: the others wait on storage, past the 1 s
+        barrier(storage=True)
+        time.sleep(4)  # hung in a step
         close_distributed()
         return
+    start = time.monotonic()
+    barrier(storage=True)
+    waited_on_storage = time.monotonic() - start
     start = time.monotonic()
     try:
         barrier()
@@ -211,14 +216,18 @@ def _timeout_rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
     except Exception as err:  # noqa: BLE001 - the test reads what happened
         outcome = type(err).__name__
     with open(f"{out_dir}/rank1.txt", "w") as handle:
-        handle.write(f"{outcome} {time.monotonic() - start:.1f}")
+        handle.write(f"{outcome} {time.monotonic() - start:.1f} {waited_on_storage:.1f}")
     close_distributed()
 
 
 def test_a_collective_that_waits_past_the_configured_timeout_fails_instead_of_hanging(tmp_path):
+    """A training collective gives up after dist_timeout_s (a rank died or hangs: the run
+    stops in minutes), while a wait on storage (rank 0 writing a checkpoint) may take up to
+    dist_storage_timeout_s."""
     mp.spawn(_timeout_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    outcome, seconds = (tmp_path / "rank1.txt").read_text().split()
+    outcome, seconds, on_storage = (tmp_path / "rank1.txt").read_text().split()
     assert outcome != "returned" and float(seconds) < 3.5, (outcome, seconds)
+    assert float(on_storage) >= 2.5  # waited out rank 0's write, past the 1 s timeout
 
 
 @pytest.mark.slow

@@ -248,8 +248,9 @@ def _commands() -> list[tuple[str, list[str]]]:
         )
     for path in sorted((GENERATED / "slurm").glob("*.sbatch")):
         for line in path.read_text().splitlines():
-            if line.startswith("srun bash -c "):
-                found.append((path.name, shlex.split(shlex.split(line)[3])))
+            if line.startswith("srun "):  # srun [options] bash -c '<command>' &
+                words = shlex.split(line)
+                found.append((path.name, shlex.split(words[words.index("-c") + 1])))
             elif line.startswith("python "):
                 found.append((path.name, shlex.split(line)))
     return found
@@ -363,3 +364,20 @@ def test_a_misspelt_deploy_key_is_an_error_that_names_it(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "train: unknown key(s) ['gpus_per_nod']" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_launcher_gives_a_stopped_run_time_to_checkpoint_and_fails_fast():
+    """SIGTERM → checkpoint → exit: torchrun waits train.stop_grace_s for its workers before it
+    kills them, a Kubernetes pod 30 s more, Slurm signals the script 120 s more before the
+    time limit; one failed rank ends a Slurm step at once."""
+    deploy = yaml.safe_load((ROOT / "infra" / "deploy.yaml").read_text())
+    grace = deploy["train"]["stop_grace_s"]
+    torchruns = [argv for _, argv in _commands() if argv[0] == "torchrun"]
+    assert torchruns and all(f"--shutdown-timeout={grace}" in argv for argv in torchruns)
+    for name in ("train-job.yaml", "train-pytorchjob.yaml"):
+        text = (GENERATED / "kubernetes" / name).read_text()
+        assert re.findall(r"terminationGracePeriodSeconds: (\d+)", text), name
+        assert set(re.findall(r"terminationGracePeriodSeconds: (\d+)", text)) == {str(grace + 30)}
+    sbatch = (GENERATED / "slurm" / "train.sbatch").read_text()
+    assert f"#SBATCH --signal=B:USR1@{grace + 120}" in sbatch
+    assert "srun --kill-on-bad-exit=1 " in sbatch

@@ -248,6 +248,10 @@ def test_control_characters_and_dollars_in_deploy_values_are_refused_at_load(tmp
 HOSTILE = ["x=`touch PWNED`", "y=a;touch PWNED", 'z=it\'s "quoted" & | > < * ~ #', "w=a b"]
 
 
+# srun on one node: its own options dropped, the task run in its place
+SRUN_STUB = 'while [ "${1#--}" != "$1" ]; do shift; done\nexec "$@"'
+
+
 def _stub(bin_dir: Path, name: str, body: str) -> None:
     path = bin_dir / name
     path.write_text("#!/bin/bash\n" + body + "\n")
@@ -273,7 +277,7 @@ def test_rendered_scripts_pass_hostile_values_as_plain_words(tmp_path):
     args_file = tmp_path / "torchrun-args"
     _stub(bin_dir, "torchrun", f'printf "%s\\0" "$@" > {shlex.quote(str(args_file))}')
     _stub(bin_dir, "scontrol", "echo node-a")
-    _stub(bin_dir, "srun", '"$@"')
+    _stub(bin_dir, "srun", SRUN_STUB)
     env = {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "SLURM_JOB_NODELIST": "node-a",
@@ -308,3 +312,63 @@ def test_sbatch_lines_take_plain_values_only(tmp_path):
     deploy = load_deploy(_deploy_file(tmp_path, lambda d: d["train"].update(run_name="a b")))
     with pytest.raises(ConfigError, match="train.run_name"):
         slurm.train(deploy)
+
+
+@pytest.mark.parametrize("ending", ["time limit", "preempted", "finished", "failed"])
+def test_the_slurm_job_requeues_itself_when_stopped_and_fails_when_training_fails(tmp_path, ending):
+    """The rendered train.sbatch run with stub srun/scontrol/scancel and a torchrun that
+    stands in for the ranks (SIGTERM: exit 1, as torchrun does after its workers checkpoint).
+    Near the time limit (USR1 to the script) every step gets SIGTERM through scancel and the
+    job requeues itself; preempted (SIGTERM to the script and the steps) it requeues too;
+    training that ends exits with its status, so the evaluation's afterok follows only a
+    finished run."""
+    import signal
+    import time
+
+    from infra.render import slurm
+
+    deploy = load_deploy(ROOT / "infra" / "deploy.yaml")
+    script = tmp_path / "train.sbatch"
+    script.write_text(slurm.train(deploy))
+    bin_dir, log, pid_file = tmp_path / "bin", tmp_path / "log", tmp_path / "torchrun.pid"
+    bin_dir.mkdir()
+    _stub(bin_dir, "srun", SRUN_STUB)
+    _stub(bin_dir, "scontrol", f'[ "$1" = show ] && echo node-a || echo "scontrol $*" >> {log}')
+    _stub(bin_dir, "scancel", f'echo "scancel $*" >> {log}; kill -TERM "$(cat {pid_file})"')
+    exit_code = {"finished": 0, "failed": 3}.get(ending)
+    body = f"trap 'echo torchrun stopped >> {log}; exit 1' TERM\necho $$ > {pid_file}.tmp\n"
+    body += f"mv {pid_file}.tmp {pid_file}\n"
+    body += f"exit {exit_code}" if exit_code is not None else "sleep 60 & wait $!"
+    _stub(bin_dir, "torchrun", body)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "node-a",
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+        "SLURM_NODEID": "0",
+    }
+    job = subprocess.Popen(
+        ["bash", str(script)],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if ending == "time limit":
+        job.send_signal(signal.SIGUSR1)
+    elif ending == "preempted":  # Slurm signals the batch shell and every step itself
+        job.send_signal(signal.SIGTERM)
+        subprocess.run(["kill", "-TERM", pid_file.read_text().strip()], check=True)
+    output = job.communicate(timeout=60)[0]
+    calls = log.read_text().splitlines() if log.exists() else []
+    if ending in ("time limit", "preempted"):
+        assert job.returncode == 0, output
+        assert "torchrun stopped" in calls and "scontrol requeue 4242" in calls, calls
+        assert ("scancel --signal=TERM 4242" in calls) == (ending == "time limit"), calls
+        assert f"training stopped ({ending}; step exit 1)" in output
+    else:
+        assert job.returncode == exit_code and calls == [], (output, calls)

@@ -38,6 +38,7 @@ from flipcommon.storage import (
     url_join,
     write_bytes_atomic,
 )
+from training.distributed import storage_group
 
 
 @dataclass
@@ -117,14 +118,15 @@ def resume_from(
             ]
         except Exception as exc:  # the other ranks wait in the broadcast: tell them, then raise
             header = [{"error": f"{type(exc).__name__}: {exc}"}]
-            dist.broadcast_object_list(header, src=0)
+            dist.broadcast_object_list(header, src=0, group=storage_group())
             raise
-    dist.broadcast_object_list(header, src=0)
+    # the other ranks wait here while rank 0 reads the checkpoint: a wait on storage
+    dist.broadcast_object_list(header, src=0, group=storage_group())
     if header[0]["error"]:
         raise CheckpointError(header[0]["error"])
     if header[0]["legacy"]:  # rare and small enough: every rank takes the whole state
         whole = [optimizer_state]
-        dist.broadcast_object_list(whole, src=0)
+        dist.broadcast_object_list(whole, src=0, group=storage_group())
         optimizer_state = whole[0]
     _load_full_state(
         model, optimizer, weights, optimizer_state, ckpt_dir, True, header[0]["legacy"]

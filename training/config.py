@@ -104,9 +104,12 @@ class TrainConfig:
     micro_batch: int = 0
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # How long any collective may wait (a checkpoint write to slow storage included) before the
-    # run fails instead of hanging.
-    dist_timeout_s: float = 3600.0
+    # How long a training collective may wait on another rank before the run fails instead of
+    # hanging (a rank that died or hangs stops the run in this long)...
+    dist_timeout_s: Annotated[float, Range(1.0)] = 600.0
+    # ...and how long a wait on storage may take (the other ranks waiting while rank 0 writes
+    # or reads a checkpoint: ViT-H/14 with Adam is ~16 GB).
+    dist_storage_timeout_s: Annotated[float, Range(1.0)] = 3600.0
     checkpoint_every_steps: int = 0  # 0 = only at phase ends
     checkpoint_every_s: float = 0.0  # also every this many seconds of training time (0 = off)
     log_every_steps: int = 10

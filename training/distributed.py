@@ -6,6 +6,7 @@ import datetime
 import glob
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,10 +25,21 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_kind: str, timeout_s: float = 3600.0) -> Dist:
-    """Join torchrun's process group. ``timeout_s`` bounds every collective: long enough for
-    rank 0 to write a ViT-H/14 checkpoint (~16 GB) to slow storage while the others wait at
-    the barrier after it (NCCL's default, 10 minutes, is not)."""
+# Waits on storage (a rank writing or reading a checkpoint while the others wait) go through
+# a group of their own with a longer timeout, so the training collectives' timeout can be a
+# few minutes: a dead or hung rank then stops the run in minutes, not an hour. Gloo: the
+# waits carry no tensors worth a second NCCL communicator's memory.
+_storage_group: Any = None
+
+
+def init_distributed(
+    device_kind: str, timeout_s: float = 600.0, storage_timeout_s: float = 3600.0
+) -> Dist:
+    """Join torchrun's process group. ``timeout_s`` bounds every training collective (a step
+    waiting on a rank that died or hangs); ``storage_timeout_s`` the waits on storage
+    (``barrier(storage=True)``, ``storage_group``): long enough for rank 0 to write or read a
+    ViT-H/14 checkpoint (~16 GB) on slow storage while the others wait."""
+    global _storage_group
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Dist()
@@ -40,18 +52,29 @@ def init_distributed(device_kind: str, timeout_s: float = 3600.0) -> Dist:
         dist.init_process_group(backend="nccl", timeout=timeout, device_id=device)
     else:
         dist.init_process_group(backend="gloo", timeout=timeout)
+    storage_timeout = datetime.timedelta(seconds=storage_timeout_s)
+    _storage_group = dist.new_group(backend="gloo", timeout=storage_timeout)
     return Dist(dist.get_rank(), world_size, local_rank)
 
 
-def barrier() -> None:
+def storage_group() -> Any:
+    """The group for collectives that wait on storage (None before ``init_distributed``)."""
+    return _storage_group
+
+
+def barrier(storage: bool = False) -> None:
+    """All ranks meet here. ``storage``: some rank may still be writing or reading storage
+    (a checkpoint), so the wait may take up to the storage timeout."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+        dist.barrier(group=_storage_group if storage else None)
 
 
 def close_distributed() -> None:
     """Leave the process group (torch warns, and NCCL may leak, when a process exits in it)."""
+    global _storage_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _storage_group = None
 
 
 class CudaUnusable(UserError):

@@ -55,7 +55,7 @@ class TrainRun:
 
 def set_up(config: TrainConfig) -> TrainRun:
     device = resolve_device(config.device)
-    dist_info = init_distributed(device.type, config.dist_timeout_s)
+    dist_info = init_distributed(device.type, config.dist_timeout_s, config.dist_storage_timeout_s)
     device = resolve_device(config.device, dist_info.local_rank)
     smoke = config.cpu_smoke.enabled and device.type == "cpu"
     global_batch = config.cpu_smoke.batch_size if smoke else config.batch_size

@@ -69,7 +69,7 @@ def train(config: TrainConfig) -> str:
         log.info("final checkpoint: %s", run.last_checkpoint)
     # The ranks leave together: one tearing down its connections while rank 0 still writes
     # its last files can get rank 0 aborted by gloo (seen once in ~50 two-rank CPU runs).
-    barrier()
+    barrier(storage=True)
     close_distributed()
     if stopped:
         raise Preempted(state.step, run.last_checkpoint)
@@ -138,7 +138,7 @@ def _train_phase(
         if at_phase_end or periodic or stopping:
             progress.flush()  # first: a checkpoint on storage implies its metrics are too
             _save(run, plan)
-            barrier()  # no rank runs on until the checkpoint is whole on storage
+            barrier(storage=True)  # no rank runs on until the checkpoint is whole on storage
         # Restarting the stream at a checkpoint makes a resumed run see the same batches.
         # A timed phase cannot resume bit for bit anyway, and the restart (refilling the
         # shuffle buffer) would be charged to its clock: it keeps its stream.

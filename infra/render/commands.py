@@ -113,6 +113,7 @@ def torchrun(d: Deploy, node_rank: str, master_addr: str) -> list[str]:
         f"--node-rank={node_rank}",
         f"--master-addr={master_addr}",
         f"--master-port={t.master_port}",
+        f"--shutdown-timeout={t.stop_grace_s}",  # SIGTERM: time to checkpoint before SIGKILL
         *stage_args("training", f"configs/train/{t.model}.yaml", train_overrides(d)),
     ]
 
@@ -131,6 +132,7 @@ def torchrun_elastic(d: Deploy, endpoint_host: str, run_id: str) -> list[str]:
         f"--rdzv-endpoint={endpoint_host}:{t.master_port}",
         f"--rdzv-id={run_id}",
         f"--max-restarts={t.max_restarts}",
+        f"--shutdown-timeout={t.stop_grace_s}",
         *stage_args("training", f"configs/train/{t.model}.yaml", train_overrides(d)),
     ]
 

@@ -55,6 +55,11 @@ class TrainDeploy:
     shm_gib: int  # /dev/shm per node
     # gang restarts torchrun's agents make on their own before the pod fails (Kubernetes)
     max_restarts: int = 3
+    # From SIGTERM to a written checkpoint: the ranks stop at their next agreed check (about
+    # every 5 s of steps) and write it (ViT-H/14 with Adam: ~16 GB). torchrun waits this long
+    # before it kills its workers, Kubernetes this + 30 s, Slurm signals this + 120 s before
+    # the time limit.
+    stop_grace_s: Annotated[int, Range(30)] = 600
     # AWS Elastic Fabric Adapter interfaces per node (p5.48xlarge: 32, p4d.24xlarge: 4);
     # 0 = none. Needs the gpu-efa image (infra/docker/Dockerfile).
     efa_interfaces: int = 0

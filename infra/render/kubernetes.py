@@ -17,7 +17,7 @@ from infra.render.commands import (
     spark_submit,
     torchrun_elastic,
 )
-from infra.render.deploy import Deploy
+from infra.render.deploy import Deploy, TrainDeploy
 
 SHM_MOUNT = {"name": "shm", "mountPath": "/dev/shm"}
 ENV = [{"name": name, "value": value} for name, value in NCCL_ENV.items()]
@@ -213,7 +213,14 @@ def train(d: Deploy) -> list[dict]:
         subdomain=name,
         volumes=[shm_volume(t.shm_gib)],
     )
+    job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = stop_grace(t)
     return [service, job]
+
+
+def stop_grace(t: TrainDeploy) -> int:
+    """How long a training pod has from SIGTERM to SIGKILL: torchrun's own wait for its
+    workers' checkpoint (``--shutdown-timeout``), and time to leave after it."""
+    return t.stop_grace_s + 30
 
 
 def _trainer_container(d: Deploy, command: list[str]) -> dict:
@@ -261,6 +268,7 @@ def train_pytorchjob(d: Deploy) -> list[dict]:
             "serviceAccountName": d.kubernetes.service_account,
             "containers": [copy.deepcopy(container)],
             "volumes": [shm_volume(t.shm_gib)],
+            "terminationGracePeriodSeconds": stop_grace(t),
         }
         return {
             "replicas": count,

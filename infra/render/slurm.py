@@ -10,6 +10,9 @@ from flipcommon.config import ConfigError
 from infra.render.commands import HEADER, eval_command, shell_word, torchrun
 from infra.render.deploy import Deploy, SlurmDeploy
 
+# near the time limit: SIGTERM to every step's processes on every node (not the batch shell)
+STOP_STEPS = 'trapped=1; stopping="time limit"; scancel --signal=TERM "$SLURM_JOB_ID" || true'
+
 # sbatch reads an #SBATCH line's value up to whitespace and does not unquote it
 SBATCH_VALUE = re.compile(r"[A-Za-z0-9._:+=-]+")
 
@@ -43,17 +46,40 @@ def train(d: Deploy) -> str:
         + f"#SBATCH --cpus-per-task={s.cpus_per_task}\n"
         + f"#SBATCH --time={s.time}\n"
         + "#SBATCH --requeue\n"
-        + "# Requeued after preemption, the job resumes from its last checkpoint (resume=true).\n"
+        # Slurm may signal up to 60 s early; the trainer needs stop_grace_s from SIGTERM on
+        + f"#SBATCH --signal=B:USR1@{t.stop_grace_s + 120}\n"
+        + "# Preempted, Slurm requeues the job itself; near the time limit Slurm sends this\n"
+        + "# script USR1. Either way every rank gets SIGTERM, checkpoints at one agreed step and\n"
+        + "# leaves; the job is requeued and resumes from that checkpoint (resume=true). A rank\n"
+        + "# that fails stops the whole step at once (--kill-on-bad-exit), so nobody waits out\n"
+        + "# the collectives' timeout.\n"
         + "set -euo pipefail\n"
         + 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
         + "export MASTER_ADDR NCCL_DEBUG=WARN TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n"
         + "# Submit from the project root, its environment active (or run inside the gpu image).\n"
         + 'cd "$SLURM_SUBMIT_DIR"\n'
+        + 'stopping=""\n'
+        + "# time limit: SIGTERM to every step's processes (not this shell); preempted: Slurm did\n"
+        + f"trap {shlex.quote(STOP_STEPS)} USR1\n"
+        + "trap 'trapped=1; stopping=preempted' TERM\n"
         + "# single quotes on purpose: srun's bash expands the variables on each node\n"
         + "# shellcheck disable=SC2016\n"
-        + "srun bash -c "
+        + "srun --kill-on-bad-exit=1 bash -c "
         + shlex.quote(" ".join(shell_word(a) for a in command))
-        + "\n"
+        + " &\n"
+        + "step=$!\n"
+        + "while :; do  # a trap ends a wait early (status > 128): wait again for the step's own\n"
+        + '    trapped=""\n'
+        + "    status=0\n"
+        + '    wait "$step" || status=$?\n'
+        + '    if [ -z "$trapped" ] || [ "$status" -le 128 ]; then break; fi\n'
+        + "done\n"
+        + 'if [ -n "$stopping" ]; then\n'
+        + '    echo "training stopped ($stopping; step exit $status): requeued, to resume"\n'
+        + '    scontrol requeue "$SLURM_JOB_ID" || true  # preempted: Slurm requeues it anyway\n'
+        + "    exit 0\n"
+        + "fi\n"
+        + 'exit "$status"\n'
     )
 
 
