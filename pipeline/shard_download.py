@@ -55,7 +55,7 @@ from pipeline.progress import TaskProgress
 from pipeline.site_placement import seconds_per_shard
 from pipeline.site_schedule import PacedOrder
 from pipeline.spark_daemon import freeze_imported_objects
-from pipeline.task_lanes import executor_lanes_folder, lease_lane
+from pipeline.task_lanes import executor_lanes_folder, lease_lane, task_partition
 from pipeline.url_shards import UrlList
 
 log = logging.getLogger(__name__)
@@ -515,7 +515,7 @@ class ShardDownloader:
         freeze_imported_objects()
         if not shard_ids:
             return []
-        with lease_lane(executor_lanes_folder(), shard_ids[0]) as lane:
+        with lease_lane(executor_lanes_folder(), task_partition(shard_ids[0])) as lane:
             return self.download_task(shard_ids, lane)
 
     def download_task(self, shard_ids: list[int], lane: int) -> list[dict[str, Any]]:

@@ -12,8 +12,13 @@ a lane a finished task of its executor gave back, so the places in use stay the 
 A lane is a file ``<lane>.lane`` in a folder of the executor's own (Spark's per-application
 files folder), held by an exclusive ``flock`` for as long as the task runs: the kernel gives it
 back when the task ends, however it ends (a worker killed with -9 included), so no lane leaks.
-An executor that joins later, or a task whose executor has no free lane, registers its own id
-instead; nothing fails for want of a lane (a folder that cannot be written gives the id)."""
+Leases are taken under a lock on the folder's registry file, so two tasks starting together
+never take the same lane. A task's own lane is its partition in the Spark job (consecutive
+whatever shards the job holds: a rerun's leftovers, several small shards per task). An
+executor that joins later, or a task whose executor has no free lane, registers its own lane;
+nothing fails for want of a lane (a folder that cannot be used gives the task its own,
+unregistered). Known limit: executors that join after the first wave register later
+partitions, whose places are less even beside the first wave's."""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from typing import IO
 
 LANES_FOLDER = "flip-download-lanes"
 LANE_SUFFIX = ".lane"
+REGISTRY = "registry.lock"
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +64,15 @@ class LaneLease:
         self.release()
 
 
+def _open_lock_file(path: Path) -> IO[bytes]:
+    """``path`` opened for locking, created if new; never through a symbolic link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "ab")
+
+
 def _locked(path: Path) -> IO[bytes] | None:
     """``path`` opened (created if new) and exclusively locked, or None if another holds it."""
-    handle = open(path, "ab")  # noqa: SIM115 - held for the lease's life
+    handle = _open_lock_file(path)
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -84,23 +96,34 @@ def registered_lanes(folder: Path) -> list[int]:
 
 def lease_lane(folder: Path | None, own: int) -> LaneLease:
     """A free lane of ``folder`` (given back by a finished task), else ``own`` (the task's
-    first shard id), registered there for the tasks that follow. Without a folder, or where it
-    cannot be used, ``own`` unregistered."""
+    partition in its job), registered there for the tasks that follow. Without a folder, or
+    where it cannot be used, ``own`` unregistered."""
     if own < 0:
-        raise ValueError(f"a lane is a shard id, not {own}")
+        raise ValueError(f"a lane is a partition index, not {own}")
     if folder is None:
         return LaneLease(own)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for lane in registered_lanes(folder):
-            handle = _locked(folder / f"{lane}{LANE_SUFFIX}")
-            if handle is not None:
-                return LaneLease(lane, handle)
-        # every lane is held: this slot is new (the first wave, or a new executor)
-        return LaneLease(own, _locked(folder / f"{own}{LANE_SUFFIX}"))
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with _open_lock_file(folder / REGISTRY) as registry:
+            fcntl.flock(registry.fileno(), fcntl.LOCK_EX)  # one lease at a time; closing frees it
+            for lane in registered_lanes(folder):
+                handle = _locked(folder / f"{lane}{LANE_SUFFIX}")
+                if handle is not None:
+                    return LaneLease(lane, handle)
+            # every lane is held: this slot is new (the first wave, or a new executor)
+            return LaneLease(own, _locked(folder / f"{own}{LANE_SUFFIX}"))
     except OSError as err:
-        log.warning("lanes folder %s unusable (%s): the task keeps its own lane", folder, err)
+        _warn_once(folder, err)
         return LaneLease(own)
+
+
+_warned: set[Path] = set()
+
+
+def _warn_once(folder: Path, err: OSError) -> None:
+    if folder not in _warned:  # one line per worker process, not one per task
+        _warned.add(folder)
+        log.warning("lanes folder %s unusable (%s): tasks keep their own lanes", folder, err)
 
 
 def executor_lanes_folder() -> Path | None:
@@ -110,3 +133,11 @@ def executor_lanes_folder() -> Path | None:
     if TaskContext.get() is None:
         return None
     return Path(SparkFiles.getRootDirectory()) / LANES_FOLDER
+
+
+def task_partition(default: int) -> int:
+    """The running Spark task's partition in its job; ``default`` outside a task."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return default if context is None else context.partitionId()

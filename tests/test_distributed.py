@@ -47,9 +47,18 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
     loss = forward_backward(ddp, model, images[local], tokens[local], nullcontext_autocast)
     losses = [torch.zeros(()) for _ in range(world)]
     dist.all_gather(losses, loss)
+    grads = _grads(model)
+    # the same batch again, accumulated over two micro-batches a rank, twice (DDP checks at the
+    # next forward that the step's reduction finished: the temperature's included)
+    accumulated = {}
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        forward_backward(ddp, model, images[local], tokens[local], nullcontext_autocast, 2)
+        accumulated = _grads(model)
     if rank == 0:
         torch.save(
-            {"loss": torch.stack(losses).mean(), "grads": _grads(model)}, f"{out_dir}/ddp.pt"
+            {"loss": torch.stack(losses).mean(), "grads": grads, "accumulated": accumulated},
+            f"{out_dir}/ddp.pt",
         )
     dist.destroy_process_group()
 
@@ -68,9 +77,10 @@ def test_two_process_gloo_matches_one_process_over_the_global_batch(tmp_path):
     loss = forward_backward(model, model, images, tokens, nullcontext_autocast)
     torch.testing.assert_close(ddp["loss"], loss, rtol=1e-5, atol=1e-6)
     reference = _grads(model)
-    assert set(ddp["grads"]) == set(reference)
+    assert set(ddp["grads"]) == set(reference) == set(ddp["accumulated"])
     for name, grad in reference.items():
         torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(ddp["accumulated"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_accumulation_keeps_the_full_contrastive_batch():
@@ -88,22 +98,37 @@ def test_accumulation_keeps_the_full_contrastive_batch():
 
 
 def test_accumulation_replays_the_same_patch_removal():
-    """With masking on, the gradient pass must see the same patches as the cached pass: then
-    the loss of the last micro-step equals the loss of the cached features."""
+    """With masking on, the gradient pass must see the same patches as the cached pass: the
+    accumulated gradients then equal those of the micro-batches embedded once, with gradients,
+    under the same random draws, and the loss theirs over the whole batch."""
+    from training.loss import contrastive_loss
+
     model = _model()
     set_mask_ratio(model, 0.5)
     images, tokens = _inputs()
     torch.manual_seed(5)
     loss = forward_backward(model, model, images, tokens, nullcontext_autocast, accum_steps=2)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        feats = [model(i, t)[:2] for i, t in zip(images.chunk(2), tokens.chunk(2), strict=True)]
-    from training.loss import contrastive_loss
+    accumulated = _grads(model)
 
+    reference = _model()
+    set_mask_ratio(reference, 0.5)
+    torch.manual_seed(5)
+    feats = [reference(i, t)[:2] for i, t in zip(images.chunk(2), tokens.chunk(2), strict=True)]
     expected = contrastive_loss(
-        torch.cat([f[0] for f in feats]), torch.cat([f[1] for f in feats]), model.logit_scale
+        torch.cat([f[0] for f in feats]), torch.cat([f[1] for f in feats]), reference.logit_scale
     )
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
+    for name, grad in _grads(reference).items():
+        torch.testing.assert_close(accumulated[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # other patches give other gradients: the check above can fail
+    set_mask_ratio(model, 0.5)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(6)
+    forward_backward(model, model, images, tokens, nullcontext_autocast, accum_steps=2)
+    assert not torch.allclose(
+        _grads(model)["visual.conv1.weight"], accumulated["visual.conv1.weight"]
+    )
 
 
 def test_two_identical_views_give_the_one_view_loss_and_gradients():

@@ -319,9 +319,9 @@ def test_the_slurm_job_requeues_itself_when_stopped_and_fails_when_training_fail
     """The rendered train.sbatch run with stub srun/scontrol/scancel and a torchrun that
     stands in for the ranks (SIGTERM: exit 1, as torchrun does after its workers checkpoint).
     Near the time limit (USR1 to the script) every step gets SIGTERM through scancel and the
-    job requeues itself; preempted (SIGTERM to the script and the steps) it requeues too;
-    training that ends exits with its status, so the evaluation's afterok follows only a
-    finished run."""
+    job requeues itself; preempted or cancelled (SIGTERM to the script and the steps) it
+    leaves the requeue to Slurm; training that ends exits with its status, so the
+    evaluation's afterok follows only a finished run."""
     import signal
     import time
 
@@ -365,10 +365,24 @@ def test_the_slurm_job_requeues_itself_when_stopped_and_fails_when_training_fail
         subprocess.run(["kill", "-TERM", pid_file.read_text().strip()], check=True)
     output = job.communicate(timeout=60)[0]
     calls = log.read_text().splitlines() if log.exists() else []
-    if ending in ("time limit", "preempted"):
+    if ending == "time limit":
         assert job.returncode == 0, output
-        assert "torchrun stopped" in calls and "scontrol requeue 4242" in calls, calls
-        assert ("scancel --signal=TERM 4242" in calls) == (ending == "time limit"), calls
-        assert f"training stopped ({ending}; step exit 1)" in output
+        assert calls == ["scancel --signal=TERM 4242", "torchrun stopped", "scontrol requeue 4242"]
+        assert "training stopped (time limit; step exit 1)" in output
+    elif ending == "preempted":  # Slurm requeues a preempted job itself; a cancelled one ends
+        assert job.returncode == 1 and calls == ["torchrun stopped"], (output, calls)
     else:
         assert job.returncode == exit_code and calls == [], (output, calls)
+
+
+def test_a_slurm_time_limit_too_short_to_checkpoint_and_train_is_refused(tmp_path):
+    from flipcommon.config import ConfigError
+    from infra.render import slurm
+
+    assert slurm.time_limit_s("72:00:00") == 72 * 3600
+    assert slurm.time_limit_s("2-12:30") == (2 * 24 + 12) * 3600 + 30 * 60
+    assert slurm.time_limit_s("90") == 5400 and slurm.time_limit_s("10:30") == 630
+    assert slurm.time_limit_s("UNLIMITED") is None
+    deploy = load_deploy(_deploy_file(tmp_path, lambda d: d["slurm"].update(time="0:20:00")))
+    with pytest.raises(ConfigError, match="slurm.time=0:20:00"):
+        slurm.train(deploy)

@@ -98,3 +98,39 @@ def test_a_spark_jobs_tasks_keep_to_the_first_waves_lanes(spark):
     folders = {folder for _, folder in lanes}
     assert len(folders) == 1 and folders.pop().endswith(LANES_FOLDER)
     assert {lane for lane, _ in lanes} == {0, 1}
+
+
+def test_tasks_that_start_together_never_share_a_lane(tmp_path):
+    """Sixteen tasks leasing at once, then sixteen more after the first half gave theirs back:
+    every lease distinct and registered (the registry lock orders them)."""
+    import threading
+
+    barrier = threading.Barrier(16)
+    leases = [None] * 16
+
+    def task(index: int) -> None:
+        barrier.wait()
+        leases[index] = lease_lane(tmp_path, index)
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(lease.lane for lease in leases) == list(range(16))
+    assert all(lease.registered for lease in leases)
+    for lease in leases[:8]:
+        lease.release()
+    later = [lease_lane(tmp_path, 100 + i) for i in range(8)]
+    assert sorted(lease.lane for lease in later) == sorted(lease.lane for lease in leases[:8])
+    for lease in later + leases[8:]:
+        lease.release()
+
+
+def test_a_lane_file_that_is_a_link_is_not_followed(tmp_path):
+    target = tmp_path / "elsewhere"
+    folder = tmp_path / "lanes"
+    folder.mkdir()
+    (folder / "0.lane").symlink_to(target)
+    lease = lease_lane(folder, 0)
+    assert lease.lane == 0 and not lease.registered and not target.exists()

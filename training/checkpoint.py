@@ -38,7 +38,7 @@ from flipcommon.storage import (
     url_join,
     write_bytes_atomic,
 )
-from training.distributed import storage_group
+from training.distributed import share_from_main
 
 
 @dataclass
@@ -102,36 +102,33 @@ def resume_from(
 
     weights: dict[str, torch.Tensor] = {}
     optimizer_state: dict[str, Any] = {}
-    header: list[Any] = [None]
+    header: dict[str, Any] = {}
     if rank == 0:
         try:
             saved = read_train_state(ckpt_dir)
             weights = read_weights(ckpt_dir)
             optimizer_state = saved["optimizer"]
-            header = [
-                {
-                    "train_state": saved["train_state"],
-                    "rng": saved["rng"],
-                    "error": weights_mismatch(model, weights, ckpt_dir),
-                    "legacy": _keyed_by_position(optimizer_state),
-                }
-            ]
-        except Exception as exc:  # the other ranks wait in the broadcast: tell them, then raise
-            header = [{"error": f"{type(exc).__name__}: {exc}"}]
-            dist.broadcast_object_list(header, src=0, group=storage_group())
+            header = {
+                "train_state": saved["train_state"],
+                "error": weights_mismatch(model, weights, ckpt_dir),
+                "legacy": _keyed_by_position(optimizer_state),
+            }
+        except Exception as exc:  # the other ranks wait for the header: tell them, then raise
+            share_from_main({"error": f"{type(exc).__name__}: {exc}"})
             raise
     # the other ranks wait here while rank 0 reads the checkpoint: a wait on storage
-    dist.broadcast_object_list(header, src=0, group=storage_group())
-    if header[0]["error"]:
-        raise CheckpointError(header[0]["error"])
-    if header[0]["legacy"]:  # rare and small enough: every rank takes the whole state
+    header = share_from_main(header)
+    if header["error"]:
+        raise CheckpointError(header["error"])
+    # rank 0 has read everything now: the rest goes over the training group
+    rng_states = [saved["rng"] if rank == 0 else None]
+    dist.broadcast_object_list(rng_states, src=0)
+    if header["legacy"]:  # rare and small enough: every rank takes the whole state
         whole = [optimizer_state]
-        dist.broadcast_object_list(whole, src=0, group=storage_group())
+        dist.broadcast_object_list(whole, src=0)
         optimizer_state = whole[0]
-    _load_full_state(
-        model, optimizer, weights, optimizer_state, ckpt_dir, True, header[0]["legacy"]
-    )
-    return {"train_state": header[0]["train_state"], "rng": header[0]["rng"]}
+    _load_full_state(model, optimizer, weights, optimizer_state, ckpt_dir, True, header["legacy"])
+    return {"train_state": header["train_state"], "rng": rng_states[0]}
 
 
 def weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import glob
+import itertools
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +27,13 @@ class Dist:
         return self.rank == 0
 
 
-# Waits on storage (a rank writing or reading a checkpoint while the others wait) go through
-# a group of their own with a longer timeout, so the training collectives' timeout can be a
-# few minutes: a dead or hung rank then stops the run in minutes, not an hour. Gloo: the
-# waits carry no tensors worth a second NCCL communicator's memory.
-_storage_group: Any = None
+# Waits on storage (the other ranks waiting while rank 0 writes or reads a checkpoint) go
+# through the process group's key-value store with a timeout of their own, so the training
+# collectives' timeout can be a few minutes: a dead or hung rank then stops the run in minutes,
+# not an hour. The store (torchrun's TCP store) needs no second communicator: no extra NCCL
+# memory, no gloo mesh of sockets that must find a network interface of its own.
+_storage_timeout = datetime.timedelta(hours=1)
+_storage_waits = itertools.count()
 
 
 def init_distributed(
@@ -37,9 +41,10 @@ def init_distributed(
 ) -> Dist:
     """Join torchrun's process group. ``timeout_s`` bounds every training collective (a step
     waiting on a rank that died or hangs); ``storage_timeout_s`` the waits on storage
-    (``barrier(storage=True)``, ``storage_group``): long enough for rank 0 to write or read a
-    ViT-H/14 checkpoint (~16 GB) on slow storage while the others wait."""
-    global _storage_group
+    (``barrier(storage=True)``, ``share_from_main``): long enough for rank 0 to write or read
+    a ViT-H/14 checkpoint (~16 GB) on slow storage while the others wait."""
+    global _storage_timeout
+    _storage_timeout = datetime.timedelta(seconds=storage_timeout_s)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Dist()
@@ -52,29 +57,48 @@ def init_distributed(
         dist.init_process_group(backend="nccl", timeout=timeout, device_id=device)
     else:
         dist.init_process_group(backend="gloo", timeout=timeout)
-    storage_timeout = datetime.timedelta(seconds=storage_timeout_s)
-    _storage_group = dist.new_group(backend="gloo", timeout=storage_timeout)
     return Dist(dist.get_rank(), world_size, local_rank)
 
 
-def storage_group() -> Any:
-    """The group for collectives that wait on storage (None before ``init_distributed``)."""
-    return _storage_group
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def barrier(storage: bool = False) -> None:
     """All ranks meet here. ``storage``: some rank may still be writing or reading storage
-    (a checkpoint), so the wait may take up to the storage timeout."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier(group=_storage_group if storage else None)
+    (a checkpoint), so the wait may take up to the storage timeout. Every rank must make the
+    same sequence of storage waits (the keys are numbered)."""
+    if not _distributed():
+        return
+    if not storage:
+        dist.barrier()
+        return
+    store = dist.distributed_c10d._get_default_store()
+    key = f"flip/storage-wait/{next(_storage_waits)}"
+    if store.add(key, 1) == dist.get_world_size():
+        store.set(f"{key}/all", b"1")
+    store.wait([f"{key}/all"], _storage_timeout)
+
+
+def share_from_main(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank, while the others may wait on rank 0's storage (its
+    reading a checkpoint): through the store, under the storage timeout. Small values only
+    (the store holds it); every rank must call it in the same order."""
+    if not _distributed():
+        return value
+    store = dist.distributed_c10d._get_default_store()
+    key = f"flip/storage-share/{next(_storage_waits)}"
+    if dist.get_rank() == 0:
+        store.set(key, pickle.dumps(value))
+        return value
+    store.wait([key], _storage_timeout)
+    return pickle.loads(store.get(key))  # noqa: S301 - written by rank 0 of this job
 
 
 def close_distributed() -> None:
     """Leave the process group (torch warns, and NCCL may leak, when a process exits in it)."""
-    global _storage_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _storage_group = None
 
 
 class CudaUnusable(UserError):

@@ -75,6 +75,16 @@ class StopRequest:
         self._next_check = step + max(1, int(CHECK_EVERY_S / max(slowest, 1e-3)))
         return requested > 0
 
+    def due_now(self, device: torch.device) -> bool:
+        """Whether any rank has been asked to stop, agreed at once (a collective: every rank
+        calls it at the same step) — after a checkpoint, so a SIGTERM that came while it was
+        written stops the run there instead of after another step and another checkpoint."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.requested
+        agreed = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        return bool(agreed.item() > 0)
+
 
 def ignore_sigterm(worker_id: int) -> None:
     """A loader worker's init: SIGTERM is the main process's to act on."""

@@ -1,12 +1,15 @@
 """One optimisation step's forward and backward, with optional gradient accumulation that keeps
 the full contrastive batch.
 
-Accumulation (as open_clip's accum-freq does): first embed every micro-batch without gradients
-and cache the features; then, micro-batch by micro-batch, re-embed it with gradients, splice it
-into the cached features, and back-propagate the loss over the *whole* batch. The summed
-gradients equal those of one pass over the whole batch. The RNG state of each micro-batch's
-first pass is replayed in its second, so the same patches are removed both times, and the
-temperature takes its gradient from one of the passes only.
+Accumulation computes the whole batch's loss once per step (gradient caching): first embed
+every micro-batch without gradients and cache the features; then compute the loss over the
+whole batch from the cached features and back-propagate it to them alone (each feature's
+gradient, and the temperature's); then, micro-batch by micro-batch, re-embed it with gradients
+and back-propagate its features' cached gradients into the towers. The summed gradients equal
+those of one pass over the whole batch. The RNG state of each micro-batch's first pass is
+replayed in its second, so the same patches are removed both times. Re-computing the loss with
+each micro-batch spliced in (as open_clip's accum-freq does) would build the local × global
+logits and gather the features across ranks once per micro-batch instead of once per step.
 
 Views: with ``views`` > 1 each pair is seen as that many images, each with its own random
 patches removed (the batch is repeated before the forward, so DDP and FSDP see one ordinary
@@ -102,7 +105,14 @@ def forward_backward(
             cached_images.append(image_features)
             cached_texts.append(text_features)
     after_first_pass = _rng_state(device)
-    loss = torch.zeros((), device=device)
+    # the whole batch's loss, once, on the cached features: its gradient w.r.t. each of them
+    # and the temperature (no tower is in this graph)
+    image_leaves = [f.detach().requires_grad_() for f in cached_images]
+    text_leaves = [f.detach().requires_grad_() for f in cached_texts]
+    scale_leaf = model.logit_scale.detach().requires_grad_()
+    with autocast():
+        loss = _views_loss(image_leaves, text_leaves, scale_leaf, views)
+    loss.backward()
     for j in range(accum_steps):
         _set_rng_state(rng_states[j], device)
         last = j == accum_steps - 1
@@ -111,11 +121,11 @@ def forward_backward(
                 image_features, text_features = _features(
                     train_model, *_repeat(image_chunks[j], token_chunks[j], views)
                 )
-                all_images = cached_images[:j] + [image_features] + cached_images[j + 1 :]
-                all_texts = cached_texts[:j] + [text_features] + cached_texts[j + 1 :]
-                # the temperature's gradient comes from the full batch once, not once per chunk
-                logit_scale = model.logit_scale if last else model.logit_scale.detach()
-                loss = _views_loss(all_images, all_texts, logit_scale, views)
-            loss.backward()
+            outputs = [image_features, text_features]
+            grads = [image_leaves[j].grad, text_leaves[j].grad]
+            if last:  # the temperature's gradient joins the step's synchronised backward
+                outputs.append(model.logit_scale)
+                grads.append(scale_leaf.grad.to(model.logit_scale.dtype))
+            torch.autograd.backward(outputs, grads)
     _set_rng_state(after_first_pass, device)
     return loss.detach()

@@ -139,6 +139,8 @@ def _train_phase(
             progress.flush()  # first: a checkpoint on storage implies its metrics are too
             _save(run, plan)
             barrier(storage=True)  # no rank runs on until the checkpoint is whole on storage
+            if periodic and not (stopping or at_phase_end):
+                stopping = stop.due_now(run.device)  # asked to stop while it was written?
         # Restarting the stream at a checkpoint makes a resumed run see the same batches.
         # A timed phase cannot resume bit for bit anyway, and the restart (refilling the
         # shuffle buffer) would be charged to its clock: it keeps its stream.

@@ -32,8 +32,35 @@ def _slurm(d: Deploy) -> SlurmDeploy:
     return d.slurm
 
 
+def time_limit_s(value: str) -> int | None:
+    """An sbatch --time in seconds ("minutes", "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM",
+    "D-HH:MM:SS"); None for what it cannot read (UNLIMITED, INFINITE)."""
+    days, _, clock = value.rpartition("-") if "-" in value else ("", "", value)
+    parts = clock.split(":")
+    if not all(p.isdigit() for p in parts) or (days and not days.isdigit()) or len(parts) > 3:
+        return None
+    numbers = [int(p) for p in parts]
+    if days:  # D-HH[:MM[:SS]]
+        numbers += [0] * (3 - len(numbers))
+        hours, minutes, seconds = numbers
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if len(numbers) == 1:  # minutes
+        return numbers[0] * 60
+    if len(numbers) == 2:  # MM:SS
+        return numbers[0] * 60 + numbers[1]
+    hours, minutes, seconds = numbers
+    return (hours * 60 + minutes) * 60 + seconds
+
+
 def train(d: Deploy) -> str:
     t, s = d.train, _slurm(d)
+    limit, lead = time_limit_s(s.time), t.stop_grace_s + 120
+    if limit is not None and limit <= 2 * lead:
+        raise ConfigError(
+            f"slurm.time={s.time}: the job is signalled {lead} s before its time limit "
+            f"(train.stop_grace_s + 120 s) to checkpoint and requeue; a limit of {limit} s "
+            "leaves too little training between requeues"
+        )
     command = torchrun(d, "$SLURM_NODEID", "$MASTER_ADDR")
     return (
         "#!/bin/bash\n"
@@ -47,21 +74,21 @@ def train(d: Deploy) -> str:
         + f"#SBATCH --time={s.time}\n"
         + "#SBATCH --requeue\n"
         # Slurm may signal up to 60 s early; the trainer needs stop_grace_s from SIGTERM on
-        + f"#SBATCH --signal=B:USR1@{t.stop_grace_s + 120}\n"
-        + "# Preempted, Slurm requeues the job itself; near the time limit Slurm sends this\n"
-        + "# script USR1. Either way every rank gets SIGTERM, checkpoints at one agreed step and\n"
-        + "# leaves; the job is requeued and resumes from that checkpoint (resume=true). A rank\n"
-        + "# that fails stops the whole step at once (--kill-on-bad-exit), so nobody waits out\n"
-        + "# the collectives' timeout.\n"
+        + f"#SBATCH --signal=B:USR1@{lead}\n"
+        + "# Near the time limit Slurm sends this script USR1: every rank gets SIGTERM,\n"
+        + "# checkpoints at one agreed step and leaves, and the job requeues itself to resume\n"
+        + "# from there (resume=true). Preempted, Slurm signals the ranks and requeues the job\n"
+        + "# itself (the partition's GraceTime is their time to checkpoint). A rank that fails\n"
+        + "# stops the whole step at once (--kill-on-bad-exit): nobody waits out a timeout.\n"
         + "set -euo pipefail\n"
         + 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
         + "export MASTER_ADDR NCCL_DEBUG=WARN TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n"
         + "# Submit from the project root, its environment active (or run inside the gpu image).\n"
         + 'cd "$SLURM_SUBMIT_DIR"\n'
         + 'stopping=""\n'
-        + "# time limit: SIGTERM to every step's processes (not this shell); preempted: Slurm did\n"
+        + "# time limit: SIGTERM to every step's processes (not this shell)\n"
         + f"trap {shlex.quote(STOP_STEPS)} USR1\n"
-        + "trap 'trapped=1; stopping=preempted' TERM\n"
+        + "trap 'trapped=1' TERM  # preempted or cancelled: Slurm signals the steps itself\n"
         + "# single quotes on purpose: srun's bash expands the variables on each node\n"
         + "# shellcheck disable=SC2016\n"
         + "srun --kill-on-bad-exit=1 bash -c "
@@ -76,7 +103,7 @@ def train(d: Deploy) -> str:
         + "done\n"
         + 'if [ -n "$stopping" ]; then\n'
         + '    echo "training stopped ($stopping; step exit $status): requeued, to resume"\n'
-        + '    scontrol requeue "$SLURM_JOB_ID" || true  # preempted: Slurm requeues it anyway\n'
+        + '    scontrol requeue "$SLURM_JOB_ID"\n'
         + "    exit 0\n"
         + "fi\n"
         + 'exit "$status"\n'
