@@ -204,20 +204,28 @@ def test_the_efa_option_renders_files_aws_and_kubernetes_accept(tmp_path):
     assert "efa-launch-template.json" not in render_all(load_deploy())
 
 
-def test_gpu_step_benchmark_runs_on_the_cpu_at_toy_size(tmp_path):
-    """benchmarks/gpu/train_step_mfu.py is written for a GPU that is seldom lent: its smoke run
-    (the micro model on the CPU, one step) keeps it from breaking unseen."""
+def test_the_gpu_machines_script_runs_on_the_cpu_at_toy_size(tmp_path):
+    """benchmarks/gpu/run_on_device.sh is written for a GPU that is seldom lent: the whole
+    script runs here at toy size (DEVICE_CHECK_TOY=1: the micro model on the CPU, one step,
+    the same commands otherwise), so neither it nor the scripts it runs break unseen."""
     import json
+    import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    repo = Path(__file__).parent.parent
-    command = [sys.executable, "benchmarks/gpu/train_step_mfu.py", "--models", "flip_micro"]
-    command += ["--batches", "4", "--ratios", "0", "0.5", "--device", "cpu", "--steps", "1"]
-    command += ["--warmup", "1", "--rounds", "1", "--out", str(tmp_path)]
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    env = {**os.environ, "DEVICE_CHECK_TOY": "1", "OUT": str(tmp_path)}
+    env |= {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu/run_on_device.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    step_check = (tmp_path / "distributed_step_check.log").read_text()
+    assert "1 ranks, cpu: all checks passed" in step_check, step_check[-2000:]
     figures = json.loads((tmp_path / "train_step_mfu.json").read_text())
     assert "mfu" in json.dumps(figures) and (tmp_path / "train_step_mfu.md").exists()
 

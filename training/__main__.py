@@ -27,16 +27,27 @@ one config runs on 8 or 256 GPUs unchanged; a phase may set its own). parallelis
 weights, gradients and optimizer state across ranks (ViT-H/14 and larger). A phase with
 seconds=S instead of samples runs for S seconds of training time (equal-compute comparisons).
 
+Memory: --plan prints what the config needs per GPU, by part (parameters, gradients, optimizer
+state under DDP or FSDP at --world-size ranks; activations at each phase's mask ratio; the
+loss's logits), the largest micro-batch that fits a --gpu-gib GPU, and the loader's shared and
+pinned memory per node; it trains nothing.
+
 Preemption: on SIGTERM (a scheduler's time limit, eviction, spot reclaim) the run finishes its
 step, writes a checkpoint and exits with status 75; rerun with resume=true to continue.
 
 Examples:
   python -m training configs/train/flip_tiny.yaml
   python -m training configs/train/vit_b16.yaml data.shards=s3://bucket/shards resume=true
+  python -m training configs/train/vit_h14.yaml --plan --world-size 64 --gpu-gib 80
 """
 
 
 def _run(config: TrainConfig, args) -> None:
+    if args.plan:
+        from training.memory_plan import render
+
+        print(render(config, args.world_size, args.gpu_gib, args.ranks_per_node))
+        return
     from training.preemption import PREEMPTED_EXIT, Preempted
     from training.trainer import train
 
@@ -49,10 +60,24 @@ def _run(config: TrainConfig, args) -> None:
         raise SystemExit(PREEMPTED_EXIT) from None
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser("python -m training", HELP, "batch_size=64")
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run's LATEST checkpoint"
+    )
+    planning = parser.add_argument_group("memory plan (--plan: print it, train nothing)")
+    planning.add_argument("--plan", action="store_true", help="print memory per GPU and exit")
+    planning.add_argument("--world-size", type=_positive_int, default=8, help="ranks (8)")
+    planning.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory, GiB (80)")
+    planning.add_argument(
+        "--ranks-per-node", type=_positive_int, default=8, help="ranks per node (8)"
     )
     from flipcommon.checkpoints import CheckpointError
     from training.batching import BatchSplitError

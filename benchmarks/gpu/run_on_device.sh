@@ -6,11 +6,22 @@
 # caption lengths), the linear probe against clip_benchmark's, unmodified, on CUDA, and a DDP,
 # an FSDP and an FSDP bf16-policy step on 2 GPUs (1 process per GPU) with the per-rank mask
 # check, or on one rank with one GPU. Tables, raw figures and logs land in $OUT.
+# DEVICE_CHECK_TOY=1 runs the same commands on the CPU at toy size with the environment's own
+# packages: make test does, so the script cannot rot between the rare GPU runs.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .device_inputs/wheels/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 OUT=${OUT:-.}
+export PYTHONUNBUFFERED=1 OUT=${OUT:-.}
+if [ -n "${DEVICE_CHECK_TOY:-}" ]; then
+    STEP_CHECK=(--model flip_micro --batch 8 --steps 1 --warmup 1 --device cpu)
+    MFU=(--models flip_micro --batches 4 --ratios 0 0.5 --steps 1 --warmup 1 --rounds 1)
+    MFU+=(--device cpu)
+else
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .device_inputs/wheels/*.whl
+    export PYTHONPATH=/tmp/site
+    STEP_CHECK=(--model vit_b16 --batch 128)
+    MFU=()
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PYTHON" -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
 if [ -f .device_inputs/probe_features.pt ]; then
@@ -18,15 +29,12 @@ if [ -f .device_inputs/probe_features.pt ]; then
         --features .device_inputs/probe_features.pt --rounds 3 2>&1 | tee "$OUT/linear_probe.log"
 fi
 GPUS=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || echo 0)
-if [ "$GPUS" -ge 2 ]; then
-    "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node=2 \
-        benchmarks/gpu/distributed_step_check.py --model vit_b16 --batch 128 2>&1 \
-        | tee "$OUT/distributed_step_check.log"
-else  # one GPU: the same modes on one rank (no cross-rank checks)
-    "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node=1 \
-        benchmarks/gpu/distributed_step_check.py --model vit_b16 --batch 128 2>&1 \
-        | tee "$OUT/distributed_step_check.log"
-fi
+RANKS=1  # one GPU (or the CPU): the same modes on one rank, no cross-rank checks
+if [ "$GPUS" -ge 2 ]; then RANKS=2; fi
+"$PYTHON" -m torch.distributed.run --standalone --nproc-per-node=$RANKS \
+    benchmarks/gpu/distributed_step_check.py "${STEP_CHECK[@]}" 2>&1 \
+    | tee "$OUT/distributed_step_check.log"
 CAPTIONS=()
 if [ -f .device_inputs/caption_tokens.pt ]; then CAPTIONS=(--captions .device_inputs/caption_tokens.pt); fi
-"$PYTHON" benchmarks/gpu/train_step_mfu.py "${CAPTIONS[@]}" "$@" 2>&1 | tee "$OUT/train_step_mfu.log"
+"$PYTHON" benchmarks/gpu/train_step_mfu.py "${CAPTIONS[@]}" "${MFU[@]}" "$@" 2>&1 \
+    | tee "$OUT/train_step_mfu.log"
