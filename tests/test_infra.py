@@ -381,3 +381,27 @@ def test_every_launcher_gives_a_stopped_run_time_to_checkpoint_and_fails_fast():
     sbatch = (GENERATED / "slurm" / "train.sbatch").read_text()
     assert f"#SBATCH --signal=B:USR1@{grace + 120}" in sbatch
     assert "srun --kill-on-bad-exit=1 " in sbatch
+
+
+def test_training_shared_memory_comes_from_the_memory_planner(tmp_path):
+    """train.shm_gib 0: the loader's batches per node (ranks × workers × prefetched batches of
+    uint8 images) + 25%; a set value too small to hold them is refused at render."""
+    import math
+
+    from flipcommon.config import ConfigError, load_config
+    from infra.render.deploy import load_deploy
+    from training.config import TrainConfig
+    from training.memory_plan import host_memory
+
+    deploy = load_deploy()
+    t = deploy.train
+    config = load_config(TrainConfig, ROOT / "configs" / "train" / f"{t.model}.yaml", [])
+    need = host_memory(config, t.nodes * t.gpus_per_node, t.gpus_per_node)
+    assert t.shm_gib == math.ceil(need["shared memory per node"] / 2**30 * 1.25)
+    assert f"sizeLimit: {t.shm_gib}Gi" in (GENERATED / "kubernetes" / "train-job.yaml").read_text()
+    data = yaml.safe_load((ROOT / "infra" / "deploy.yaml").read_text())
+    data["train"]["shm_gib"] = 2
+    small = tmp_path / "deploy.yaml"
+    small.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="train.shm_gib=2"):
+        load_deploy(small)

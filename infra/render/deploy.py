@@ -52,7 +52,8 @@ class TrainDeploy:
     device: str
     cpus: int  # per node
     memory_gib: int  # per node
-    shm_gib: int  # /dev/shm per node
+    # /dev/shm per node; 0: from the memory planner (the loader's batches per node + 25%)
+    shm_gib: Annotated[int, Range(0)] = 0
     # gang restarts torchrun's agents make on their own before the pod fails (Kubernetes)
     max_restarts: int = 3
     # From SIGTERM to a written checkpoint: the ranks stop at their next agreed check (about
@@ -166,4 +167,36 @@ def load_deploy(path: Path = DEPLOY) -> Deploy:
             f"{path}: {', '.join(unsafe)}: a control character or '$' would reach the rendered "
             "scripts' shell; write the value without them"
         )
+    deploy.train.shm_gib = training_shm_gib(deploy)
     return deploy
+
+
+LOADER_KEYS = ("data", "batch_size", "phases", "model")
+
+
+def training_shm_gib(d: Deploy) -> int:
+    """/dev/shm per training node: ``train.shm_gib``, or the loader's batches per node (the
+    memory planner: ranks per node × workers × prefetched batches of uint8 images) + 25% when
+    it is 0. A set value that cannot hold them is refused: workers would die on a full
+    /dev/shm hours into the run."""
+    import math
+
+    from training.config import TrainConfig
+    from training.memory_plan import host_memory
+
+    t = d.train
+    # the overrides that decide the loader's batches (the others are the stage's to check)
+    sizing = [o for o in t.overrides if o.split("=", 1)[0].split(".")[0] in LOADER_KEYS]
+    config = load_config(TrainConfig, ROOT / "configs" / "train" / f"{t.model}.yaml", sizing)
+    need = host_memory(config, t.nodes * t.gpus_per_node, t.gpus_per_node)
+    shm = need["shared memory per node"] / 2**30
+    if t.shm_gib == 0:
+        return max(1, math.ceil(shm * 1.25))
+    if t.shm_gib < shm:
+        raise ConfigError(
+            f"train.shm_gib={t.shm_gib}: the loader keeps {shm:.1f} GiB of batches in /dev/shm per "
+            f"node ({t.gpus_per_node} ranks × data.workers × data.prefetch_batches × the local "
+            "batch of uint8 images; python -m training CONFIG --plan): raise it, or set 0 to "
+            "take the planner's figure"
+        )
+    return t.shm_gib
