@@ -61,6 +61,10 @@ class InputConfig:
     # auto: Spark's own reader where it needs no extra jars (local, hdfs, s3a with hadoop-aws),
     # else fsspec on the executors (s3://, gs://, …). Or force "spark" / "fsspec".
     reader: Literal["auto", "spark", "fsspec"] = "auto"
+    # More of the metadata's columns to carry into every sample's JSON and the shard's parquet,
+    # e.g. [punsafe, pwatermark] (LAION-5B) or [uid, face_bboxes] (DataComp). Lists, maps and
+    # structs arrive as JSON text; what the fsspec reader reads (csv, tsv, json) as text.
+    save_additional_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,6 +87,10 @@ class FilterConfig:
     # (langid, ~1,000 captions/s/core) unless detect_language is false, in which case they pass.
     languages: list[str] = field(default_factory=list)
     detect_language: bool = True
+    # LAION-5B's probabilities that the image is unsafe / watermarked: rows above the threshold
+    # are dropped, rows without a value pass (LAION-5B's own release used 0.5 for both). 0: off.
+    max_punsafe: Annotated[float, Range(0, 1)] = 0.0
+    max_pwatermark: Annotated[float, Range(0, 1)] = 0.0
 
 
 @dataclass

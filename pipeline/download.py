@@ -32,7 +32,7 @@ from pipeline.shard_download import (
     shard_name,
     staging_root,
 )
-from pipeline.shard_retry import retry_url_list
+from pipeline.shard_retry import carried_columns, retry_url_list
 from pipeline.site_placement import SitePlacement
 from pipeline.url_shards import UrlList
 
@@ -95,6 +95,7 @@ def download_shards(
                 first_shard=url_list.first_shard + url_list.shards,
                 placement=SitePlacement.of(download, fetch),
                 concurrency=concurrency,
+                carried=carried_columns(url_list),
             )
             if retry.rows:
                 log.info("final pass: %d retryable failures in %d shards", retry.rows, retry.shards)

@@ -75,7 +75,8 @@ def _image_rules(config: FilterConfig) -> list[Rule]:
 
 
 def _tag_rules(config: FilterConfig) -> list[Rule]:
-    """Rules on the metadata's tags and scores: NSFW, language, CLIP similarity."""
+    """Rules on the metadata's tags and scores: NSFW, language, LAION-5B's unsafe and
+    watermark probabilities, CLIP similarity."""
     rules = []
     if config.nsfw_allowed:
         allowed = [tag.upper() for tag in config.nsfw_allowed]
@@ -99,6 +100,11 @@ def _tag_rules(config: FilterConfig) -> list[Rule]:
                 {"languages": wanted, "detected_when_missing": config.detect_language},
             )
         )
+    for name in ("punsafe", "pwatermark"):
+        limit = getattr(config, f"max_{name}")
+        if limit:
+            keep = F.col(name).isNull() | (F.col(name) <= limit)
+            rules.append(Rule(name, keep, {f"max_{name}": limit}))
     if config.min_similarity:
         rules.append(
             Rule(

@@ -5,6 +5,7 @@ The driver only plans: rows stay on the executors.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pyspark.errors import AnalysisException
@@ -27,7 +28,18 @@ NORMALISED_COLUMNS = {
     "NSFW": T.StringType(),
     "similarity": T.DoubleType(),
     "LANGUAGE": T.StringType(),  # ISO 639-1, when the metadata has it (LAION-2B-multi)
+    # LAION-5B's probabilities that the image is unsafe / watermarked (filters.max_punsafe…)
+    "punsafe": T.DoubleType(),
+    "pwatermark": T.DoubleType(),
 }
+# What every sample's JSON and the shard's parquet already hold under these names (the
+# downloader's fields and the URL list's columns): an extra column may not take one.
+SAMPLE_FIELDS = frozenset(
+    {"url", "caption", "key", "status", "error_message", "retryable", "width", "height"}
+    | {"original_width", "original_height", "sha256", "exif", "retry_of", "final_pass"}
+    | {"retryable_reasons", "sample_id", "license", "nsfw", "similarity", "text"}
+)
+EXTRA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 class MetadataError(UserError, ValueError):
@@ -52,8 +64,9 @@ class MetadataLayout:
         return {ours.lower(): theirs.lower() for ours, theirs in named.items()}
 
 
-# The layouts of the datasets people bring (their published metadata files). Columns with no
-# counterpart here (LAION-5B's punsafe/pwatermark, DataComp's uid/face_bboxes) are not read.
+# The layouts of the datasets people bring (their published metadata files). LAION-5B's
+# punsafe/pwatermark are read under their own names; other columns (DataComp's uid and
+# face_bboxes…) only when input.save_additional_columns names them.
 # DataComp's similarity is CLIP ViT-L/14's, COYO's ViT-B/32's: a filters.min_similarity
 # threshold means what it means for that model.
 PRESETS = {
@@ -93,17 +106,48 @@ def layout_of(config: InputConfig) -> MetadataLayout:
     return PRESETS[config.preset]
 
 
+def carried_columns(extras: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The columns ``input.save_additional_columns`` carries into every sample, as the
+    normalised frame names them: a normalised column by its normalised name (``width`` is
+    WIDTH, ``punsafe`` punsafe), any other as given. Refuses names that are not plain
+    identifiers or that a sample already holds."""
+    normalised = {name.lower(): name for name in NORMALISED_COLUMNS}
+    carried: list[str] = []
+    for name in extras:
+        if not EXTRA_NAME.fullmatch(name):
+            raise MetadataError(
+                f"input.save_additional_columns: {name!r} is not a plain column name "
+                "(letters, digits and _, up to 64)"
+            )
+        key = name.lower()
+        if key in SAMPLE_FIELDS and key not in ("width", "height"):
+            raise MetadataError(
+                f"input.save_additional_columns: {name!r} is already in every sample "
+                f"(a sample holds {sorted(SAMPLE_FIELDS)})"
+            )
+        column = normalised.get(key, name)
+        if key in ("width", "height"):
+            column = f"metadata_{key}"  # the downloader's width/height are the image's own
+        if column.lower() in (c.lower() for c in carried):
+            raise MetadataError(f"input.save_additional_columns names {name!r} twice")
+        carried.append(column)
+    return tuple(carried)
+
+
 def read_metadata(
     spark: SparkSession,
     urls: list[str],
     layout: MetadataLayout | str,
     reader: str = "auto",
+    extras: tuple[str, ...] = (),
 ) -> DataFrame:
     """``layout``: a ``MetadataLayout`` or just a format (LAION's columns). ``reader``:
     ``spark`` (Hadoop's readers: local, hdfs://, s3a:// with its jars …), ``fsspec`` (any
     fsspec URL, read on the executors: ``pipeline.fsspec_io``) or ``auto`` (spark where it
-    reads the scheme without extra jars, else fsspec)."""
+    reads the scheme without extra jars, else fsspec). ``extras``: more of the metadata's
+    columns to carry (``input.save_additional_columns``)."""
     layout = MetadataLayout(layout) if isinstance(layout, str) else layout
+    carried_columns(extras)
     if not urls:
         raise MetadataError("no metadata given: set input.urls to files or folders")
     if layout.format not in FORMATS:
@@ -124,19 +168,21 @@ def read_metadata(
             first_line = str(err).splitlines()[0]
             clash = f"metadata has columns that differ only by case: {first_line}"
             raise MetadataError(clash) from err
-        return normalise(frame, layout)
+        return normalise(frame, layout, extras)
     try:
         files = fsspec_io.list_files(urls, fmt)
     except FileNotFoundError as err:
         raise MetadataError(str(err)) from err
     present = fsspec_io.file_columns(files[0], fmt, layout.columns)
-    _check_required(present, layout)
+    _check_required(present, layout, extras)
     sources = layout.sources()
     used = set(sources.values())
     others = [c for c in NORMALISED_COLUMNS if c.lower() not in sources and c.lower() not in used]
-    wanted = [*dict.fromkeys(sources.values()), *others]
+    read = {c.lower() for c in [*sources.values(), *NORMALISED_COLUMNS]}
+    raw = [e for e in extras if e.lower() not in read]  # the extras no other column reads
+    wanted = [*dict.fromkeys(sources.values()), *others, *raw]
     frame = fsspec_io.read_as_strings(spark, files, fmt, wanted, layout.columns)
-    return normalise(frame, layout)
+    return normalise(frame, layout, extras)
 
 
 def _spark_read(spark: SparkSession, urls: list[str], fmt: str, columns: tuple[str, ...]):
@@ -153,7 +199,9 @@ def _spark_read(spark: SparkSession, urls: list[str], fmt: str, columns: tuple[s
     return spark.read.json(list(urls))
 
 
-def _check_required(columns: list[str], layout: MetadataLayout) -> None:
+def _check_required(
+    columns: list[str], layout: MetadataLayout, extras: tuple[str, ...] = ()
+) -> None:
     read = set(layout.sources().values()) | {c.lower() for c in NORMALISED_COLUMNS}
     spellings: dict[str, list[str]] = {}
     for column in columns:
@@ -168,6 +216,12 @@ def _check_required(columns: list[str], layout: MetadataLayout) -> None:
             f"metadata lacks column(s) {missing}; it has {columns} "
             "(input.url_col / input.caption_col name the URL's and caption's columns)"
         )
+    normalised = {c.lower() for c in NORMALISED_COLUMNS}
+    absent = [e for e in extras if e.lower() not in lower and e.lower() not in normalised]
+    if absent:
+        raise MetadataError(
+            f"input.save_additional_columns: metadata lacks {absent}; it has {columns}"
+        )
 
 
 def _clean_text(column: Column) -> Column:
@@ -181,11 +235,26 @@ def _positive_int(column: Column) -> Column:
     return F.when(value > 0, value)
 
 
-def normalise(df: DataFrame, layout: MetadataLayout | None = None) -> DataFrame:
+def _carried(column: Column, data_type: T.DataType) -> Column:
+    """An extra column in a type the URL list's parts hold: whole numbers, doubles and text as
+    they are, other numbers as doubles, lists, maps and structs as JSON text, the rest as text."""
+    if isinstance(data_type, (T.LongType, T.IntegerType, T.DoubleType, T.StringType)):
+        return column
+    if isinstance(data_type, T.NumericType):
+        return column.cast(T.DoubleType())
+    if isinstance(data_type, (T.ArrayType, T.MapType, T.StructType)):
+        return F.to_json(column)
+    return column.cast(T.StringType())
+
+
+def normalise(
+    df: DataFrame, layout: MetadataLayout | None = None, extras: tuple[str, ...] = ()
+) -> DataFrame:
     """Map to the normalised schema: the layout's URL and caption columns become URL and
-    TEXT, missing optional columns are added, junk values cleaned."""
+    TEXT, missing optional columns are added, junk values cleaned; ``extras`` (metadata
+    columns to carry, ``carried_columns``) follow."""
     layout = layout or MetadataLayout()
-    _check_required(df.columns, layout)
+    _check_required(df.columns, layout, extras)
     lower = {c.lower(): c for c in df.columns}
     sources = layout.sources()
     used = set(sources.values())
@@ -203,6 +272,19 @@ def normalise(df: DataFrame, layout: MetadataLayout | None = None) -> DataFrame:
     sample_id = col("SAMPLE_ID").cast(T.LongType())
     nsfw = F.upper(F.trim(col("NSFW").cast(T.StringType())))
     similarity = col("similarity").cast(T.DoubleType())
+
+    def probability(name: str) -> Column:
+        value = col(name).cast(T.DoubleType())
+        return F.when(value.between(0.0, 1.0), value).alias(name)
+
+    types = {f.name: f.dataType for f in df.schema.fields}
+    carried = []
+    for name, column in zip(extras, carried_columns(extras), strict=True):
+        if name.lower() in ("width", "height"):
+            carried.append(_positive_int(col(name.upper())).alias(column))
+        elif column not in NORMALISED_COLUMNS:
+            source = lower[name.lower()]
+            carried.append(_carried(F.col(f"`{source}`"), types[source]).alias(column))
     return df.select(
         sample_id.alias("SAMPLE_ID"),
         F.trim(col("URL").cast(T.StringType())).alias("URL"),
@@ -214,4 +296,7 @@ def normalise(df: DataFrame, layout: MetadataLayout | None = None) -> DataFrame:
         # CLIP cosine similarity lies in [-1, 1]; LAION ships junk values up to 6016.
         F.when(similarity.between(-1.0, 1.0), similarity).alias("similarity"),
         _clean_text(F.lower(col("LANGUAGE").cast(T.StringType()))).alias("LANGUAGE"),
+        probability("punsafe"),
+        probability("pwatermark"),
+        *carried,
     )

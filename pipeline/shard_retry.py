@@ -21,7 +21,7 @@ from pyspark.sql import types as T
 
 from flipcommon.storage import read_bytes, url_join
 from pipeline.site_placement import SitePlacement
-from pipeline.url_shards import UrlList, read_url_list, write_url_list
+from pipeline.url_shards import URL_COLUMNS, UrlList, read_url_list, write_url_list
 
 RETRY_FOLDER = "retry_urls"
 FINAL_PASS_WAVES = 2  # final-pass shards per task slot
@@ -37,16 +37,43 @@ RETRY_COLUMNS = {  # the shard parquet's column -> the URL list's column, and it
 }
 
 
-def retryable_rows(output_dir: str, names: Iterator[str]) -> Iterator[tuple]:
-    """The retryable failures of the named committed shards, as URL-list rows (executor side)."""
+SPARK_TYPES = {
+    pa.int64(): T.LongType(),
+    pa.int32(): T.IntegerType(),
+    pa.float64(): T.DoubleType(),
+    pa.string(): T.StringType(),
+}
+
+
+def carried_columns(url_list: UrlList) -> dict[str, T.DataType]:
+    """The metadata columns a URL list carries beyond its own (``input.save_additional_columns``),
+    with their types, from one part's schema: the final pass carries them too."""
+    if not url_list.rows:
+        return {}
+    data = read_bytes(url_list.part_url(url_list.shard_ids[0]))
+    schema = pq.read_schema(pa.BufferReader(data))
+    own = {*URL_COLUMNS, "retry_of"}
+    return {
+        f.name: SPARK_TYPES.get(f.type, T.StringType())
+        for f in schema
+        if f.name not in own and not f.name.startswith("_")
+    }
+
+
+def retryable_rows(
+    output_dir: str, names: Iterator[str], carried: tuple[str, ...] = ()
+) -> Iterator[tuple]:
+    """The retryable failures of the named committed shards, as URL-list rows (executor side),
+    their ``carried`` metadata columns last."""
     for name in names:
         data = read_bytes(url_join(output_dir, f"{name}.parquet"))
         table = pq.read_table(pa.BufferReader(data))
-        present = [c for c in RETRY_COLUMNS if c in table.column_names]
+        wanted = [*RETRY_COLUMNS, *carried]
+        present = [c for c in wanted if c in table.column_names]
         rows = table.select([*present, "retryable"]).to_pylist()
         for row in rows:
             if row["retryable"]:
-                yield tuple(row.get(column) for column in RETRY_COLUMNS)
+                yield tuple(row.get(column) for column in wanted)
 
 
 def final_pass_samples_per_shard(rows: int, samples_per_shard: int, concurrency: int) -> int:
@@ -66,22 +93,27 @@ def retry_url_list(
     first_shard: int,
     placement: SitePlacement | None = None,
     concurrency: int = 1,
+    carried: dict[str, T.DataType] | None = None,
 ) -> UrlList:
     """The final pass's URL list: reused when complete, else built from the first-pass shards'
     parquet files on the executors (the driver only names the shards that have failures).
     ``samples_per_shard``: the first pass's, the most a final-pass shard holds
-    (``final_pass_samples_per_shard``)."""
+    (``final_pass_samples_per_shard``). ``carried``: the first pass's extra metadata columns
+    (``carried_columns``), carried into the final pass's samples."""
     path = url_join(output_dir, "_work", RETRY_FOLDER)
     existing = read_url_list(path)
     if existing is not None:
         return existing
     names = sorted(n for n, s in first_pass.items() if s.get("retryable_failures", 0) > 0)
     rows = sum(int(first_pass[n]["retryable_failures"]) for n in names)
-    schema = T.StructType([T.StructField(c, t) for c, t in RETRY_COLUMNS.values()])
+    carried = carried or {}
+    fields = [*RETRY_COLUMNS.values(), *carried.items()]
+    schema = T.StructType([T.StructField(c, t) for c, t in fields])
     context = spark.sparkContext
     tasks = max(1, min(len(names), 4 * context.defaultParallelism))
+    extra = tuple(carried)
     rdd = context.parallelize(names, tasks).mapPartitions(
-        lambda part: retryable_rows(output_dir, part)
+        lambda part: retryable_rows(output_dir, part, extra)
     )
     frame = spark.createDataFrame(rdd, schema)
     per_shard = final_pass_samples_per_shard(rows, samples_per_shard, concurrency)

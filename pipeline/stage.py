@@ -120,11 +120,17 @@ def layout_fingerprint(layout: ingest.MetadataLayout) -> dict:
 
 def url_list_fingerprint(config: PipelineConfig, sources: list[str]) -> dict:
     """What a URL list depends on: a rerun with other values must not reuse it."""
+    # filters added since lists were first written count only when set: an older list stays
+    # reusable
+    later = ("max_punsafe", "max_pwatermark")
+    rules = {k: v for k, v in asdict(config.filters).items() if k not in later or v}
+    extras = {"extra_columns": list(config.input.save_additional_columns)}
     return {
         "sources": sources,
         **layout_fingerprint(ingest.layout_of(config.input)),
-        "filters": asdict(config.filters),
+        "filters": rules,
         "samples_per_shard": config.download.samples_per_shard,
+        **(extras if config.input.save_additional_columns else {}),
     }
 
 
@@ -132,13 +138,16 @@ def build_url_list(
     spark: SparkSession, config: PipelineConfig, groups: Groups
 ) -> url_shards.UrlList:
     """Metadata → rule filters → dedup → the URL list, with the input counts in its marker."""
-    frames = [ingest.read_metadata(spark, urls, fmt, config.input.reader) for urls, fmt in groups]
+    extras = tuple(config.input.save_additional_columns)
+    frames = [
+        ingest.read_metadata(spark, urls, fmt, config.input.reader, extras) for urls, fmt in groups
+    ]
     metadata = functools.reduce(lambda a, b: a.unionByName(b), frames)
     sources = [url for urls, _ in groups for url in urls]
     kept, drops = filters.apply_rules(metadata, filters.build_rules(config.filters))
     rows_in = sum(drops.values())
     passed = drops.pop("_kept")
-    unique = deduplicated(kept).cache()
+    unique = deduplicated(kept, ingest.carried_columns(extras)).cache()
     sent = unique.count()
     log.info(
         "rows in %d, filtered %s, duplicates %d, to download %d",
@@ -168,10 +177,11 @@ def build_url_list(
     return url_list
 
 
-def deduplicated(df: DataFrame) -> DataFrame:
+def deduplicated(df: DataFrame, carried: tuple[str, ...] = ()) -> DataFrame:
     """One row per (URL, TEXT): the one with the smallest (SAMPLE_ID, LICENSE, NSFW,
-    similarity), so a rerun keeps the same row whatever the partitioning."""
-    rest = [c for c in url_shards.URL_COLUMNS if c not in ("URL", "TEXT")]
+    similarity, then the ``carried`` columns), so a rerun keeps the same row whatever the
+    partitioning; the carried columns come with it."""
+    rest = [c for c in url_shards.URL_COLUMNS if c not in ("URL", "TEXT")] + list(carried)
     first = F.min(F.struct(*rest)).alias("_first")
     return df.groupBy("URL", "TEXT").agg(first).select("URL", "TEXT", "_first.*")
 

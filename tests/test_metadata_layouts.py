@@ -154,3 +154,96 @@ def test_column_names_that_clash_are_clear_errors_or_read_once(tmp_path, spark):
     layout = layout_of(InputConfig(caption_col="LICENSE"))
     (row,) = read_metadata(spark, [str(licensed)], layout).collect()
     assert (row["TEXT"], row["LICENSE"]) == ("a caption", None)
+
+
+def _stage(tmp_path, spark, web, input_config: InputConfig, **filters) -> dict:
+    config = PipelineConfig(output_dir=str(tmp_path / "shards"), input=input_config)
+    config.download.image_size = 32
+    config.download.threads = 2
+    config.download.retry_in_task_after_s = None  # a retryable failure waits for the final pass
+    config.fetch = quick_fetch()
+    config.spark.shuffle_partitions = 2
+    for name, value in filters.items():
+        setattr(config.filters, name, value)
+    return build_shard_set(spark, config, [(input_config.urls, layout_of(config.input))])
+
+
+def _samples(tmp_path) -> pd.DataFrame:
+    return pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "shards").glob("*.parquet")))
+
+
+def _sample_json(tmp_path, url: str) -> dict:
+    import tarfile
+
+    for tar_path in sorted((tmp_path / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    record = json.loads(tar.extractfile(member).read())
+                    if record["url"] == url:
+                        return record
+    raise AssertionError(f"no sample for {url}")
+
+
+def test_laion5b_unsafe_and_watermark_filters_and_their_scores_in_each_sample(tmp_path, spark):
+    """punsafe [0.01, 0.2, 0.0], pwatermark [0.1, 0.0, 0.9]: at 0.1 / 0.5 only the first row
+    is kept, and its scores travel into its JSON and the shard's parquet."""
+    with HostileWeb() as web:
+        urls = [f"{web.base_url}/ok/{i}.jpg" for i in range(3)]
+        meta = _write(tmp_path / "meta", "laion5b", urls)
+        extras = ["punsafe", "pwatermark"]
+        input_config = InputConfig(urls=[meta], preset="laion5b", save_additional_columns=extras)
+        manifest = _stage(tmp_path, spark, web, input_config, max_punsafe=0.1, max_pwatermark=0.5)
+    assert manifest["counts"]["kept"] == 1
+    filtered = manifest["counts"]["filters"]
+    assert filtered["punsafe"] == 1 and filtered["pwatermark"] == 1
+    rows = _samples(tmp_path)
+    assert list(rows["url"]) == [urls[0]]
+    assert rows["punsafe"].tolist() == [0.01] and rows["pwatermark"].tolist() == [0.1]
+    record = _sample_json(tmp_path, urls[0])
+    assert record["punsafe"] == 0.01 and record["pwatermark"] == 0.1
+
+
+def test_datacomp_columns_are_carried_into_every_sample_the_final_pass_included(tmp_path, spark):
+    """uid (text) and face_bboxes (a list of boxes: JSON text) in each sample's JSON and the
+    parquet, for a sample the first pass got and for one only the final pass recovered."""
+    with HostileWeb() as web:
+        urls = [f"{web.base_url}/ok/0.jpg", f"{web.base_url}/flaky"]
+        table = {
+            "uid": ["a" * 32, "b" * 32],
+            "url": urls,
+            "text": ["a red bicycle", "two dogs"],
+            "face_bboxes": [[[0.1, 0.2, 0.3, 0.4]], []],
+        }
+        meta = str(tmp_path / "meta.parquet")
+        pq.write_table(pa.table(table), meta)
+        extras = ["uid", "face_bboxes"]
+        input_config = InputConfig(urls=[meta], preset="datacomp", save_additional_columns=extras)
+        manifest = _stage(tmp_path, spark, web, input_config)
+    assert manifest["counts"]["kept"] == 2
+    assert manifest["counts"]["download"]["retry_pass"]["recovered"] == 1  # /flaky, final pass
+    for url, uid, boxes in zip(urls, table["uid"], table["face_bboxes"], strict=True):
+        record = _sample_json(tmp_path, url)
+        assert record["uid"] == uid and json.loads(record["face_bboxes"]) == boxes, record
+    rows = _samples(tmp_path)
+    assert sorted(rows[rows["status"] == "success"]["uid"]) == table["uid"]
+
+
+def test_extra_columns_that_are_not_plain_or_taken_or_missing_are_clear_errors(tmp_path, spark):
+    from pipeline.ingest import carried_columns
+
+    assert carried_columns(["uid", "punsafe", "LANGUAGE", "width"]) == (
+        "uid",
+        "punsafe",
+        "LANGUAGE",
+        "metadata_width",
+    )
+    for bad in (["a-b"], ["url"], ["key"], ["status"], ["uid", "UID"], ["x" * 65]):
+        with pytest.raises(MetadataError, match="save_additional_columns"):
+            carried_columns(bad)
+    meta = _write(tmp_path / "meta", "datacomp", ["http://example.com/0.jpg"] * 3)
+    for reader in ("spark", "fsspec"):
+        with pytest.raises(MetadataError, match="lacks \\['license_url'\\]"):
+            read_metadata(
+                spark, [meta], layout_of(InputConfig(preset="datacomp")), reader, ("license_url",)
+            )
