@@ -84,8 +84,10 @@ def _batches(
             # column of numbers in its first block fail at its first word)
             text = {v for c in (*columns, *text_columns) for v in (c, c.lower(), c.upper())}
             convert = pa_csv.ConvertOptions(
-                column_types=dict.fromkeys(text, pa.string()), strings_can_be_null=True
-            )  # an empty field is null, as pyarrow's own typing and Spark's reader make it
+                column_types=dict.fromkeys(text, pa.string()),
+                strings_can_be_null=True,  # an empty field is null, as Spark's reader makes it
+                check_utf8=False,  # invalid UTF-8 is replaced when read (read_as_strings)
+            )
             yield from pa_csv.open_csv(
                 handle, read_options=read, parse_options=parse, convert_options=convert
             )
@@ -97,6 +99,17 @@ def file_columns(url: str, fmt: str, header: tuple[str, ...] = ()) -> list[str]:
     for batch in _batches(url, fmt, header):
         return batch.schema.names
     return list(header)
+
+
+def _text(column: pa.Array) -> list[str | None]:
+    """A column's values as text. Text that is not valid UTF-8 (a csv/tsv read unchecked) gets
+    U+FFFD for each bad byte sequence, as Spark's reader gives it, instead of failing the file."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        raw = column.cast(
+            pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
+        )
+        return [None if v is None else v.decode("utf-8", "replace") for v in raw.to_pylist()]
+    return column.cast(pa.string()).to_pylist()
 
 
 def read_as_strings(
@@ -119,7 +132,7 @@ def read_as_strings(
                 if name is None:
                     values.append([None] * batch.num_rows)
                 else:
-                    values.append(batch.column(name).cast(pa.string()).to_pylist())
+                    values.append(_text(batch.column(name)))
             yield from zip(*values, strict=True)
 
     schema = T.StructType([T.StructField(c, T.StringType()) for c in columns])

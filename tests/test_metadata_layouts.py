@@ -247,3 +247,26 @@ def test_extra_columns_that_are_not_plain_or_taken_or_missing_are_clear_errors(t
             read_metadata(
                 spark, [meta], layout_of(InputConfig(preset="datacomp")), reader, ("license_url",)
             )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_invalid_utf8_in_a_caption_is_replaced_alike_by_both_readers(tmp_path, spark, fmt):
+    """A caption with a Latin-1 byte (a file that is not quite UTF-8): the row is read with
+    U+FFFD in its place, by Spark's reader and by fsspec's alike, and the file's other rows
+    with it."""
+    sep = "," if fmt == "csv" else "\t"
+    path = tmp_path / f"latin.{fmt}"
+    path.write_bytes(
+        f"url{sep}caption\n".encode()
+        + f"http://e.com/0.jpg{sep}caf".encode()
+        + b"\xe9 au lait\n"
+        + f"http://e.com/1.jpg{sep}plain caption\n".encode()
+    )
+    layout = layout_of(InputConfig(format=fmt, url_col="url", caption_col="caption"))
+    read = {
+        reader: sorted(
+            r["TEXT"] for r in read_metadata(spark, [str(path)], layout, reader).collect()
+        )
+        for reader in ("spark", "fsspec")
+    }
+    assert read["fsspec"] == read["spark"] == ["caf\ufffd au lait", "plain caption"], read
