@@ -8,6 +8,10 @@ those counted with ``torch.autograd.graph.saved_tensors_hooks`` during one forwa
 towers in training mode — the same count on any device — per sample as the difference between
 two batch sizes (what does not grow with the batch, such as bf16 copies of the weights, drops
 out). Parameters saved for the backward pass are not activations and are not counted.
+
+The count is checked under the CPU's autocast policy (what this machine runs). On CUDA the
+planner counts one difference: autocast runs layer_norm in fp32 there, so each norm saves an
+fp32 copy of its bf16 input (``towers(device="cuda")``, the planner's default).
 """
 
 from __future__ import annotations
@@ -62,9 +66,8 @@ def measure(name: str, batches: tuple[int, int], masks: list[float]) -> list[dic
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                         counted.append(saved_bytes(model, images, tokens))
                 per_sample = (counted[1] - counted[0]) / (batches[1] - batches[0])
-                image, text, side = towers(
-                    name, "openclip", PhaseConfig(mask_ratio=mask), precision
-                )
+                phase = PhaseConfig(mask_ratio=mask)
+                image, text, side = towers(name, "openclip", phase, precision, device="cpu")
                 model_bytes = activation_bytes(image, text, side, precision, checkpointing)
                 rows.append(
                     {

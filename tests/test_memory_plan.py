@@ -52,7 +52,9 @@ def test_fsdp_shards_the_model_state_and_ddp_keeps_it_whole():
     assert fsdp.fixed < ddp.fixed and fsdp.largest_micro_batch >= ddp.largest_micro_batch
     # one micro-batch of the whole local batch (4096 / 64) is what the step runs
     assert ddp.micro_batch == 64 and ddp.accum_steps == 1
-    assert ddp.parts["activations"] == pytest.approx(ddp.per_sample * 64)
+    growing = ("activations", "one block recomputed", "backward working memory")
+    assert sum(ddp.parts.get(k, 0) for k in growing) == pytest.approx(ddp.per_sample * 64)
+    assert ddp.local_batch % ddp.largest_dividing == 0
     # a smaller GPU fits a smaller micro-batch; checkpointing fits a larger one
     small = plan(_config(), 64, 16 * 2**30, parameters=150_000_000, block_parameters=7_000_000)[0]
     assert small.largest_micro_batch < ddp.largest_micro_batch
@@ -65,6 +67,21 @@ def test_accumulation_adds_the_cached_features_and_the_logits_span_the_global_ba
     (phase,) = plan(config, 64, 80 * 2**30, parameters=150_000_000, block_parameters=7_000_000)
     assert phase.accum_steps == 4 and "cached features" in phase.parts
     assert phase.parts["loss logits"] == 2 * 3 * 64 * 4096 * 4
+    # two views: each view's loss over the batch, not the repeated batch squared
+    config.phases[0].views = 2
+    (two,) = plan(config, 64, 80 * 2**30, parameters=150_000_000, block_parameters=7_000_000)
+    assert two.parts["loss logits"] == 2 * phase.parts["loss logits"]
+
+
+def test_what_fsdp_and_bf16_hold_beyond_the_shards():
+    """FSDP accumulating without sync keeps every unit's unsharded fp32 gradient until the
+    step's last micro-batch; DDP under bf16 autocast holds bf16 copies of the weights."""
+    args = (64, 80 * 2**30, 150_000_000, 7_000_000)
+    fsdp_accum = plan(_config(parallelism="fsdp", micro_batch=16), *args)[0]
+    fsdp_once = plan(_config(parallelism="fsdp"), *args)[0]
+    assert fsdp_accum.parts["FSDP unsharded gradients"] == 150_000_000 * 4
+    assert fsdp_once.parts["FSDP unsharded gradients"] == 7_000_000 * 4
+    assert plan(_config(precision="bf16"), *args)[0].parts["bf16 weight copies"] == 3e8
 
 
 def test_the_plan_command_prints_every_phase(capsys):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 
 from flipcommon.cli import run_stage, stage_parser
 from training.config import TrainConfig
@@ -61,9 +63,22 @@ def _run(config: TrainConfig, args) -> None:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _gpu_gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU memory size in GiB (> 0)")
     return value
 
 
@@ -75,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     planning = parser.add_argument_group("memory plan (--plan: print it, train nothing)")
     planning.add_argument("--plan", action="store_true", help="print memory per GPU and exit")
     planning.add_argument("--world-size", type=_positive_int, default=8, help="ranks (8)")
-    planning.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory, GiB (80)")
+    planning.add_argument("--gpu-gib", type=_gpu_gib, default=80.0, help="GPU memory, GiB (80)")
     planning.add_argument(
         "--ranks-per-node", type=_positive_int, default=8, help="ranks per node (8)"
     )

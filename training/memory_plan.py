@@ -54,6 +54,9 @@ class Tower:
     # type, so under bf16 autocast the image tower's stream (from the bf16 patch embedding) is
     # bf16, the text tower's (from the fp32 token embedding) fp32
     residual_bytes: int = FP32
+    # what a layer norm saves of its input: on CUDA, autocast runs layer_norm in fp32 (an fp32
+    # copy of a bf16 input is saved); on the CPU it runs in the input's type
+    norm_input_bytes: int = FP32
 
     def block_values_per_token(self) -> int:
         """Values saved per token per block at full precision (norm statistics and the
@@ -62,8 +65,8 @@ class Tower:
 
     def block_bytes(self, precision: str) -> float:
         """Bytes one block saves for one sample."""
-        if precision == "bf16":  # norms' inputs in the stream's type; the rest in bf16
-            per_token = 2 * self.width * self.residual_bytes
+        if precision == "bf16":  # the norms' inputs as autocast keeps them; the rest in bf16
+            per_token = 2 * self.width * self.norm_input_bytes
             per_token += (6 * self.width + 2 * self.mlp_width) * BF16
             per_token += (2 * 2 + self.heads) * FP32
         else:
@@ -78,10 +81,11 @@ def _heads(cfg: dict, width: int) -> int:
 
 
 def towers(
-    name: str, variant: str, phase: PhaseConfig, precision: str = "fp32"
+    name: str, variant: str, phase: PhaseConfig, precision: str = "fp32", device: str = "cuda"
 ) -> tuple[Tower, Tower, int]:
     """The image and text towers of ``name`` at ``phase``'s mask ratio and image size, and the
-    image side in pixels."""
+    image side in pixels; ``device``: whose autocast policy (``cuda``, or ``cpu`` as the check
+    on this machine measures)."""
     cfg = model_cfg(name, variant)
     vision, text = cfg["vision_cfg"], cfg["text_cfg"]
     size = phase.image_size or int(vision["image_size"])
@@ -96,6 +100,7 @@ def towers(
         mlp_width=int(v_width * float(vision.get("mlp_ratio", 4.0))),
         tokens=kept + 1,
         residual_bytes=BF16 if precision == "bf16" else FP32,
+        norm_input_bytes=BF16 if precision == "bf16" and device == "cpu" else FP32,
     )
     caption = Tower(
         layers=int(text["layers"]),
@@ -114,8 +119,9 @@ def activation_bytes(
     most one block's recomputation adds during a checkpointed backward (``recompute``)."""
     conv = BF16 if precision == "bf16" else FP32
     stem = 3 * size * size * conv  # the image the patch embedding's convolution reads
-    stem += (image.tokens + 1) * image.width * image.residual_bytes  # the first norm's input
-    stem += 2 * image.tokens * image.width * image.residual_bytes  # final norm and pooling
+    stem += (image.tokens + 1) * image.width * image.norm_input_bytes  # the first norm's input
+    stem += image.tokens * image.width * image.norm_input_bytes  # the final norm's
+    stem += image.tokens * image.width * image.residual_bytes  # pooling
     stem += 2 * text.tokens * text.width * FP32  # the text's final norm and pooling
     if checkpointing:  # a block keeps its input only
         blocks = image.layers * image.tokens * image.width * image.residual_bytes
@@ -163,10 +169,18 @@ class PhasePlan:
     per_sample: float  # bytes per sample of the micro-batch (activations, recomputation)
     fixed: float  # what does not grow with the micro-batch
     largest_micro_batch: int  # that fits the GPU, 0 if none
+    local_batch: int = 0
 
     @property
     def total(self) -> float:
         return sum(self.parts.values())
+
+    @property
+    def largest_dividing(self) -> int:
+        """The largest micro-batch that fits and divides the local batch (what a config can
+        set: ``training.batching.split_batch`` refuses the rest)."""
+        fits = min(self.largest_micro_batch, self.local_batch)
+        return max((d for d in range(1, fits + 1) if self.local_batch % d == 0), default=0)
 
 
 def plan(
@@ -184,44 +198,63 @@ def plan(
         block = largest_block_parameters(name, variant)
     sharded = config.parallelism == "fsdp"
     shard = world_size if sharded else 1
-    weights = params * FP32 / shard
-    grads = params * FP32 / shard
-    optimizer = 2 * params * FP32 / shard
-    state = {"parameters": weights, "gradients": grads, "optimizer state": optimizer}
+    state = {
+        "parameters": params * FP32 / shard,
+        "gradients": params * FP32 / shard,
+        "optimizer state": 2 * params * FP32 / shard,
+    }
     if sharded:  # the block being computed and the next, gathered whole
         gathered = BF16 if config.precision == "bf16" else FP32
         state["FSDP gathered blocks"] = 2 * block * gathered
-        state["FSDP unsharded gradients"] = block * FP32
     else:
-        state["DDP gradient buckets"] = grads
+        state["DDP gradient buckets"] = params * FP32
+        if config.precision == "bf16":  # autocast's bf16 copies of the weights, per forward
+            state["bf16 weight copies"] = params * BF16
     plans = []
     for phase in config.phases:
         micro = phase.micro_batch or config.micro_batch
         split = split_batch(config.batch_size, world_size, micro)
+        fixed_parts = dict(state)
+        if sharded:
+            # without sync (every micro-batch but a step's last) FSDP keeps each unit's
+            # unsharded gradient in fp32 until the synced one: the whole model's
+            held = params if split.accum_steps > 1 else block
+            fixed_parts["FSDP unsharded gradients"] = held * FP32
         image, text, size = towers(name, variant, phase, config.precision)
         acts = activation_bytes(image, text, size, config.precision, config.grad_checkpointing)
-        per_sample = acts["saved"] * phase.views
-        views_local = split.local_batch * phase.views
-        global_rows = config.batch_size * phase.views
-        # two directions; logits, their softmax and gradient: 3 matrices each
-        logits = 2 * 3 * views_local * global_rows * FP32
-        features_cache = 0.0
+        # the backward's working memory: about one block's activation gradients at a time
+        working = max(image.block_bytes(config.precision), text.block_bytes(config.precision))
+        # each view's loss over the batch: local rows x global columns, two directions, and
+        # their softmax and gradient (kept together until the loss's backward)
+        fixed_parts["loss logits"] = (
+            2 * 3 * phase.views * split.local_batch * config.batch_size * FP32
+        )
         if split.accum_steps > 1:  # cached features and their gradients, both towers
             embed = int(model_cfg(name, variant)["embed_dim"])
-            features_cache = 2 * 2 * views_local * embed * FP32
-        fixed = sum(state.values()) + logits + features_cache
-        per = (acts["saved"] + acts["recompute"]) * phase.views  # grows with the micro-batch
-        parts = dict(state)
-        parts["activations"] = per_sample * split.micro_batch
-        if acts["recompute"]:
-            parts["one block recomputed"] = acts["recompute"] * phase.views * split.micro_batch
-        parts["loss logits"] = logits
-        if features_cache:
-            parts["cached features"] = features_cache
+            views_local = split.local_batch * phase.views
+            fixed_parts["cached features"] = 2 * 2 * views_local * embed * FP32
+        per_part = {
+            "activations": acts["saved"] * phase.views,
+            "one block recomputed": acts["recompute"] * phase.views,
+            "backward working memory": working * phase.views,
+        }
+        per = sum(per_part.values())  # grows with the micro-batch
+        fixed = sum(fixed_parts.values())
+        parts = {**state, **{k: v for k, v in fixed_parts.items() if k not in state}}
+        parts |= {k: v * split.micro_batch for k, v in per_part.items() if v}
         usable = gpu_bytes * (1 - GPU_RESERVE)
         largest = max(0, math.floor((usable - fixed) / per))
         plans.append(
-            PhasePlan(phase.name, split.micro_batch, split.accum_steps, parts, per, fixed, largest)
+            PhasePlan(
+                phase.name,
+                split.micro_batch,
+                split.accum_steps,
+                parts,
+                per,
+                fixed,
+                largest,
+                split.local_batch,
+            )
         )
     return plans
 
@@ -236,9 +269,10 @@ def host_memory(config: TrainConfig, world_size: int, ranks_per_node: int) -> di
         local = config.batch_size // world_size
         largest = max(largest, local * 3 * size * size)
     in_flight = config.data.workers * config.data.prefetch_batches * largest
+    ranks = min(ranks_per_node, world_size)
     return {
-        "shared memory per node": in_flight * ranks_per_node,
-        "pinned host memory per node": 2 * largest * ranks_per_node,
+        "shared memory per node": in_flight * ranks,
+        "pinned host memory per node": 2 * largest * ranks,
     }
 
 
@@ -265,7 +299,8 @@ def render(config: TrainConfig, world_size: int, gpu_gib: float, ranks_per_node:
         lines.append(f"  {'total':<28}{gib(phase_plan.total):>14}")
         lines.append(
             f"  per sample {phase_plan.per_sample / 2**20:,.1f} MiB; the largest micro-batch "
-            f"that fits: {phase_plan.largest_micro_batch}"
+            f"that fits: {phase_plan.largest_micro_batch} (dividing the local batch of "
+            f"{phase_plan.local_batch}: {phase_plan.largest_dividing})"
         )
     lines.append("")
     for part, value in host_memory(config, world_size, ranks_per_node).items():
