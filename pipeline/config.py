@@ -63,7 +63,8 @@ class InputConfig:
     reader: Literal["auto", "spark", "fsspec"] = "auto"
     # More of the metadata's columns to carry into every sample's JSON and the shard's parquet,
     # e.g. [punsafe, pwatermark] (LAION-5B) or [uid, face_bboxes] (DataComp). Lists, maps and
-    # structs arrive as JSON text; what the fsspec reader reads (csv, tsv, json) as text.
+    # structs arrive as JSON text, bytes as base64, NaN as null; what the fsspec reader reads
+    # (any fsspec URL) arrives as text.
     save_additional_columns: list[str] = field(default_factory=list)
 
 

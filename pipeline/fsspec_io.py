@@ -8,7 +8,9 @@ any URL fsspec knows works on any cluster, and no file passes through the driver
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 from collections.abc import Iterator
 
 import fsspec
@@ -103,7 +105,23 @@ def file_columns(url: str, fmt: str, header: tuple[str, ...] = ()) -> list[str]:
 
 def _text(column: pa.Array) -> list[str | None]:
     """A column's values as text. Text that is not valid UTF-8 (a csv/tsv read unchecked) gets
-    U+FFFD for each bad byte sequence, as Spark's reader gives it, instead of failing the file."""
+    U+FFFD for each bad byte sequence, as Spark's reader gives it, instead of failing the file;
+    lists, structs and maps become JSON text, bytes base64, float32 is widened as Spark does."""
+    kind = column.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_struct(kind):
+        return [
+            None if v is None else json.dumps(v, default=str, separators=(",", ":"))
+            for v in column.to_pylist()
+        ]
+    if pa.types.is_map(kind):
+        return [
+            None if v is None else json.dumps(dict(v), default=str, separators=(",", ":"))
+            for v in column.to_pylist()
+        ]
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return [None if v is None else base64.b64encode(v).decode() for v in column.to_pylist()]
+    if pa.types.is_float32(kind) or pa.types.is_float16(kind):
+        column = column.cast(pa.float64())
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         raw = column.cast(
             pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()

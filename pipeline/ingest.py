@@ -38,8 +38,10 @@ SAMPLE_FIELDS = frozenset(
     {"url", "caption", "key", "status", "error_message", "retryable", "width", "height"}
     | {"original_width", "original_height", "sha256", "exif", "retry_of", "final_pass"}
     | {"retryable_reasons", "sample_id", "license", "nsfw", "similarity", "text"}
+    | {"image_path", "metadata"}  # what clip-retrieval's writer reads from a sample (explore/)
 )
-EXTRA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# no leading "_": the pipeline's own working columns (_domain, _lane, _drop_reason…) start so
+EXTRA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 class MetadataError(UserError, ValueError):
@@ -117,7 +119,7 @@ def carried_columns(extras: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         if not EXTRA_NAME.fullmatch(name):
             raise MetadataError(
                 f"input.save_additional_columns: {name!r} is not a plain column name "
-                "(letters, digits and _, up to 64)"
+                "(a letter, then letters, digits and _, up to 64)"
             )
         key = name.lower()
         if key in SAMPLE_FIELDS and key not in ("width", "height"):
@@ -238,8 +240,12 @@ def _positive_int(column: Column) -> Column:
 def _carried(column: Column, data_type: T.DataType) -> Column:
     """An extra column in a type the URL list's parts hold: whole numbers, doubles and text as
     they are, other numbers as doubles, lists, maps and structs as JSON text, the rest as text."""
-    if isinstance(data_type, (T.LongType, T.IntegerType, T.DoubleType, T.StringType)):
+    if isinstance(data_type, T.DoubleType):  # NaN and infinities are not JSON: null
+        return F.when(~(F.isnan(column) | (F.abs(column) == float("inf"))), column)
+    if isinstance(data_type, (T.LongType, T.IntegerType, T.StringType)):
         return column
+    if isinstance(data_type, T.BinaryType):  # bytes are not text: base64
+        return F.base64(column)
     if isinstance(data_type, T.NumericType):
         return column.cast(T.DoubleType())
     if isinstance(data_type, (T.ArrayType, T.MapType, T.StructType)):
@@ -274,7 +280,7 @@ def normalise(
     similarity = col("similarity").cast(T.DoubleType())
 
     def probability(name: str) -> Column:
-        value = col(name).cast(T.DoubleType())
+        value = col(name).try_cast(T.DoubleType())  # "n/a" in a csv is null, not an error
         return F.when(value.between(0.0, 1.0), value).alias(name)
 
     types = {f.name: f.dataType for f in df.schema.fields}

@@ -204,9 +204,13 @@ def test_laion5b_unsafe_and_watermark_filters_and_their_scores_in_each_sample(tm
     assert record["punsafe"] == 0.01 and record["pwatermark"] == 0.1
 
 
-def test_datacomp_columns_are_carried_into_every_sample_the_final_pass_included(tmp_path, spark):
+@pytest.mark.parametrize("reader", ["spark", "fsspec"])
+def test_datacomp_columns_are_carried_into_every_sample_the_final_pass_included(
+    tmp_path, spark, reader
+):
     """uid (text) and face_bboxes (a list of boxes: JSON text) in each sample's JSON and the
-    parquet, for a sample the first pass got and for one only the final pass recovered."""
+    parquet, for a sample the first pass got and for one only the final pass recovered, read
+    by either reader."""
     with HostileWeb() as web:
         urls = [f"{web.base_url}/ok/0.jpg", f"{web.base_url}/flaky"]
         table = {
@@ -218,7 +222,9 @@ def test_datacomp_columns_are_carried_into_every_sample_the_final_pass_included(
         meta = str(tmp_path / "meta.parquet")
         pq.write_table(pa.table(table), meta)
         extras = ["uid", "face_bboxes"]
-        input_config = InputConfig(urls=[meta], preset="datacomp", save_additional_columns=extras)
+        input_config = InputConfig(
+            urls=[meta], preset="datacomp", save_additional_columns=extras, reader=reader
+        )
         manifest = _stage(tmp_path, spark, web, input_config)
     assert manifest["counts"]["kept"] == 2
     assert manifest["counts"]["download"]["retry_pass"]["recovered"] == 1  # /flaky, final pass
@@ -238,7 +244,8 @@ def test_extra_columns_that_are_not_plain_or_taken_or_missing_are_clear_errors(t
         "LANGUAGE",
         "metadata_width",
     )
-    for bad in (["a-b"], ["url"], ["key"], ["status"], ["uid", "UID"], ["x" * 65]):
+    bad_names = (["a-b"], ["url"], ["key"], ["status"], ["uid", "UID"], ["x" * 65], ["_lane"])
+    for bad in (*bad_names, ["image_path"], ["metadata"], ["_drop_reason"]):
         with pytest.raises(MetadataError, match="save_additional_columns"):
             carried_columns(bad)
     meta = _write(tmp_path / "meta", "datacomp", ["http://example.com/0.jpg"] * 3)
@@ -270,3 +277,14 @@ def test_invalid_utf8_in_a_caption_is_replaced_alike_by_both_readers(tmp_path, s
         for reader in ("spark", "fsspec")
     }
     assert read["fsspec"] == read["spark"] == ["caf\ufffd au lait", "plain caption"], read
+
+
+def test_a_probability_that_is_not_a_number_is_null_not_a_failed_job(tmp_path, spark):
+    path = tmp_path / "scores.csv"
+    path.write_text(
+        "url,caption,punsafe\nhttp://e.com/0.jpg,a cat,n/a\nhttp://e.com/1.jpg,a dog,0.2\n"
+    )
+    layout = layout_of(InputConfig(format="csv", url_col="url", caption_col="caption"))
+    for reader in ("spark", "fsspec"):
+        rows = read_metadata(spark, [str(path)], layout, reader).orderBy("URL").collect()
+        assert [r["punsafe"] for r in rows] == [None, 0.2], reader
