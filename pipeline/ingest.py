@@ -175,7 +175,14 @@ def read_metadata(
         files = fsspec_io.list_files(urls, fmt)
     except FileNotFoundError as err:
         raise MetadataError(str(err)) from err
-    present = fsspec_io.file_columns(files[0], fmt, layout.columns)
+    try:
+        present = fsspec_io.file_columns(files[0], fmt, layout.columns)
+    except UnicodeDecodeError as err:
+        raise MetadataError(
+            f"{files[0]}: its column names are not UTF-8 ({err.reason} at byte {err.start}); "
+            "re-encode the file as UTF-8, or name the columns with input.columns and drop the "
+            "header row"
+        ) from err
     _check_required(present, layout, extras)
     sources = layout.sources()
     used = set(sources.values())

@@ -288,3 +288,11 @@ def test_a_probability_that_is_not_a_number_is_null_not_a_failed_job(tmp_path, s
     for reader in ("spark", "fsspec"):
         rows = read_metadata(spark, [str(path)], layout, reader).orderBy("URL").collect()
         assert [r["punsafe"] for r in rows] == [None, 0.2], reader
+
+
+def test_a_header_row_that_is_not_utf8_is_a_clear_error(tmp_path, spark):
+    path = tmp_path / "latin-header.csv"
+    path.write_bytes(b"url,capti\xe9n\nhttp://e.com/0.jpg,a cat\n")
+    layout = layout_of(InputConfig(format="csv", url_col="url", caption_col="caption"))
+    with pytest.raises(MetadataError, match="column names are not UTF-8"):
+        read_metadata(spark, [str(path)], layout, "fsspec")
