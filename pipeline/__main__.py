@@ -19,7 +19,9 @@ reused by a rerun) → download in one Spark job, one task per shard (img2datase
 writer; our fetch step: one wall-clock
 deadline per attempt over every phase — DNS, connect, TLS, headers, body, redirects —, a
 per-site interval that holds for the whole cluster (fetch.per_domain_interval_s; large sites
-are spread over every shard), the X-Robots-Tag opt-out, an SSRF guard, a decoded-pixel cap; a
+are spread over every shard), the opt-outs (each site's robots.txt, fetched once per task and
+obeyed for fetch.user_agent_token; X-Robots-Tag noai/noml…; tdm-reservation), an SSRF guard, a
+decoded-pixel cap; a
 shard budget, download.shard_deadline_s, that ends requests in flight) → a final pass
 re-fetching samples that failed retryably (408/429/5xx, timeouts) into new shards — a task
 with work left retries its own failures a minute later (download.retry_in_task_after_s), and

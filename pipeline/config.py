@@ -125,9 +125,21 @@ class FetchConfig:
     dns_cache_s: float = 300.0  # how long a host's resolved addresses are reused, per task
     dns_negative_cache_s: float = 60.0  # how long a failed lookup's answer is reused, per task
     user_agent_token: str = "flip-pipeline"
+    # X-Robots-Tag directives (for all agents or for user_agent_token) that keep an image out
     disallowed_directives: list[str] = field(
-        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+        default_factory=lambda: ["noai", "noimageai", "noml", "noindex", "noimageindex"]
     )
+    # robots.txt (RFC 9309, pipeline.robots_txt): each site's rules fetched once per task and
+    # obeyed for user_agent_token. A site whose robots.txt does not answer (5xx, 429, timeout)
+    # is not fetched from; its URLs fail as retryable and the task asks again after
+    # robots_txt_unreachable_s. The rules a task keeps are bounded by robots_txt_cache_bytes
+    # (least recently used dropped first, fetched again if met again).
+    robots_txt: bool = True
+    robots_txt_max_bytes: Annotated[int, Range(1)] = 512 * 1024  # the standard asks >= 500 KiB
+    robots_txt_cache_bytes: Annotated[int, Range(1)] = 64 * 1024 * 1024
+    robots_txt_unreachable_s: Annotated[float, POSITIVE] = 300.0
+    # TDM-Rep: a `tdm-reservation: 1` response header reserves text and data mining rights
+    tdm_reservation: bool = True
 
 
 @dataclass
@@ -141,8 +153,10 @@ class DownloadConfig:
     processes: Annotated[int, Range(1)] = 2  # Spark tasks at once
     threads: Annotated[int, Range(1, 4096)] = 64  # concurrent requests per task
     encode_quality: Annotated[int, Range(0, 100)] = 95
-    # decoded-size cap read from the header (decompression bombs)
-    max_pixels: Annotated[int, Range(1)] = 100_000_000
+    # decompression bombs: the pixels an image may have, read from its header before it is
+    # decoded; at most 2**27, OpenCV's own limit as the pipeline sets it (a backstop,
+    # pipeline.OPENCV_PIXEL_BACKSTOP)
+    max_pixels: Annotated[int, Range(1, 1 << 27)] = 100_000_000
     # A shard task stops starting requests after this long; what is left fails as retryable,
     # so one pathological shard cannot hold a whole Spark job.
     shard_deadline_s: Annotated[float, POSITIVE] = 3600.0

@@ -15,7 +15,9 @@ and follows redirects to any address. This module replaces that step only:
 - an SSRF guard: the host is resolved once, every resolved address must be public (or inside an
   allowed network), and the connection goes to that checked address, so DNS cannot change it
   between check and use; every redirect hop is checked the same way;
-- the X-Robots-Tag opt-out (img2dataset's directives and user-agent token semantics).
+- the opt-outs: robots.txt (``pipeline.robots_txt``: fetched once per site per task, under
+  the same deadline and pacing), the X-Robots-Tag directives (img2dataset's user-agent token
+  semantics, plus ``noml``) and TDM-Rep's ``tdm-reservation: 1`` header.
 
 Errors are short, low-cardinality reasons (``http 404``, ``deadline exceeded``…) because they
 are counted per reason in the shard stats and the manifest.
@@ -48,6 +50,14 @@ from pipeline.deadline_net import (
     wrap_tls,
 )
 from pipeline.domains import domain_of_url
+from pipeline.robots_txt import (
+    ALLOW_ALL,
+    RobotsCache,
+    SiteRules,
+    origin_of,
+    parse_rules,
+    unreachable,
+)
 
 CHUNK_BYTES = 64 * 1024
 SHARD_DEADLINE = "shard deadline exceeded"  # the reason a task's own deadline gives
@@ -86,6 +96,7 @@ RETRYABLE_REASONS = frozenset(
         "dns failure",
         "network error",
         SHARD_DEADLINE,
+        "robots.txt unreachable",
     }
 )
 
@@ -294,6 +305,7 @@ class Fetcher:
         )
         self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
         self.ua_token = config.user_agent_token.strip().lower()
+        self.robots = RobotsCache(config.robots_txt_cache_bytes) if config.robots_txt else None
         self.user_agent = f"{BROWSER_UA} (compatible; {config.user_agent_token})"
         self._sleep = sleep
 
@@ -322,7 +334,9 @@ class Fetcher:
         return ceiling * random.uniform(0.5, 1.0)
 
     def _attempt(self, url: str, stop_at: float) -> bytes:
-        # Waiting for the domain's turn is queueing, not the request: the deadline starts after.
+        # A site's robots.txt is a request of its own, with its own deadline; waiting for the
+        # domain's turn is queueing, not the request: the deadline starts after.
+        self._obey_robots(url, stop_at, SHARD_DEADLINE)
         self._wait_turn(domain_of_url(url), stop_at, SHARD_DEADLINE)
         deadline = Deadline.within(self.config.deadline_s, self.config.socket_timeout_s, stop_at)
         seen: set[str] = set()
@@ -330,7 +344,8 @@ class Fetcher:
             if url in seen:
                 raise FetchError("redirect loop")
             seen.add(url)
-            if hop:
+            if hop:  # a redirect to another site: its robots.txt within this attempt's time
+                self._obey_robots(url, deadline.at, deadline.reason)
                 self._wait_turn(domain_of_url(url), deadline.at, deadline.reason)
             outcome = self._request(url, deadline)
             if isinstance(outcome, bytes):
@@ -345,21 +360,81 @@ class Fetcher:
         if wait > 0:
             self._sleep(wait)
 
-    def _request(self, url: str, deadline: Deadline) -> bytes | str:
-        try:  # an unclosed "[", a port that is no number, a host label IDNA refuses
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise FetchError("unsupported url")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            parts.hostname.encode("idna")
-        except (ValueError, UnicodeError) as err:
-            raise FetchError("unsupported url") from err
-        host = parts.hostname
-        path = request_target(parts.path, parts.query)
+    def _obey_robots(self, url: str, stop_at: float, reason: str) -> None:
+        """Raise FetchError if the URL's site's robots.txt keeps us out of it (fetching the
+        file first if this task has not yet); waits no later than ``stop_at``."""
+        if self.robots is None:
+            return
+        scheme, host, port, target = request_parts(url)
+        rules = self.robots.rules(
+            origin_of(scheme, host, port),
+            lambda: self._fetch_robots(scheme, host, port, stop_at),
+            stop_at,
+        )
+        if rules is None:  # another thread is still fetching it
+            raise FetchError(reason, retryable=True)
+        refusal = rules.refusal(f"{scheme}://host{target}", self.ua_token)
+        if refusal is not None:
+            raise FetchError(*refusal)
+
+    def _fetch_robots(self, scheme: str, host: str, port: int, stop_at: float) -> SiteRules:
+        """One origin's robots.txt, as RFC 9309 reads the answer (``pipeline.robots_txt``)."""
+        url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/robots.txt"
+        self._wait_turn(domain_of_url(url), stop_at, SHARD_DEADLINE)
+        deadline = Deadline.within(self.config.deadline_s, self.config.socket_timeout_s, stop_at)
+        seen: set[str] = set()
+        for hop in range(self.config.max_redirects + 1):
+            if url in seen:
+                return ALLOW_ALL  # a redirect loop: no robots.txt to be had
+            seen.add(url)
+            try:
+                if hop:
+                    self._wait_turn(domain_of_url(url), deadline.at, deadline.reason)
+                outcome = self._request(url, deadline, self._robots_response)
+            except FetchError as err:
+                if err.reason == SHARD_DEADLINE:
+                    raise  # the task is ending: nothing learned about the site
+                if hop == 0 and not err.retryable:
+                    # what every URL of the origin would meet (no such host, a blocked
+                    # address, a TLS failure): that reason, for the task's life
+                    return SiteRules(failure=(err.reason, False))
+                return unreachable(time.monotonic() + self.config.robots_txt_unreachable_s)
+            if isinstance(outcome, SiteRules):
+                return outcome
+            url = outcome
+        return ALLOW_ALL  # more redirects than allowed: the standard's "unavailable"
+
+    def _robots_response(
+        self, url: str, response: http.client.HTTPResponse, deadline: Deadline
+    ) -> SiteRules | str:
+        status = response.status
+        if status in REDIRECT_STATUS and response.getheader("Location"):
+            try:
+                return urljoin(url, response.getheader("Location"))
+            except ValueError as err:
+                raise FetchError("bad redirect") from err
+        if 200 <= status < 300:
+            cap = self.config.robots_txt_max_bytes
+            body = self._read_body(response, deadline, cap, truncate=True, allow_empty=True)
+            encoding = (response.getheader("Content-Encoding") or "").strip().lower()
+            return parse_rules(decoded_body(body, encoding, cap, truncate=True))
+        if status == 429 or status >= 500:
+            return unreachable(time.monotonic() + self.config.robots_txt_unreachable_s)
+        return ALLOW_ALL  # 4xx: the site has none
+
+    def _request(
+        self,
+        url: str,
+        deadline: Deadline,
+        handle: Callable[[str, http.client.HTTPResponse, Deadline], object] | None = None,
+    ):
+        """One hop: the response's outcome by ``handle`` (default: an image's bytes, or the
+        redirect target as a string)."""
+        scheme, host, port, path = request_parts(url)
         conn: http.client.HTTPConnection | None = None
         try:
             address = self.guard.choose(self.resolver.addresses(host, port, deadline))
-            if parts.scheme == "https":
+            if scheme == "https":
                 conn = http.client.HTTPSConnection(host, port, context=self.tls)
                 conn.sock = wrap_tls(connect(address, port, deadline), self.tls, host)
             else:
@@ -371,7 +446,7 @@ class Fetcher:
                 headers={"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.5"},
             )
             response = conn.getresponse()
-            return self._handle(url, response, deadline)
+            return (handle or self._handle)(url, response, deadline)
         except FetchError:
             raise
         except Exception as err:  # noqa: BLE001 - every transport failure gets a reason
@@ -400,14 +475,25 @@ class Fetcher:
             raise FetchError(f"http {status}", status in RETRYABLE_STATUS, retry_after)
         if self.directives and robots_disallows(response.headers, self.ua_token, self.directives):
             raise FetchError("X-Robots-Tag disallows use")
+        if self.config.tdm_reservation and tdm_reserved(response.headers):
+            raise FetchError("TDM reservation")
         declared = response.getheader("Content-Length")
         if declared and is_ascii_number(declared) and int(declared) > self.config.max_bytes:
             raise FetchError("body too large")
-        body = self._read_body(response, deadline)
+        body = self._read_body(response, deadline, self.config.max_bytes)
         encoding = (response.getheader("Content-Encoding") or "").strip().lower()
         return decoded_body(body, encoding, self.config.max_bytes)
 
-    def _read_body(self, response: http.client.HTTPResponse, deadline: Deadline) -> bytes:
+    def _read_body(
+        self,
+        response: http.client.HTTPResponse,
+        deadline: Deadline,
+        cap: int,
+        truncate: bool = False,
+        allow_empty: bool = False,
+    ) -> bytes:
+        """The body, never more than ``cap`` bytes: past it, FetchError, or with ``truncate``
+        its first ``cap`` bytes."""
         chunks, total = [], 0
         while True:
             # Every socket read is armed with what is left of the deadline (DeadlineSocket),
@@ -418,14 +504,17 @@ class Fetcher:
             if not chunk:
                 break
             total += len(chunk)
-            if total > self.config.max_bytes:
+            if total > cap:
+                if truncate:
+                    chunks.append(chunk[: len(chunk) - (total - cap)])
+                    return b"".join(chunks)
                 raise FetchError("body too large")
             chunks.append(chunk)
         # http.client ends a body quietly when the server closes early; the declared length
         # still owed says so.
         if response.length:
             raise FetchError("incomplete body", retryable=True)
-        if total == 0:
+        if total == 0 and not allow_empty:
             raise FetchError("empty body")
         return b"".join(chunks)
 
@@ -435,11 +524,14 @@ class Fetcher:
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def decoded_body(body: bytes, encoding: str, max_bytes: int) -> bytes:
+def decoded_body(body: bytes, encoding: str, max_bytes: int, truncate: bool = False) -> bytes:
     """The body with its Content-Encoding undone, as a browser would, never past ``max_bytes``
-    decoded (a few KB of gzip can hold gigabytes). "deflate" may come without its zlib header,
-    as some servers send it."""
+    decoded (a few KB of gzip can hold gigabytes): past it, FetchError, or with ``truncate``
+    the first ``max_bytes``. "deflate" may come without its zlib header, as some servers send
+    it."""
     if encoding in ("", "identity") or encoding not in ENCODINGS:
+        return body
+    if truncate and not body:
         return body
     for wbits in (ENCODINGS[encoding], -zlib.MAX_WBITS):
         decoder = zlib.decompressobj(wbits)
@@ -450,8 +542,10 @@ def decoded_body(body: bytes, encoding: str, max_bytes: int) -> bytes:
                 continue  # raw deflate: try without the header
             raise FetchError("bad content encoding") from None
         if len(data) > max_bytes:
+            if truncate:
+                return data[:max_bytes]
             raise FetchError("body too large")
-        if not data:
+        if not data and not truncate:
             raise FetchError("empty body")
         return data
     raise FetchError("bad content encoding")
@@ -504,6 +598,25 @@ def request_target(path: str, query: str) -> str:
     if query:
         target += "?" + quote(query, safe=QUERY_SAFE, encoding="utf-8", errors="surrogatepass")
     return target
+
+
+def request_parts(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, request target) of an http(s) URL; FetchError if it has none."""
+    try:  # an unclosed "[", a port that is no number, a host label IDNA refuses
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchError("unsupported url")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parts.hostname.encode("idna")
+    except (ValueError, UnicodeError) as err:
+        raise FetchError("unsupported url") from err
+    return parts.scheme, parts.hostname, port, request_target(parts.path, parts.query)
+
+
+def tdm_reserved(headers: Message) -> bool:
+    """TDM-Rep's opt-out: a ``tdm-reservation`` header of 1 (text and data mining rights
+    reserved)."""
+    return any(value.strip() == "1" for value in headers.get_all("tdm-reservation") or [])
 
 
 def is_ascii_number(value: str) -> bool:

@@ -37,6 +37,8 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "/empty": ("failed_to_download", "empty body"),
     "/loop": ("failed_to_download", "redirect loop"),
     "/noai": ("failed_to_download", "X-Robots-Tag disallows use"),
+    "/robots-disallowed.jpg": ("failed_to_download", "robots.txt disallows"),  # by /robots.txt
+    "/tdm-reserved.jpg": ("failed_to_download", "TDM reservation"),
     "/redirect-private": ("failed_to_download", "blocked: non-public address"),
     "/truncated.jpg": ("failed_to_resize", "truncated image"),
     "/html": ("failed_to_resize", "Image decoding error"),
@@ -181,6 +183,11 @@ class HostileWeb:
                     return self.send(302, b"", {"Location": "/loop-back"})
                 if path == "/loop-back":
                     return self.send(301, b"", {"Location": "/loop"})
+                if path == "/robots.txt":
+                    rules = b"User-agent: *\nDisallow: /robots-disallowed\n"
+                    return self.send(200, rules, {"Content-Type": "text/plain"})
+                if path in ("/robots-disallowed.jpg", "/tdm-reserved.jpg"):
+                    return self.send(200, sample_image(15), {"tdm-reservation": "1"})
                 if path == "/noai":
                     return self.send(200, sample_image(4), {"X-Robots-Tag": "noai, noimageai"})
                 if path == "/redirect-private":

@@ -40,6 +40,15 @@ EXPECTED: dict[str, tuple[str, str, str | None]] = {
     "tls-silent-handshake": ("https", "failed_to_download", "deadline exceeded"),
     "tls-trickled-handshake": ("https", "failed_to_download", "deadline exceeded"),
 }
+
+
+def expected_after_robots_txt(behaviour: str) -> tuple[str, str | None]:
+    """(status, reason) when the site's robots.txt is fetched first (it meets the fault
+    first): a stall makes the site unreachable, anything else ends as it would anyway."""
+    _, status, reason = EXPECTED[behaviour]
+    return status, "robots.txt unreachable" if reason == "deadline exceeded" else reason
+
+
 # Not in the matrix above: trickles at a place and pace the request path chooses
 # (``/trickle?phase=headers&lead=12&gap=0.3``), for randomised tests.
 PARAMETRIC = ("trickle",)

@@ -19,7 +19,13 @@ from pipeline.config import FetchConfig
 from pipeline.deadline_net import Resolver
 from pipeline.fetch import Fetcher
 from tests.hostile_web import HostileWeb
-from tests.phase_faults import EXPECTED, PhaseFaults, never_answering_lookup, timed
+from tests.phase_faults import (
+    EXPECTED,
+    PhaseFaults,
+    expected_after_robots_txt,
+    never_answering_lookup,
+    timed,
+)
 
 DEADLINE_S = 2.0
 SLACK_S = 1.0  # the goal: no attempt outlives its deadline by more than this
@@ -32,6 +38,7 @@ def strict_fetch(**overrides) -> FetchConfig:
         retries=0,
         allowed_networks=["127.0.0.0/8"],
         max_bytes=1 << 20,
+        robots_txt=False,  # the image request's phases (robots.txt's: their own test below)
     )
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -55,6 +62,24 @@ def test_every_phase_fault_ends_within_the_deadline(faults, behaviour):
         assert result.data is not None and result.error is None
     else:
         assert result.data is None and result.error == reason, (behaviour, result.error)
+
+
+@pytest.mark.parametrize("behaviour", sorted(EXPECTED))
+def test_a_robots_txt_fault_in_any_phase_ends_within_its_own_deadline(faults, behaviour):
+    """The site's robots.txt comes first, in the same deadline machinery: a stall in any phase
+    of it makes the site unreachable (complete disallow, retryable) within one deadline; a
+    fault every URL of the site would meet ends them with its own reason; an answer that is
+    no robots.txt at all (an image, an endless body, cut at the cap) allows the image."""
+    url = {name: url for url, name in faults.urls().items()}[behaviour]
+    fetcher = Fetcher(strict_fetch(ca_file=faults.ca_file, robots_txt=True))
+    result, elapsed = timed(lambda: fetcher.fetch(url))
+    _, reason = expected_after_robots_txt(behaviour)
+    assert result.error == reason, (behaviour, result.error)
+    if reason == "robots.txt unreachable":
+        assert result.retryable and elapsed <= DEADLINE_S + SLACK_S, (behaviour, elapsed)
+    else:  # robots.txt then the image, each within its deadline
+        assert elapsed <= 2 * DEADLINE_S + SLACK_S, (behaviour, elapsed)
+    assert fetcher.robots.fetches == 1
 
 
 def test_trust_comes_from_the_config(faults):

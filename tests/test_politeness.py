@@ -301,13 +301,16 @@ def test_a_site_gets_at_most_one_request_per_interval_from_all_tasks(spark, tmp_
         meta = _metadata(tmp_path / "polite.parquet", urls)
         with caplog.at_level(logging.INFO, logger="pipeline.progress"):
             manifest = build_shard_set(spark, config, [([meta], "parquet")])
+        # every request counts against the interval, robots.txt included (once per task)
         times = [sorted(t for ts in web.requests.values() for t in ts) for web in webs]
+        robots = [len(web.requests["/robots.txt"]) for web in webs]
 
     assert manifest["counts"]["kept"] == len(urls)
     spread = load_spread(str(tmp_path / "shards" / "_work" / "urls"))
     assert all(spread[f"127.0.0.{i}"] >= tasks for i in (2, 3, 4)), spread
-    for site in times:
-        assert len(site) == 24
+    for site, robots_fetches in zip(times, robots, strict=True):
+        assert 1 <= robots_fetches <= len(urls) // config.download.samples_per_shard
+        assert len(site) == 24 + robots_fetches
         for window in (1.0, 2.0, 4.0):
             assert max_requests_in_window(site, window) <= window / interval + tasks, (window, site)
 
