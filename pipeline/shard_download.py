@@ -156,6 +156,8 @@ class SampleProcessor:
             io.BytesIO(shown)
         )
         if error is not None:
+            if "CV_IO_MAX_IMAGE_PIXELS" in error:  # OpenCV's own limit (pipeline/__init__.py)
+                error = "too many pixels"
             return None, failure("failed_to_resize", error)
         return image, {
             "status": "success",
