@@ -152,11 +152,17 @@ class DownloadConfig:
     samples_per_shard: Annotated[int, Range(1)] = 10000
     processes: Annotated[int, Range(1)] = 2  # Spark tasks at once
     threads: Annotated[int, Range(1, 4096)] = 64  # concurrent requests per task
+    # Bytes of response bodies a task holds at once (fetched, not yet written), at least
+    # fetch.max_bytes: a thread waits for room, up to its attempt's deadline (then the URL
+    # fails as retryable "waited for memory"). One task's memory at most: see
+    # pipeline.task_memory (python -m pipeline CONFIG --task-memory).
+    max_bytes_in_flight: Annotated[int, Range(1)] = 256 * 1024 * 1024
     encode_quality: Annotated[int, Range(0, 100)] = 95
     # decompression bombs: the pixels an image may have, read from its header before it is
-    # decoded; at most 2**27, OpenCV's own limit as the pipeline sets it (a backstop,
-    # pipeline.OPENCV_PIXEL_BACKSTOP)
-    max_pixels: Annotated[int, Range(1, 1 << 27)] = 100_000_000
+    # decoded (25 Mpx: 5,000 x 5,000, far past what a 256-px sample needs); at most 2**27,
+    # OpenCV's own limit as the pipeline sets it (a backstop, pipeline.OPENCV_PIXEL_BACKSTOP).
+    # Decoding one costs up to 33 bytes per pixel (pipeline.task_memory).
+    max_pixels: Annotated[int, Range(1, 1 << 27)] = 25_000_000
     # A shard task stops starting requests after this long; what is left fails as retryable,
     # so one pathological shard cannot hold a whole Spark job.
     shard_deadline_s: Annotated[float, POSITIVE] = 3600.0

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from urllib.parse import quote, urljoin, urlsplit
 
+from pipeline.byte_budget import WAITED_FOR_MEMORY, ByteBudget
 from pipeline.config import FetchConfig
 from pipeline.deadline_net import (
     NO_SUCH_HOST,
@@ -97,6 +98,7 @@ RETRYABLE_REASONS = frozenset(
         "network error",
         SHARD_DEADLINE,
         "robots.txt unreachable",
+        WAITED_FOR_MEMORY,
     }
 )
 
@@ -289,8 +291,10 @@ class Fetcher:
         pace_multipliers: Mapping[str, int] | None = None,
         unknown_site_multiplier: int = 1,
         lane: int | None = None,
+        budget: ByteBudget | None = None,
     ):
         self.config = config
+        self.budget = budget  # the task's bytes of bodies held (None: unbounded)
         self.guard = AddressGuard(list(config.allowed_networks))
         self.resolver = resolver or Resolver(
             cache_s=config.dns_cache_s, negative_cache_s=config.dns_negative_cache_s
@@ -478,11 +482,29 @@ class Fetcher:
         if self.config.tdm_reservation and tdm_reserved(response.headers):
             raise FetchError("TDM reservation")
         declared = response.getheader("Content-Length")
-        if declared and is_ascii_number(declared) and int(declared) > self.config.max_bytes:
+        declared_bytes = int(declared) if declared and is_ascii_number(declared) else 0
+        if declared_bytes > self.config.max_bytes:
             raise FetchError("body too large")
-        body = self._read_body(response, deadline, self.config.max_bytes)
-        encoding = (response.getheader("Content-Encoding") or "").strip().lower()
-        return decoded_body(body, encoding, self.config.max_bytes)
+        # the task's budget of bytes held (pipeline.byte_budget): the declared length up
+        # front, what comes beyond it as it comes; given back when the sample is finished
+        holding = BodyHolding(self.budget, deadline.at)
+        try:
+            holding.take(declared_bytes)
+            body = self._read_body(response, deadline, self.config.max_bytes, holding=holding)
+            holding.give_back(holding.count - len(body))  # a body shorter than declared
+            encoding = (response.getheader("Content-Encoding") or "").strip().lower()
+            data = decoded_body(body, encoding, self.config.max_bytes, holding=holding)
+            if data is not body:
+                holding.give_back(len(body))
+            return data
+        except BaseException:
+            holding.give_back(holding.count)
+            raise
+
+    def release(self, fetched: FetchResult) -> None:
+        """Give a finished sample's body back to the task's byte budget."""
+        if self.budget is not None and fetched.data is not None:
+            self.budget.release(len(fetched.data))
 
     def _read_body(
         self,
@@ -491,9 +513,11 @@ class Fetcher:
         cap: int,
         truncate: bool = False,
         allow_empty: bool = False,
+        holding: BodyHolding | None = None,
     ) -> bytes:
         """The body, never more than ``cap`` bytes: past it, FetchError, or with ``truncate``
-        its first ``cap`` bytes."""
+        its first ``cap`` bytes. With ``holding``, bytes beyond what it holds are taken from
+        the task's budget before they are kept."""
         chunks, total = [], 0
         while True:
             # Every socket read is armed with what is left of the deadline (DeadlineSocket),
@@ -509,6 +533,8 @@ class Fetcher:
                     chunks.append(chunk[: len(chunk) - (total - cap)])
                     return b"".join(chunks)
                 raise FetchError("body too large")
+            if holding is not None and total > holding.count:
+                holding.take(total - holding.count)
             chunks.append(chunk)
         # http.client ends a body quietly when the server closes early; the declared length
         # still owed says so.
@@ -524,30 +550,53 @@ class Fetcher:
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def decoded_body(body: bytes, encoding: str, max_bytes: int, truncate: bool = False) -> bytes:
+DECODE_PIECE_BYTES = 1 << 20
+
+
+def decoded_body(
+    body: bytes, encoding: str, max_bytes: int, truncate: bool = False, holding=None
+) -> bytes:
     """The body with its Content-Encoding undone, as a browser would, never past ``max_bytes``
     decoded (a few KB of gzip can hold gigabytes): past it, FetchError, or with ``truncate``
     the first ``max_bytes``. "deflate" may come without its zlib header, as some servers send
-    it."""
+    it. Decoded a piece at a time, each piece taken from ``holding`` (a ``BodyHolding``)
+    before the next is made; what a failed decoding took is given back."""
     if encoding in ("", "identity") or encoding not in ENCODINGS:
         return body
     if truncate and not body:
         return body
     for wbits in (ENCODINGS[encoding], -zlib.MAX_WBITS):
         decoder = zlib.decompressobj(wbits)
+        pieces: list[bytes] = []
+        size, rest = 0, body
         try:
-            data = decoder.decompress(body, max_bytes + 1)
+            while True:
+                piece = decoder.decompress(rest, DECODE_PIECE_BYTES)
+                rest = decoder.unconsumed_tail
+                if not piece and not rest:
+                    break
+                if size + len(piece) > max_bytes:
+                    if not truncate:
+                        raise FetchError("body too large")
+                    piece = piece[: max_bytes - size]
+                    rest = b""
+                if holding is not None:
+                    holding.take(len(piece))
+                pieces.append(piece)
+                size += len(piece)
         except zlib.error:
+            if holding is not None:
+                holding.give_back(size)
             if encoding == "deflate" and wbits > 0:
                 continue  # raw deflate: try without the header
             raise FetchError("bad content encoding") from None
-        if len(data) > max_bytes:
-            if truncate:
-                return data[:max_bytes]
-            raise FetchError("body too large")
-        if not data and not truncate:
+        except FetchError:
+            if holding is not None:
+                holding.give_back(size)
+            raise
+        if not size and not truncate:
             raise FetchError("empty body")
-        return data
+        return b"".join(pieces)
     raise FetchError("bad content encoding")
 
 
@@ -598,6 +647,33 @@ def request_target(path: str, query: str) -> str:
     if query:
         target += "?" + quote(query, safe=QUERY_SAFE, encoding="utf-8", errors="surrogatepass")
     return target
+
+
+class BodyHolding:
+    """The bytes one response body holds of the task's ``ByteBudget`` (none without one)."""
+
+    def __init__(self, budget: ByteBudget | None, until: float) -> None:
+        self.budget = budget
+        self.until = until
+        self.count = 0
+
+    def take(self, count: int) -> None:
+        """Take ``count`` more bytes: a body not yet begun waits for room until the attempt's
+        deadline; one already holding bytes (read as it comes, of unknown length) only
+        briefly, then gives up and gives its bytes back. Otherwise bodies each holding a part
+        of a full budget would all wait on each other until their deadlines."""
+        if self.budget is None or count <= 0:
+            return
+        until = self.until if not self.count else min(self.until, time.monotonic() + 1.0)
+        if not self.budget.acquire(count, until):
+            raise FetchError(WAITED_FOR_MEMORY, retryable=True)
+        self.count += count
+
+    def give_back(self, count: int) -> None:
+        if self.budget is None or count <= 0:
+            return
+        self.budget.release(count)
+        self.count -= count
 
 
 def request_parts(url: str) -> tuple[str, str, int, str]:

@@ -40,6 +40,10 @@ ROBOTS_UNREADABLE = "robots.txt unreadable"
 # rules). The cache budgets with the upper end.
 HELD_BASE_BYTES = 2048
 HELD_BYTES_PER_BYTE = 40
+# Files parsed at once in a worker: parsing is Python under the GIL (no faster in parallel),
+# and each parse of a file at the byte cap holds ~20 MB until the cache takes it.
+PARSES_AT_ONCE = 2
+_parsing = threading.BoundedSemaphore(PARSES_AT_ONCE)
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,12 @@ def unreachable(until: float) -> SiteRules:
 def parse_rules(body: bytes) -> SiteRules:
     """A robots.txt body's rules. Bytes that are not UTF-8 are replaced (the standard's
     encoding); a file the parser cannot read disallows the site rather than ignoring it."""
-    text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
-    try:
-        parser = Protego.parse(text)
-    except Exception:  # noqa: BLE001 - whatever a hostile file does to the parser
-        return SiteRules(failure=(ROBOTS_UNREADABLE, False))
+    with _parsing:
+        text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
+        try:
+            parser = Protego.parse(text)
+        except Exception:  # noqa: BLE001 - whatever a hostile file does to the parser
+            return SiteRules(failure=(ROBOTS_UNREADABLE, False))
     return SiteRules(parser, held_bytes=HELD_BASE_BYTES + HELD_BYTES_PER_BYTE * len(body))
 
 

@@ -46,11 +46,13 @@ from flipcommon.storage import (
     write_json_atomic,
 )
 from pipeline.browser_image import NotAnImage, browser_ready
+from pipeline.byte_budget import ByteBudget
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
 from pipeline.domains import domain_of_url, load_site_urls, load_spread
 from pipeline.fetch import SHARD_DEADLINE, Fetcher, FetchResult
 from pipeline.image_header import declared_size
+from pipeline.malloc_tuning import bound_malloc
 from pipeline.progress import TaskProgress
 from pipeline.site_placement import seconds_per_shard
 from pipeline.site_schedule import PacedOrder
@@ -240,7 +242,11 @@ def make_processor(
     multipliers = {site: 1 for site in own_sites} | (pacing.multipliers() if pacing else {})
     unknown = pacing.concurrency if pacing else 1
     fetcher = Fetcher(
-        fetch, pace_multipliers=multipliers, unknown_site_multiplier=unknown, lane=lane
+        fetch,
+        pace_multipliers=multipliers,
+        unknown_site_multiplier=unknown,
+        lane=lane,
+        budget=ByteBudget(download.max_bytes_in_flight),
     )
     return SampleProcessor(fetcher, resizer, download.max_pixels, loaded)
 
@@ -356,6 +362,8 @@ def process_all(
                     None,
                     failure("failed_to_resize", f"internal error: {type(err).__name__}"),
                 )
+            finally:
+                processor.fetcher.release(fetched)  # its body's bytes, back to the budget
             yield index, image, result
             in_flight.release()
     for index, (_, first) in retried.items():  # put back, but the task ended before its turn
@@ -515,6 +523,7 @@ class ShardDownloader:
         to ``shard_deadline_s``: a shard it cannot start in time commits its rows as retryable
         failures, for the final pass."""
         freeze_imported_objects()
+        bound_malloc()
         if not shard_ids:
             return []
         with lease_lane(executor_lanes_folder(), task_partition(shard_ids[0])) as lane:

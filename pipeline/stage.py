@@ -23,6 +23,8 @@ from pipeline.shard_download import BlocklistRef
 from pipeline.shard_retry import RETRY_FOLDER
 from pipeline.site_placement import SitePlacement
 from pipeline.spark_session import get_spark
+from pipeline.task_memory import check_task_memory
+from pipeline.task_memory import describe as describe_task_memory
 
 # (metadata files, their layout) per source: the user's metadata, the demo's
 Groups = list[tuple[list[str], "ingest.MetadataLayout | str"]]
@@ -75,6 +77,7 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
     """Build the shard set in ``config.output_dir`` (then its CLIP-score filtered copy, if
     enabled); return the shard set's manifest."""
     config = with_absolute_paths(config)
+    check_task_memory(config.download, config.fetch)
     if config.clip_score.enabled:  # its mistakes surface now, not after the download
         from pipeline.clip_score import check_config
 
@@ -85,6 +88,7 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
     else:
         spark = spark or get_spark(config.spark)
         log.info("Spark master: %s", spark.sparkContext.master)
+        log.info(describe_task_memory(config.download, config.fetch))
         with contextlib.ExitStack() as stack:
             # (files, format) groups: the user's metadata in its format, the demo's as parquet
             user = [(list(config.input.urls), ingest.layout_of(config.input))]

@@ -168,7 +168,40 @@ def load_deploy(path: Path = DEPLOY) -> Deploy:
             "scripts' shell; write the value without them"
         )
     deploy.train.shm_gib = training_shm_gib(deploy)
+    check_executor_memory(deploy)
     return deploy
+
+
+def spark_size_gib(value: str, where: str) -> float:
+    """Spark's memory notation (24g, 512m, 1t) in GiB."""
+    text = value.strip().lower()
+    units = {"g": 1.0, "m": 1 / 1024, "t": 1024.0}
+    if not text or text[-1] not in units or not text[:-1].isdigit():
+        raise ConfigError(f"{where}: {value!r} is not like 16g or 512m")
+    return int(text[:-1]) * units[text[-1]]
+
+
+def check_executor_memory(d: Deploy) -> None:
+    """An executor's memory overhead (outside the JVM heap: the Python workers) must hold one
+    download task's most (pipeline.task_memory) per core, or a worker is killed mid-shard."""
+    from pipeline.config import PipelineConfig
+    from pipeline.task_memory import describe, task_memory
+
+    p = d.pipeline
+    sizing = [o for o in p.overrides if o.split(".", 1)[0] in ("download", "fetch")]
+    config = load_config(
+        PipelineConfig, ROOT / p.config, [f"download.threads={p.threads_per_task}", *sizing]
+    )
+    per_task = sum(task_memory(config.download, config.fetch).values()) / 2**30
+    need = per_task * p.executor_cores
+    have = spark_size_gib(p.memory_overhead, "pipeline.memory_overhead")
+    if have < need:
+        raise ConfigError(
+            f"pipeline.memory_overhead={p.memory_overhead}: {p.executor_cores} download tasks "
+            f"at once need up to {need:.1f} GiB outside the JVM heap ("
+            + describe(config.download, config.fetch).replace(":\n  ", ": ").replace("\n  ", "; ")
+            + "): raise it, or lower download.max_pixels / download.max_bytes_in_flight"
+        )
 
 
 LOADER_KEYS = ("data", "batch_size", "phases", "model")

@@ -9,7 +9,6 @@ from typing import Any
 
 import yaml
 
-from flipcommon.config import ConfigError
 from infra.render.commands import (
     EFA_NCCL_ENV,
     NCCL_ENV,
@@ -17,7 +16,7 @@ from infra.render.commands import (
     spark_submit,
     torchrun_elastic,
 )
-from infra.render.deploy import Deploy, TrainDeploy
+from infra.render.deploy import Deploy, TrainDeploy, spark_size_gib
 
 SHM_MOUNT = {"name": "shm", "mountPath": "/dev/shm"}
 ENV = [{"name": name, "value": value} for name, value in NCCL_ENV.items()]
@@ -133,11 +132,8 @@ def executor_template(d: Deploy) -> dict:
 
 def driver_pod_memory(d: Deploy) -> str:
     """The driver pod's memory: its JVM heap and 4 GiB for the JVM's own and Python's."""
-    heap = d.pipeline.driver_memory.strip().lower()
-    units = {"g": 1, "m": 1 / 1024, "t": 1024}
-    if not heap or heap[-1] not in units or not heap[:-1].isdigit():
-        raise ConfigError(f"pipeline.driver_memory: {heap!r} is not like 16g or 512m")
-    return f"{math.ceil(int(heap[:-1]) * units[heap[-1]]) + 4}Gi"
+    heap = spark_size_gib(d.pipeline.driver_memory, "pipeline.driver_memory")
+    return f"{math.ceil(heap) + 4}Gi"
 
 
 def spark_rbac(d: Deploy, service_account: str) -> list[dict]:

@@ -1,0 +1,63 @@
+"""The most memory one download task (one Spark Python worker) takes, from its config: what an
+executor's memory overhead must hold for each of its cores.
+
+Each part is bounded by the code and sized by a measurement (docs/benchmarks.md, "One download
+task's memory"; tests/test_task_memory.py checks a task's peak against the sum on the worst
+inputs):
+
+- the worker and its imports: img2dataset's resizer brings OpenCV, pyarrow and (through
+  albumentations) torch; measured resident after the imports, rounded up;
+- response bodies held (fetched, not yet written): ``download.max_bytes_in_flight``, a budget
+  the task's threads take from (``pipeline.byte_budget``);
+- decoding one image (the task decodes one at a time): at most ``download.max_pixels`` ×
+  ``DECODE_BYTES_PER_PIXEL``, the worst measured of the formats a browser shows (lossless WebP
+  with alpha: 32.1 bytes per pixel from bytes to resized JPEG; RGBA PNG 24, CMYK or
+  EXIF-rotated JPEG 12, plain JPEG 6);
+- robots.txt: a body being read per thread (``fetch.robots_txt_max_bytes``), two parsed at
+  once (``HELD_BYTES_PER_BYTE`` × its size each) and the rules kept
+  (``fetch.robots_txt_cache_bytes``).
+"""
+
+from __future__ import annotations
+
+from flipcommon.config import ConfigError
+from pipeline.config import DownloadConfig, FetchConfig
+from pipeline.robots_txt import HELD_BYTES_PER_BYTE, PARSES_AT_ONCE
+
+WORKER_IMPORTS_BYTES = 768 << 20  # measured 652 MiB resident after the imports
+DECODE_BYTES_PER_PIXEL = 33
+
+
+class TaskMemoryError(ConfigError):
+    pass
+
+
+def task_memory(download: DownloadConfig, fetch: FetchConfig) -> dict[str, int]:
+    """Bytes by part; their sum is one task's most."""
+    parts = {
+        "worker and its imports": WORKER_IMPORTS_BYTES,
+        "response bodies held (download.max_bytes_in_flight)": download.max_bytes_in_flight,
+        "decoding one image (download.max_pixels)": DECODE_BYTES_PER_PIXEL * download.max_pixels,
+    }
+    if fetch.robots_txt:
+        parts["robots.txt being read and parsed (fetch.robots_txt_max_bytes)"] = (
+            download.threads + PARSES_AT_ONCE * HELD_BYTES_PER_BYTE
+        ) * fetch.robots_txt_max_bytes
+        parts["robots.txt rules kept (fetch.robots_txt_cache_bytes)"] = fetch.robots_txt_cache_bytes
+    return parts
+
+
+def check_task_memory(download: DownloadConfig, fetch: FetchConfig) -> None:
+    """The budget must hold a body at the byte cap, or such a body could never be read."""
+    if download.max_bytes_in_flight < fetch.max_bytes:
+        raise TaskMemoryError(
+            f"download.max_bytes_in_flight={download.max_bytes_in_flight} is below "
+            f"fetch.max_bytes={fetch.max_bytes}: a body at the cap could never be held"
+        )
+
+
+def describe(download: DownloadConfig, fetch: FetchConfig) -> str:
+    parts = task_memory(download, fetch)
+    lines = [f"  {name}: {size / 2**20:,.0f} MiB" for name, size in parts.items()]
+    total = sum(parts.values())
+    return f"one download task holds at most {total / 2**30:.2f} GiB:\n" + "\n".join(lines)
