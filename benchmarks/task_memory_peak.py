@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 def worst_inputs(max_bytes: int, max_pixels: int, robots_bytes: int) -> dict[str, tuple]:
     """path -> (body, headers, declared length?)."""
+    from pipeline.robots_txt import MAX_RULES, MAX_WILDCARDS
+
     side = math.isqrt(max_pixels)
     rng = np.random.default_rng(0)
     tiles = rng.integers(0, 255, (side // 16 + 1, side // 16 + 1, 4), dtype=np.uint8)
@@ -46,9 +48,13 @@ def worst_inputs(max_bytes: int, max_pixels: int, robots_bytes: int) -> dict[str
     rgba.save(webp, "WEBP", lossless=True, quality=0, method=0)
     rgba.save(png, "PNG", compress_level=1)
     noise = rng.integers(0, 255, max_bytes, dtype=np.uint8).tobytes()
-    rules = []
-    while sum(len(r) for r in rules) < robots_bytes - 64:
-        rules.append(f"Disallow: /private/{len(rules)}/*.gif$\n")
+    # the most a file may hold for us (robots_txt.MAX_RULES rules, MAX_WILDCARDS of them with
+    # a wildcard), each path long enough to fill the byte cap
+    pad = "p" * max(1, robots_bytes // MAX_RULES - 40)
+    rules = [
+        f"Disallow: /private/{i}/{pad}{'*.gif$' if i < MAX_WILDCARDS else '.gif'}\n"
+        for i in range(MAX_RULES)
+    ]
     robots = ("User-agent: *\n" + "".join(rules)).encode()[:robots_bytes]
     return {
         "/robots.txt": (robots, {"Content-Type": "text/plain"}, True),

@@ -12,4 +12,4 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # header check (download.max_pixels, at most this), for bytes whose declared size would slip
 # past it. OpenCV's default is 2**30 pixels (~3 GB decoded); this is 2**27 (~400 MB as RGB).
 OPENCV_PIXEL_BACKSTOP = 1 << 27
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(OPENCV_PIXEL_BACKSTOP))
+os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(OPENCV_PIXEL_BACKSTOP)  # not a larger inherited one

@@ -116,7 +116,7 @@ class FetchConfig:
     # so the nodes' clocks disagreeing by ~1 ms (NTP) never put the cluster above one request
     # per interval in a 1-s window (the download simulation). Raise it where clocks drift more.
     shared_site_headroom: Annotated[float, Range(0.0, 1.0)] = 0.01
-    max_redirects: int = 5
+    max_redirects: Annotated[int, Range(0)] = 5
     # Networks exempt from the SSRF guard (CIDRs). Empty: only public addresses are fetched.
     allowed_networks: list[Annotated[str, Check(ip_network, "a CIDR")]] = field(
         default_factory=list
@@ -152,11 +152,12 @@ class DownloadConfig:
     samples_per_shard: Annotated[int, Range(1)] = 10000
     processes: Annotated[int, Range(1)] = 2  # Spark tasks at once
     threads: Annotated[int, Range(1, 4096)] = 64  # concurrent requests per task
-    # Bytes of response bodies a task holds at once (fetched, not yet written), at least
-    # fetch.max_bytes: a thread waits for room, up to its attempt's deadline (then the URL
-    # fails as retryable "waited for memory"). One task's memory at most: see
-    # pipeline.task_memory (python -m pipeline CONFIG --task-memory).
-    max_bytes_in_flight: Annotated[int, Range(1)] = 256 * 1024 * 1024
+    # Bytes of response bodies a task holds at once (fetched, not yet written), at least twice
+    # fetch.max_bytes (a compressed body beside its decoded copy). A body not yet begun waits
+    # for room up to its attempt's deadline, one begun a second (then the URL fails as
+    # retryable "waited for memory"). A task's memory at most (pipeline.task_memory) is logged
+    # at the start of the stage.
+    max_bytes_in_flight: Annotated[int, Range(1)] = 128 * 1024 * 1024
     encode_quality: Annotated[int, Range(0, 100)] = 95
     # decompression bombs: the pixels an image may have, read from its header before it is
     # decoded (25 Mpx: 5,000 x 5,000, far past what a 256-px sample needs); at most 2**27,

@@ -61,7 +61,9 @@ from pipeline.robots_txt import (
 )
 
 CHUNK_BYTES = 64 * 1024
+WINDOW_BYTES = 1 << 20  # a body's room in the task's byte budget is taken this much ahead
 SHARD_DEADLINE = "shard deadline exceeded"  # the reason a task's own deadline gives
+DEADLINE_EXCEEDED = "deadline exceeded"  # an attempt's own deadline
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
@@ -292,6 +294,7 @@ class Fetcher:
         unknown_site_multiplier: int = 1,
         lane: int | None = None,
         budget: ByteBudget | None = None,
+        robots: RobotsCache | None = None,
     ):
         self.config = config
         self.budget = budget  # the task's bytes of bodies held (None: unbounded)
@@ -309,7 +312,11 @@ class Fetcher:
         )
         self.directives = frozenset(d.strip().lower() for d in config.disallowed_directives)
         self.ua_token = config.user_agent_token.strip().lower()
-        self.robots = RobotsCache(config.robots_txt_cache_bytes) if config.robots_txt else None
+        # robots.txt rules: the given cache (a worker's, shared by its tasks), else our own
+        if config.robots_txt:
+            self.robots = robots or RobotsCache(config.robots_txt_cache_bytes)
+        else:
+            self.robots = None
         self.user_agent = f"{BROWSER_UA} (compatible; {config.user_agent_token})"
         self._sleep = sleep
 
@@ -371,8 +378,8 @@ class Fetcher:
             return
         scheme, host, port, target = request_parts(url)
         rules = self.robots.rules(
-            origin_of(scheme, host, port),
-            lambda: self._fetch_robots(scheme, host, port, stop_at),
+            f"{self.ua_token} {origin_of(scheme, host, port)}",
+            lambda: self._fetch_robots(scheme, host, port, stop_at, reason),
             stop_at,
         )
         if rules is None:  # another thread is still fetching it
@@ -381,11 +388,20 @@ class Fetcher:
         if refusal is not None:
             raise FetchError(*refusal)
 
-    def _fetch_robots(self, scheme: str, host: str, port: int, stop_at: float) -> SiteRules:
-        """One origin's robots.txt, as RFC 9309 reads the answer (``pipeline.robots_txt``)."""
+    def _fetch_robots(
+        self, scheme: str, host: str, port: int, stop_at: float, stop_reason: str
+    ) -> SiteRules:
+        """One origin's robots.txt, as RFC 9309 reads the answer (``pipeline.robots_txt``).
+        ``stop_at``: when the caller must be done (the task's end, or the image attempt's
+        deadline for a redirect's site), failing with ``stop_reason`` there."""
         url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/robots.txt"
-        self._wait_turn(domain_of_url(url), stop_at, SHARD_DEADLINE)
-        deadline = Deadline.within(self.config.deadline_s, self.config.socket_timeout_s, stop_at)
+        self._wait_turn(domain_of_url(url), stop_at, stop_reason)
+        own = time.monotonic() + self.config.deadline_s
+        deadline = Deadline(
+            min(own, stop_at),
+            self.config.socket_timeout_s,
+            stop_reason if stop_at < own else DEADLINE_EXCEEDED,
+        )
         seen: set[str] = set()
         for hop in range(self.config.max_redirects + 1):
             if url in seen:
@@ -394,14 +410,20 @@ class Fetcher:
             try:
                 if hop:
                     self._wait_turn(domain_of_url(url), deadline.at, deadline.reason)
-                outcome = self._request(url, deadline, self._robots_response)
+                outcome = self._request(url, deadline, self._robots_response, "text/plain,*/*")
             except FetchError as err:
-                if err.reason == SHARD_DEADLINE:
-                    raise  # the task is ending: nothing learned about the site
-                if hop == 0 and not err.retryable:
-                    # what every URL of the origin would meet (no such host, a blocked
-                    # address, a TLS failure): that reason, for the task's life
-                    return SiteRules(failure=(err.reason, False))
+                if err.retryable and stop_at < own and deadline.passed():
+                    # the caller's time is up, not the file's: nothing learned about the site
+                    raise FetchError(stop_reason, retryable=True) from err
+                if not err.retryable:
+                    if hop == 0 and err.reason in ORIGIN_FAILURES:
+                        # what every URL of the origin would meet (no such host, a blocked
+                        # address, a TLS failure): that reason, asked again later
+                        until = time.monotonic() + self.config.robots_txt_unreachable_s
+                        return SiteRules(failure=(err.reason, False), expires_at=until)
+                    # an answer that is no robots.txt (a garbled response, a redirect to
+                    # nowhere usable): "unavailable", as a 4xx
+                    return ALLOW_ALL
                 return unreachable(time.monotonic() + self.config.robots_txt_unreachable_s)
             if isinstance(outcome, SiteRules):
                 return outcome
@@ -421,8 +443,13 @@ class Fetcher:
             cap = self.config.robots_txt_max_bytes
             body = self._read_body(response, deadline, cap, truncate=True, allow_empty=True)
             encoding = (response.getheader("Content-Encoding") or "").strip().lower()
-            return parse_rules(decoded_body(body, encoding, cap, truncate=True))
+            return parse_rules(decoded_body(body, encoding, cap, truncate=True), self.ua_token)
         if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.getheader("Retry-After"))
+            if retry_after is not None:  # the site asked: nobody in this task calls it before
+                self.throttle.pause(
+                    domain_of_url(url), min(retry_after, self.config.max_retry_after_s)
+                )
             return unreachable(time.monotonic() + self.config.robots_txt_unreachable_s)
         return ALLOW_ALL  # 4xx: the site has none
 
@@ -431,6 +458,7 @@ class Fetcher:
         url: str,
         deadline: Deadline,
         handle: Callable[[str, http.client.HTTPResponse, Deadline], object] | None = None,
+        accept: str = "image/*,*/*;q=0.5",
     ):
         """One hop: the response's outcome by ``handle`` (default: an image's bytes, or the
         redirect target as a string)."""
@@ -447,7 +475,7 @@ class Fetcher:
             conn.request(
                 "GET",
                 path,
-                headers={"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.5"},
+                headers={"User-Agent": self.user_agent, "Accept": accept},
             )
             response = conn.getresponse()
             return (handle or self._handle)(url, response, deadline)
@@ -481,16 +509,17 @@ class Fetcher:
             raise FetchError("X-Robots-Tag disallows use")
         if self.config.tdm_reservation and tdm_reserved(response.headers):
             raise FetchError("TDM reservation")
-        declared = response.getheader("Content-Length")
-        declared_bytes = int(declared) if declared and is_ascii_number(declared) else 0
+        declared_bytes = declared_length(response.getheader("Content-Length"))
         if declared_bytes > self.config.max_bytes:
             raise FetchError("body too large")
-        # the task's budget of bytes held (pipeline.byte_budget): the declared length up
-        # front, what comes beyond it as it comes; given back when the sample is finished
+        # the task's budget of bytes held (pipeline.byte_budget): taken a window ahead of what
+        # has arrived (a server that declares much and sends nothing holds one window), given
+        # back when the sample is finished
         holding = BodyHolding(self.budget, deadline.at)
         try:
-            holding.take(declared_bytes)
-            body = self._read_body(response, deadline, self.config.max_bytes, holding=holding)
+            body = self._read_body(
+                response, deadline, self.config.max_bytes, holding=holding, expected=declared_bytes
+            )
             holding.give_back(holding.count - len(body))  # a body shorter than declared
             encoding = (response.getheader("Content-Encoding") or "").strip().lower()
             data = decoded_body(body, encoding, self.config.max_bytes, holding=holding)
@@ -514,16 +543,22 @@ class Fetcher:
         truncate: bool = False,
         allow_empty: bool = False,
         holding: BodyHolding | None = None,
+        expected: int = 0,
     ) -> bytes:
         """The body, never more than ``cap`` bytes: past it, FetchError, or with ``truncate``
-        its first ``cap`` bytes. With ``holding``, bytes beyond what it holds are taken from
-        the task's budget before they are kept."""
+        its first ``cap`` bytes. With ``holding``, room for every chunk is taken from the
+        task's budget before it is read, a window at a time (up to ``expected``, the declared
+        length, when there is one); the caller gives back what the body did not use."""
         chunks, total = [], 0
         while True:
             # Every socket read is armed with what is left of the deadline (DeadlineSocket),
             # so a body that drips forever ends at the deadline, not never.
             if deadline.passed():
                 raise FetchError(deadline.reason, retryable=True)
+            short = holding is not None and holding.count - total < CHUNK_BYTES
+            if short and (not expected or holding.count < expected):
+                left = expected - holding.count if expected else WINDOW_BYTES
+                holding.take(min(WINDOW_BYTES, max(left, CHUNK_BYTES)))
             chunk = response.read1(CHUNK_BYTES)
             if not chunk:
                 break
@@ -533,7 +568,7 @@ class Fetcher:
                     chunks.append(chunk[: len(chunk) - (total - cap)])
                     return b"".join(chunks)
                 raise FetchError("body too large")
-            if holding is not None and total > holding.count:
+            if holding is not None and total > holding.count:  # past a declared length
                 holding.take(total - holding.count)
             chunks.append(chunk)
         # http.client ends a body quietly when the server closes early; the declared length
@@ -649,6 +684,12 @@ def request_target(path: str, query: str) -> str:
     return target
 
 
+# Failures of a robots.txt request that every request to its origin would meet.
+ORIGIN_FAILURES = frozenset(
+    {"dns failure: no such host", "blocked: non-public address", "tls error", "unsupported url"}
+)
+
+
 class BodyHolding:
     """The bytes one response body holds of the task's ``ByteBudget`` (none without one)."""
 
@@ -693,6 +734,14 @@ def tdm_reserved(headers: Message) -> bool:
     """TDM-Rep's opt-out: a ``tdm-reservation`` header of 1 (text and data mining rights
     reserved)."""
     return any(value.strip() == "1" for value in headers.get_all("tdm-reservation") or [])
+
+
+def declared_length(value: str | None) -> int:
+    """A Content-Length's bytes; 0 when absent or not a plain number (then the body is read to
+    its end). Past 18 digits ``int`` would refuse it, and it is past any cap anyway."""
+    if not value or not is_ascii_number(value.strip()):
+        return 0
+    return int(value.strip()[:19])
 
 
 def is_ascii_number(value: str) -> bool:

@@ -46,7 +46,7 @@ from flipcommon.storage import (
     write_json_atomic,
 )
 from pipeline.browser_image import NotAnImage, browser_ready
-from pipeline.byte_budget import ByteBudget
+from pipeline.byte_budget import WAITED_FOR_MEMORY, ByteBudget
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.decontaminate import Blocklist, load_blocklist
 from pipeline.domains import domain_of_url, load_site_urls, load_spread
@@ -54,10 +54,12 @@ from pipeline.fetch import SHARD_DEADLINE, Fetcher, FetchResult
 from pipeline.image_header import declared_size
 from pipeline.malloc_tuning import bound_malloc
 from pipeline.progress import TaskProgress
+from pipeline.robots_txt import ROBOTS_UNREACHABLE, worker_cache
 from pipeline.site_placement import seconds_per_shard
 from pipeline.site_schedule import PacedOrder
 from pipeline.spark_daemon import freeze_imported_objects
 from pipeline.task_lanes import executor_lanes_folder, lease_lane, task_partition
+from pipeline.task_memory import COMMIT_BYTES
 from pipeline.url_shards import UrlList
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,6 @@ ENCODE_FORMAT = IMAGE_EXTENSION
 # A task of several shards reads up to this many parts ahead and leaves up to this many shards
 # committing behind the one it downloads: a small shard's round trips to the store overlap.
 IO_AHEAD = 4
-COMMIT_BYTES = 128 << 20  # at most this much of shards waiting to commit (beside the one)
 SAMPLE_OVERHEAD_BYTES = 4096  # a sample's tar headers, caption and json, about
 OOM_SHARD_COUNT = 5  # shard names 00000…99999, as img2dataset names them
 # URL-list columns as the shard's parquet names them; as img2dataset's reader does, they come
@@ -226,6 +227,7 @@ def make_processor(
     pacing: SitePacing | None = None,
     own_sites: frozenset[str] = frozenset(),
     lane: int | None = None,
+    robots_scope: str = "",
 ) -> SampleProcessor:
     """``own_sites``: the sites of the shard's own URLs. One that only this shard holds is
     paced at the interval; a site reached only through a redirect, which any task may reach,
@@ -247,6 +249,8 @@ def make_processor(
         unknown_site_multiplier=unknown,
         lane=lane,
         budget=ByteBudget(download.max_bytes_in_flight),
+        # robots.txt rules kept across the worker's tasks of one job (``robots_scope``)
+        robots=worker_cache(fetch.robots_txt_cache_bytes, robots_scope) if robots_scope else None,
     )
     return SampleProcessor(fetcher, resizer, download.max_pixels, loaded)
 
@@ -373,10 +377,16 @@ def process_all(
             yield index, None, failure("failed_to_download", SHARD_DEADLINE, True)
 
 
+# Retryable failures that say nothing new about the URL when they come again: the task's end,
+# its own memory budget, a site's robots.txt found unreachable earlier in the task (cached):
+# a second one leaves the URL to the final pass instead of making its failure final.
+NOT_THE_SITES_ANSWER = frozenset({SHARD_DEADLINE, WAITED_FOR_MEMORY, ROBOTS_UNREACHABLE})
+
+
 def second_attempt(first: FetchResult, second: FetchResult) -> FetchResult:
     """A retried URL's result: the second attempt's, whose retryable failure is final (its URL
     was asked twice, ``InTaskRetry.after_s`` apart) unless the shard's deadline cut it."""
-    retryable = second.retryable and second.error == SHARD_DEADLINE
+    retryable = second.retryable and second.error in NOT_THE_SITES_ANSWER
     attempts = first.attempts + second.attempts
     return replace(second, retryable=retryable, attempts=attempts)
 
@@ -604,7 +614,13 @@ class ShardDownloader:
         urls = [(index, row["url"]) for index, row in enumerate(rows)]
         own_sites = frozenset(domain_of_url(url) for _, url in urls)
         processor = make_processor(
-            self.download, self.fetch, self.blocklist, self.pacing, own_sites, lane=lane
+            self.download,
+            self.fetch,
+            self.blocklist,
+            self.pacing,
+            own_sites,
+            lane=lane,
+            robots_scope=self.output_dir,
         )
         stop_at = min(time.monotonic() + self.download.shard_deadline_s, task_stop)
         progress = TaskProgress(

@@ -84,5 +84,8 @@ def drop_bundled_archives() -> None:
 
 
 if __name__ == "__main__":
+    from pipeline.malloc_tuning import bound_malloc
+
+    bound_malloc()  # before any thread exists: the workers it forks inherit the settings
     drop_bundled_archives()
     runpy.run_module("pyspark.daemon", run_name="__main__", alter_sys=True)

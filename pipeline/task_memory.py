@@ -8,11 +8,15 @@ inputs):
 - the worker and its imports: img2dataset's resizer brings OpenCV, pyarrow and (through
   albumentations) torch; measured resident after the imports, rounded up;
 - response bodies held (fetched, not yet written): ``download.max_bytes_in_flight``, a budget
-  the task's threads take from (``pipeline.byte_budget``);
+  the task's threads take from (``pipeline.byte_budget``), twice over: a body's chunks and
+  their joined copy exist together for a moment;
 - decoding one image (the task decodes one at a time): at most ``download.max_pixels`` ×
   ``DECODE_BYTES_PER_PIXEL``, the worst measured of the formats a browser shows (lossless WebP
   with alpha: 32.1 bytes per pixel from bytes to resized JPEG; RGBA PNG 24, CMYK or
   EXIF-rotated JPEG 12, plain JPEG 6);
+- shards being written: on an object store s3fs buffers the tar in 50 MiB blocks and copies a
+  block as it uploads it; a task of small shards keeps up to ``COMMIT_BYTES`` of them waiting
+  to commit (``pipeline.shard_download``); and the shard's rows as Python objects;
 - robots.txt: a body being read per thread (``fetch.robots_txt_max_bytes``), two parsed at
   once (``HELD_BYTES_PER_BYTE`` × its size each) and the rules kept
   (``fetch.robots_txt_cache_bytes``).
@@ -26,6 +30,9 @@ from pipeline.robots_txt import HELD_BYTES_PER_BYTE, PARSES_AT_ONCE
 
 WORKER_IMPORTS_BYTES = 768 << 20  # measured 652 MiB resident after the imports
 DECODE_BYTES_PER_PIXEL = 33
+S3_UPLOAD_BLOCK_BYTES = 50 << 20  # s3fs's default block
+COMMIT_BYTES = 128 << 20  # at most this much of a task's shards waiting to commit (beside one)
+ROWS_BYTES = 32 << 20  # a 10,000-row shard's rows as Python dicts, rounded up
 
 
 class TaskMemoryError(ConfigError):
@@ -36,8 +43,13 @@ def task_memory(download: DownloadConfig, fetch: FetchConfig) -> dict[str, int]:
     """Bytes by part; their sum is one task's most."""
     parts = {
         "worker and its imports": WORKER_IMPORTS_BYTES,
-        "response bodies held (download.max_bytes_in_flight)": download.max_bytes_in_flight,
+        # a body's chunks and their joined copy live together for a moment
+        "response bodies held (2 x download.max_bytes_in_flight)": 2 * download.max_bytes_in_flight,
         "decoding one image (download.max_pixels)": DECODE_BYTES_PER_PIXEL * download.max_pixels,
+        "shards being written (upload blocks, or small shards waiting to commit)": max(
+            2 * S3_UPLOAD_BLOCK_BYTES, COMMIT_BYTES
+        )
+        + ROWS_BYTES,
     }
     if fetch.robots_txt:
         parts["robots.txt being read and parsed (fetch.robots_txt_max_bytes)"] = (
@@ -48,11 +60,13 @@ def task_memory(download: DownloadConfig, fetch: FetchConfig) -> dict[str, int]:
 
 
 def check_task_memory(download: DownloadConfig, fetch: FetchConfig) -> None:
-    """The budget must hold a body at the byte cap, or such a body could never be read."""
-    if download.max_bytes_in_flight < fetch.max_bytes:
+    """The budget must hold a compressed body at the byte cap beside its decoded copy, or such
+    a body could never be read."""
+    if download.max_bytes_in_flight < 2 * fetch.max_bytes:
         raise TaskMemoryError(
-            f"download.max_bytes_in_flight={download.max_bytes_in_flight} is below "
-            f"fetch.max_bytes={fetch.max_bytes}: a body at the cap could never be held"
+            f"download.max_bytes_in_flight={download.max_bytes_in_flight} is below twice "
+            f"fetch.max_bytes={fetch.max_bytes}: a compressed body at the cap and its decoded "
+            "copy could never be held"
         )
 
 

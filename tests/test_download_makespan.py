@@ -31,6 +31,10 @@ def test_the_simulation_runs_at_toy_size(tmp_path):
         now = by_policy[(nodes, makespan.POLICIES[-1].name)]
         before = by_policy[(nodes, makespan.POLICIES[1].name)]
         assert now["makespan_h"] < before["makespan_h"]
+        # robots.txt: one more request per (shard, site), never free
+        without_robots = by_policy[(nodes, makespan.POLICIES[-2].name)]
+        assert now["makespan_h"] >= without_robots["makespan_h"]
+        assert 0 < now["sites_per_url"] <= 1
 
 
 def test_fifo_schedule_and_barriers():

@@ -13,6 +13,8 @@ import pytest
 from pipeline.config import FetchConfig
 from pipeline.fetch import Fetcher, is_retryable
 from pipeline.robots_txt import (
+    MAX_RULES,
+    MAX_WILDCARDS,
     ROBOTS_DISALLOWS,
     RobotsCache,
     SiteRules,
@@ -49,25 +51,64 @@ Sitemap: http://example.com/sitemap.xml
     ],
 )
 def test_rules_for_any_agent(path, allowed):
-    rules = parse_rules(RULES)
+    rules = parse_rules(RULES, AGENT)
     assert (rules.refusal(f"http://h{path}", AGENT) is None) is allowed
 
 
 def test_an_agents_own_group_replaces_the_star_group():
     ours = b"User-agent: *\nDisallow: /\n\nUser-agent: Flip-Pipeline\nDisallow: /no/\n"
-    rules = parse_rules(ours)
+    rules = parse_rules(ours, AGENT)
     assert rules.refusal("http://h/a.jpg", AGENT) is None  # token matched case-insensitively
     assert rules.refusal("http://h/no/a.jpg", AGENT) == (ROBOTS_DISALLOWS, False)
-    assert rules.refusal("http://h/a.jpg", "somebot") == (ROBOTS_DISALLOWS, False)
+    somebot = parse_rules(ours, "somebot")
+    assert somebot.refusal("http://h/a.jpg", "somebot") == (ROBOTS_DISALLOWS, False)
+
+
+@pytest.mark.parametrize(
+    "text, allowed",
+    [
+        ("User-agent: flip\nDisallow: /\n", True),  # another product token, not a prefix
+        ("User-agent: flip-pipeline/2.1\nDisallow: /\n", False),  # a version after the token
+        ("User-agent: flip-pipeline\nDisallow:\n\nUser-agent: *\nDisallow: /\n", True),  # ours
+        # a blank line ends nothing: consecutive user-agent lines share the rules after them
+        ("User-agent: flip-pipeline\n\nUser-agent: *\nDisallow: /\n", False),
+        ("User-agent: a\nUser-agent: flip-pipeline\nDisallow: /x\nUser-agent: *\nDisallow: /\n",
+         True),  # a group of several agents; its rules only
+        ("User-agent: flip-pipeline\nDisallow: /a\n\nUser-agent: flip-pipeline\nDisallow: /\n",
+         False),  # two groups naming us are merged
+        ("Sitemap: /s.xml\nDisallow: /\n", True),  # a rule before any group applies to none
+    ],
+)  # fmt: skip
+def test_only_the_groups_for_our_token_apply(text, allowed):
+    rules = parse_rules(text.encode(), AGENT)
+    assert (rules.refusal("http://h/a.jpg", AGENT) is None) is allowed
+
+
+def test_hostile_files_cost_bounded_time_and_memory():
+    """Many agents over many rules (Protego files each rule under every agent of its group:
+    their product), more rules than any site needs, more wildcards than a check should scan."""
+    agents = "".join(f"User-agent: bot{i}\n" for i in range(2000))
+    product = (agents + "allow:a\n" * 20000).encode()[: 512 << 10]
+    started = time.monotonic()
+    assert parse_rules(product, AGENT).refusal("http://h/a", AGENT) is None  # not for us
+    assert time.monotonic() - started < 2.0
+    many = ("User-agent: *\n" + "Disallow: /x\n" * (MAX_RULES + 1)).encode()
+    assert parse_rules(many, AGENT).failure == ("robots.txt unreadable", False)
+    stars = ("User-agent: *\nDisallow: /" + "*a" * (MAX_WILDCARDS + 1) + "\n").encode()
+    assert parse_rules(stars, AGENT).failure == ("robots.txt unreadable", False)
+    kept = parse_rules(("User-agent: *\n" + "Disallow: /x\n" * 100).encode(), AGENT)
+    assert kept.held_bytes < 100_000  # our group's rules only, not the whole file
 
 
 def test_hostile_bytes_parse_to_rules_not_errors():
     for body in (b"", b"\xff\xfe\x00garbage\x00", b"\xef\xbb\xbfUser-agent: *\nDisallow: /x\n"):
-        rules = parse_rules(body)
+        rules = parse_rules(body, AGENT)
         assert rules.failure is None
     # a BOM before the first line does not hide it; invalid UTF-8 in a rule is replaced
-    assert parse_rules(b"\xef\xbb\xbfUser-agent: *\nDisallow: /x\n").refusal("http://h/x", AGENT)
-    assert parse_rules(b"User-agent: *\nDisallow: /\xff\n").refusal("http://h/a", AGENT) is None
+    bom = b"\xef\xbb\xbfUser-agent: *\nDisallow: /x\n"
+    assert parse_rules(bom, AGENT).refusal("http://h/x", AGENT)
+    replaced = b"User-agent: *\nDisallow: /\xff\n"
+    assert parse_rules(replaced, AGENT).refusal("http://h/a", AGENT) is None
 
 
 def test_the_cache_fetches_each_origin_once_while_threads_wait():
@@ -77,7 +118,7 @@ def test_the_cache_fetches_each_origin_once_while_threads_wait():
     def slow_fetch():
         calls.append(1)
         time.sleep(0.2)
-        return parse_rules(RULES)
+        return parse_rules(RULES, AGENT)
 
     with ThreadPoolExecutor(8) as pool:
         found = list(
@@ -90,18 +131,34 @@ def test_the_cache_fetches_each_origin_once_while_threads_wait():
 
 
 def test_the_cache_keeps_its_byte_budget_dropping_the_least_recently_used():
-    cache = RobotsCache(max_bytes=10_000)
-    small = SiteRules(held_bytes=3_000)
-    for name in "abc":
+    cache = RobotsCache(max_bytes=80_000)
+    small = SiteRules(held_bytes=10_000)
+    for name in "abcdefgh":
         cache.rules(name, lambda: small, 0)
     cache.rules("a", lambda: pytest.fail("a is cached"), 0)  # a is now the most recent
-    cache.rules("d", lambda: small, 0)  # over budget: b goes
-    assert cache.held_bytes <= 10_000
+    cache.rules("i", lambda: small, 0)  # over budget: b goes
+    assert cache.held_bytes <= 80_000
     refetched = []
     cache.rules("b", lambda: refetched.append(1) or small, 0)
     assert refetched == [1]
-    cache.rules("huge", lambda: SiteRules(held_bytes=50_000), 0)  # used once, never kept
-    assert cache.held_bytes <= 10_000
+    # one site's file above an eighth of the budget is used, not kept: it pushes nothing out
+    cache.rules("huge", lambda: SiteRules(held_bytes=50_000), 0)
+    assert cache.held_bytes == 80_000
+    cache.rules("a", lambda: pytest.fail("a is still cached"), 0)
+
+
+def test_threads_waiting_on_a_fetch_get_its_result_even_when_it_is_not_kept():
+    cache = RobotsCache(max_bytes=80_000)
+    calls = []
+
+    def huge():
+        calls.append(1)
+        time.sleep(0.2)
+        return SiteRules(held_bytes=50_000)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: cache.rules("o", huge, time.monotonic() + 5), range(4)))
+    assert len(calls) == 1
 
 
 def test_an_unreachable_site_is_asked_again_later_and_a_failed_fetch_caches_nothing():
@@ -193,7 +250,7 @@ def test_a_task_obeys_the_sites_rules_and_asks_for_them_once():
         ((404, b"", {}), None),  # no robots.txt: everything allowed
         ((403, b"User-agent: *\nDisallow: /\n", {}), None),  # any 4xx: the same
         ((500, b"", {}), "robots.txt unreachable"),  # server error: complete disallow
-        ((503, b"", {"Retry-After": "5"}), "robots.txt unreachable"),
+        ((503, b"", {"Retry-After": "1"}), "robots.txt unreachable"),
         ((429, b"", {}), "robots.txt unreachable"),  # as a server error (a site asking to wait)
         ((200, gzip.compress(b"User-agent: *\nDisallow: /\n"), {"Content-Encoding": "gzip"}),
          ROBOTS_DISALLOWS),  # a compressed file, undone as a browser would
@@ -216,11 +273,12 @@ def test_robots_txt_redirects_are_followed_and_guarded():
         moved = (301, b"", {"Location": f"{rules_host.url}/robots.txt"})
         with Site(moved) as site:
             assert fetcher().fetch(f"{site.url}/a.jpg").error == ROBOTS_DISALLOWS
-        # a redirect into a network the guard refuses: unreachable, never connected to
+        # a redirect into a network the guard refuses is never followed: the site has no
+        # robots.txt to be had ("unavailable": open), as if it had answered 404
         inward = (302, b"", {"Location": "http://169.254.169.254/robots.txt"})
         with Site(inward) as site:
-            result = fetcher().fetch(f"{site.url}/a.jpg")
-            assert result.error == "robots.txt unreachable" and "/a.jpg" not in site.requests
+            assert fetcher().fetch(f"{site.url}/a.jpg").data is not None
+            assert site.requests == ["/robots.txt", "/a.jpg"]
     looping = (302, b"", {"Location": "/robots.txt"})  # a loop: as if there were none
     with Site(looping) as site:
         assert fetcher().fetch(f"{site.url}/a.jpg").data is not None
@@ -245,3 +303,16 @@ def test_response_header_opt_outs(headers, error):
     with Site() as site:
         site.image_headers = headers
         assert fetcher().fetch(f"{site.url}/a.jpg").error == error
+
+
+def test_a_workers_tasks_of_one_job_share_what_they_learned():
+    from pipeline.robots_txt import worker_cache
+
+    with Site((200, b"User-agent: *\nDisallow: /no\n", {})) as site:
+        shared = worker_cache(1 << 20, "job-a")
+        config = fetcher().config
+        for _ in range(3):  # three tasks, one after another, in the same worker
+            assert Fetcher(config, robots=shared).fetch(f"{site.url}/a.jpg").data
+        assert site.requests.count("/robots.txt") == 1
+        assert worker_cache(1 << 20, "job-a") is shared
+        assert worker_cache(1 << 20, "job-b") is not shared  # another job starts afresh

@@ -76,9 +76,63 @@ def test_executors_whose_overhead_cannot_hold_their_tasks_are_refused(tmp_path):
     from infra.render.deploy import DEPLOY, load_deploy
 
     text = DEPLOY.read_text()
-    assert "memory_overhead: 32g" in text
+    assert "memory_overhead: 36g" in text
     small = tmp_path / "deploy.yaml"
-    small.write_text(text.replace("memory_overhead: 32g", "memory_overhead: 8g"))
+    small.write_text(text.replace("memory_overhead: 36g", "memory_overhead: 8g"))
     with pytest.raises(ConfigError, match="memory_overhead=8g: 16 download tasks"):
         load_deploy(small)
     load_deploy(DEPLOY)
+
+
+def test_a_server_that_declares_much_and_sends_nothing_holds_one_window():
+    """Content-Length of 8 MiB, then silence: the body's room in the budget is taken as it
+    arrives, a window ahead, not all at once (eight such would fill a 64 MiB budget)."""
+    import socket
+
+    from pipeline.fetch import WINDOW_BYTES, Fetcher
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def answer():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8388608\r\n\r\n" + b"\xff" * 10)
+        release.wait(10)
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    budget = ByteBudget(64 << 20)
+    config = FetchConfig(
+        deadline_s=3.0, allowed_networks=["127.0.0.0/8"], robots_txt=False, max_bytes=16 << 20
+    )
+    fetcher = Fetcher(config, budget=budget)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/a.jpg"
+    result = []
+    worker = threading.Thread(target=lambda: result.append(fetcher.fetch(url)))
+    worker.start()
+    time.sleep(1.0)
+    held_while_silent = budget.held
+    release.set()
+    worker.join(10)
+    listener.close()
+    assert 0 < held_while_silent <= WINDOW_BYTES
+    assert result[0].error in ("incomplete body", "connection closed") and budget.held == 0
+
+
+def test_task_local_failures_stay_retryable_after_a_second_attempt():
+    from pipeline.fetch import FetchResult
+    from pipeline.shard_download import second_attempt
+
+    first = FetchResult(None, "http 503", True)
+    for reason in ("robots.txt unreachable", "waited for memory", "shard deadline exceeded"):
+        assert second_attempt(first, FetchResult(None, reason, True)).retryable, reason
+    assert not second_attempt(first, FetchResult(None, "http 503", True)).retryable
+
+
+def test_content_lengths_python_would_refuse_to_read_are_numbers_past_any_cap():
+    from pipeline.fetch import declared_length
+
+    assert declared_length("9" * 5000) > 1 << 40  # int() refuses more than 4,300 digits
+    assert declared_length("\u00b2") == 0 and declared_length(None) == 0
+    assert declared_length(" 42 ") == 42

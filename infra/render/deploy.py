@@ -176,7 +176,7 @@ def spark_size_gib(value: str, where: str) -> float:
     """Spark's memory notation (24g, 512m, 1t) in GiB."""
     text = value.strip().lower()
     units = {"g": 1.0, "m": 1 / 1024, "t": 1024.0}
-    if not text or text[-1] not in units or not text[:-1].isdigit():
+    if not text or text[-1] not in units or not (text[:-1].isascii() and text[:-1].isdigit()):
         raise ConfigError(f"{where}: {value!r} is not like 16g or 512m")
     return int(text[:-1]) * units[text[-1]]
 
@@ -188,17 +188,19 @@ def check_executor_memory(d: Deploy) -> None:
     from pipeline.task_memory import describe, task_memory
 
     p = d.pipeline
-    sizing = [o for o in p.overrides if o.split(".", 1)[0] in ("download", "fetch")]
     config = load_config(
-        PipelineConfig, ROOT / p.config, [f"download.threads={p.threads_per_task}", *sizing]
+        PipelineConfig, ROOT / p.config, [f"download.threads={p.threads_per_task}", *p.overrides]
     )
     per_task = sum(task_memory(config.download, config.fetch).values()) / 2**30
-    need = per_task * p.executor_cores
+    heap = spark_size_gib(p.executor_memory, "pipeline.executor_memory")
+    jvm_off_heap = max(0.375, 0.1 * heap)  # the JVM's own beyond its heap (Spark's default)
+    need = per_task * p.executor_cores + jvm_off_heap
     have = spark_size_gib(p.memory_overhead, "pipeline.memory_overhead")
     if have < need:
         raise ConfigError(
             f"pipeline.memory_overhead={p.memory_overhead}: {p.executor_cores} download tasks "
-            f"at once need up to {need:.1f} GiB outside the JVM heap ("
+            f"at once and the JVM's own {jvm_off_heap:.1f} GiB need up to {need:.1f} GiB "
+            "outside the JVM heap ("
             + describe(config.download, config.fetch).replace(":\n  ", ": ").replace("\n  ", "; ")
             + "): raise it, or lower download.max_pixels / download.max_bytes_in_flight"
         )
