@@ -105,6 +105,10 @@ class Policy:
     # each task's place on a shared site's grid: a lane leased from its executor's folder
     # (``pipeline.task_lanes``); else its shard id (the code before)
     leased_lanes: bool = False
+    # each task asks every site it holds for its robots.txt (fetch.robots_txt): one more
+    # request per (shard, site), and one more slot of a paced site's pace. An upper bound: a
+    # worker keeps what it learned for its later tasks of the job (pipeline.robots_txt)
+    robots_txt: bool = False
 
 
 POLICIES = [
@@ -112,7 +116,10 @@ POLICIES = [
     Policy("one job, sites in runs, retries 2", False, 2, False, False),
     Policy("large sites spread, no in-task retries", True, 0, True, True),
     Policy("spread, retried in-task while work is left", True, 0, True, True, 0, 60.0),
-    Policy("now: … and each task at its slot's leased lane", True, 0, True, True, 0, 60.0, True),
+    Policy("… and each task at its slot's leased lane", True, 0, True, True, 0, 60.0, True),
+    Policy(
+        "now: … and robots.txt once per site per task", True, 0, True, True, 0, 60.0, True, True
+    ),
 ]
 
 
@@ -314,17 +321,22 @@ def run_pass(
     policy: Policy,
     sizes_len: int,
     lanes_root: Path | None = None,
+    robots_request_s: float = 0.0,
 ) -> PassResult:
-    """Every shard's length (I/O, CPU, its slowest site's pacing), then Spark's FIFO schedule."""
+    """Every shard's length (I/O, CPU, its slowest site's pacing), then Spark's FIFO schedule.
+    ``robots_request_s``: what each (shard, site)'s robots.txt request holds a thread (0: none
+    asked)."""
     slots = cluster.slots
     multiplier = np.minimum(lay.spread[lay.piece_site], slots)
     # a shared site's grid runs ``headroom`` slower than its share of the interval
     slower = np.where(multiplier > 1, 1.0 + cluster.headroom, 1.0)
     per_request = cluster.interval_s * multiplier * slower
-    site_wait = lay.piece_urls * per_request
+    robots = 1 if robots_request_s else 0
+    site_wait = (lay.piece_urls + robots) * per_request
     paced = np.zeros(lay.shards)
     np.maximum.at(paced, lay.piece_shard, site_wait)
-    io = lay.rows * cost.thread_s / cluster.threads
+    sites_per_shard = np.bincount(lay.piece_shard, minlength=lay.shards)
+    io = (lay.rows * cost.thread_s + sites_per_shard * robots_request_s) / cluster.threads
     cpu = lay.rows * cost.cpu_s
     other = np.maximum(io, cpu)
     budget = cluster.shard_deadline_s
@@ -502,7 +514,8 @@ def simulate(
     first_cost = first_pass_cost(outcomes, policy)
     lanes_folders = tempfile.TemporaryDirectory(prefix="lanes-")
     lanes_root = Path(lanes_folders.name)
-    first = run_pass(first_layout, first_cost, cluster, policy, len(sizes), lanes_root)
+    robots_s = outcomes.latency_s if policy.robots_txt else 0.0
+    first = run_pass(first_layout, first_cost, cluster, policy, len(sizes), lanes_root, robots_s)
     requests = [busiest_site_requests(first_layout, first, cluster, rng)]
     retry = retry_sizes(sizes, first_cost, first, first_layout)
     leftovers = first.leftover_rows / max(1, int(retry.sum()))
@@ -518,7 +531,9 @@ def simulate(
     else:
         final_layout = layout(retry[retry > 0], final_placement, rng)
         final_sites = int((retry > 0).sum())
-        final = run_pass(final_layout, final_cost, cluster, policy, final_sites, lanes_root)
+        final = run_pass(
+            final_layout, final_cost, cluster, policy, final_sites, lanes_root, robots_s
+        )
     if retry[0] > 0:
         shifted = busiest_site_requests(final_layout, final, cluster, rng)
         requests.append(shifted + first.makespan_s)
@@ -549,6 +564,8 @@ def simulate(
             f"{w:g}s": busiest_window_ratio(times, w, cluster.interval_s) for w in (1.0, 10.0, 60.0)
         },
         "busiest_site_requests": int(len(times)),
+        # (shard, site) pairs per URL of the first pass: robots.txt requests per URL, if asked
+        "sites_per_url": len(first_layout.piece_site) / float(first_layout.rows.sum()),
         "simulated_in_s": time.perf_counter() - started,
     }
 
