@@ -116,6 +116,12 @@ def child(settings: dict) -> None:
     fetch = FetchConfig(**settings["fetch"])
     processor = make_processor(download, fetch)
     baseline = resident()
+    # the worker's own pages; the rest of ``baseline`` are shared libraries' (pipeline.task_memory)
+    private = next(
+        int(line.split()[1]) << 10
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("RssAnon:")
+    )
     urls = list(enumerate(settings["urls"]))
     outcomes: dict[str, int] = {}
     import time
@@ -127,6 +133,7 @@ def child(settings: dict) -> None:
         json.dumps(
             {
                 "baseline": baseline,
+                "baseline_private": private,
                 "peak": peak_resident(),
                 "held_peak": processor.fetcher.budget.peak,
                 "outcomes": outcomes,
@@ -225,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  stated  {name}: {size / mib:,.0f} MiB")
     measured = row["measured"]
     print(f"stated total {row['stated_total'] / mib:,.0f} MiB")
-    print(f"measured: resident after the imports {measured['baseline'] / mib:,.0f} MiB, peak ")
+    print(
+        f"measured: resident after the imports {measured['baseline'] / mib:,.0f} MiB "
+        f"({measured['baseline_private'] / mib:,.0f} of it private), peak "
+    )
     print(f"  {measured['peak'] / mib:,.0f} MiB; growth {row['growth'] / mib:,.0f} MiB against ")
     print(f"  the stated {row['stated_variable'] / mib:,.0f} MiB beyond the imports")
     print(

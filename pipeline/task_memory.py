@@ -5,8 +5,13 @@ Each part is bounded by the code and sized by a measurement (docs/benchmarks.md,
 task's memory"; tests/test_task_memory.py checks a task's peak against the sum on the worst
 inputs):
 
-- the worker and its imports: img2dataset's resizer brings OpenCV, pyarrow and (through
-  albumentations) torch; measured resident after the imports, rounded up;
+- the worker and its imports: img2dataset's writer and resizer bring OpenCV, pyarrow and
+  (through webdataset and albumentations) torch; measured resident after the imports, rounded
+  up. About 370 MiB of it is the worker's own; the rest are pages of the shared libraries
+  (torch's CUDA libraries: 3 GB mapped), 285-523 MiB measured: the more of those files the page
+  cache holds, the more pages the kernel maps around each one touched, so a fresh install reads
+  highest. They are clean and shared, yet YARN's process-tree monitor (EMR, Dataproc) counts
+  them in every worker's resident size, so they are counted per task here;
 - response bodies held (fetched, not yet written): ``download.max_bytes_in_flight``, a budget
   the task's threads take from (``pipeline.byte_budget``), twice over: a body's chunks and
   their joined copy exist together for a moment;
@@ -28,7 +33,8 @@ from flipcommon.config import ConfigError
 from pipeline.config import DownloadConfig, FetchConfig
 from pipeline.robots_txt import HELD_BYTES_PER_BYTE, PARSES_AT_ONCE
 
-WORKER_IMPORTS_BYTES = 768 << 20  # measured 652 MiB resident after the imports
+# measured resident after the imports: 650-892 MiB (369 private), the highest on a fresh install
+WORKER_IMPORTS_BYTES = 1024 << 20
 DECODE_BYTES_PER_PIXEL = 33
 S3_UPLOAD_BLOCK_BYTES = 50 << 20  # s3fs's default block
 COMMIT_BYTES = 128 << 20  # at most this much of a task's shards waiting to commit (beside one)

@@ -76,9 +76,9 @@ def test_executors_whose_overhead_cannot_hold_their_tasks_are_refused(tmp_path):
     from infra.render.deploy import DEPLOY, load_deploy
 
     text = DEPLOY.read_text()
-    assert "memory_overhead: 36g" in text
+    assert "memory_overhead: 39g" in text
     small = tmp_path / "deploy.yaml"
-    small.write_text(text.replace("memory_overhead: 36g", "memory_overhead: 8g"))
+    small.write_text(text.replace("memory_overhead: 39g", "memory_overhead: 8g"))
     with pytest.raises(ConfigError, match="memory_overhead=8g: 16 download tasks"):
         load_deploy(small)
     load_deploy(DEPLOY)
