@@ -37,7 +37,8 @@ commit marker), sizes.json, manifest.json, report.html; _work/ holds the URL lis
 the final pass's retry_urls/, each with domain_spread.json, domain_urls.json and its
 _url_list.json marker), staging (local storage only) and the tasks' progress files.
 A rerun keeps finished shards and redoes unfinished ones. Private, loopback and link-local
-addresses are refused unless listed in fetch.allowed_networks (the demo allows 127.0.0.0/8).
+addresses are refused unless listed in fetch.allowed_networks or fetch.allowed_origins (the
+demo allows exactly its own server's origin).
 
 Scale out: spark.master=spark://HOST:7077 (or yarn, k8s://…) and download.processes=N, the
 cluster's task slots (executors × cores): the per-site pacing divides by it.

@@ -16,6 +16,12 @@ def ip_network(value: str) -> None:
     ipaddress.ip_network(value, strict=False)
 
 
+def origin(value: str) -> None:
+    from pipeline.fetch import parse_origin
+
+    parse_origin(value)
+
+
 def fault_rates(rates: dict) -> None:
     from pipeline.demo.web import FaultRates
 
@@ -119,6 +125,11 @@ class FetchConfig:
     max_redirects: Annotated[int, Range(0)] = 5
     # Networks exempt from the SSRF guard (CIDRs). Empty: only public addresses are fetched.
     allowed_networks: list[Annotated[str, Check(ip_network, "a CIDR")]] = field(
+        default_factory=list
+    )
+    # Origins exempt from it by name (http://127.0.0.1:8000): exactly that scheme, host and
+    # port, whatever the host resolves to. The demo adds its own server here at run time.
+    allowed_origins: list[Annotated[str, Check(origin, "an origin like http://host:port")]] = field(
         default_factory=list
     )
     ca_file: str = ""  # extra CA certificates (PEM) to trust, beside the system's

@@ -13,8 +13,9 @@ and follows redirects to any address. This module replaces that step only:
 - a per-site minimum interval between requests, kept cluster-wide with the URL list's domain
   spread (``pipeline.domains``);
 - an SSRF guard: the host is resolved once, every resolved address must be public (or inside an
-  allowed network), and the connection goes to that checked address, so DNS cannot change it
-  between check and use; every redirect hop is checked the same way;
+  allowed network, or the request's origin is one allowed by name, as the demo allows its own
+  server), and the connection goes to that checked address, so DNS cannot change it between
+  check and use; every redirect hop is checked the same way;
 - the opt-outs: robots.txt (``pipeline.robots_txt``: fetched once per site per task, under
   the same deadline and pacing), the X-Robots-Tag directives (img2dataset's user-agent token
   semantics, plus ``noml``) and TDM-Rep's ``tdm-reservation: 1`` header.
@@ -238,16 +239,35 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+Origin = tuple[str, str, int]  # (scheme, host, port), the host as urlsplit lowercases it
+
+
+def parse_origin(text: str) -> Origin:
+    """An http(s) origin as ``fetch.allowed_origins`` lists it (``http://127.0.0.1:8000``): a
+    scheme, a host and an optional port, nothing else; ValueError otherwise."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http(s)://host[:port]")
+    if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("an origin has no user, path, query or fragment")
+    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
 @dataclass
 class AddressGuard:
-    """Refuses non-public addresses unless they fall in an explicitly allowed network."""
+    """Refuses non-public addresses unless they fall in an explicitly allowed network, or the
+    request goes to an origin allowed by name (whatever its host resolves to)."""
 
     allowed_networks: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._allowed = [ipaddress.ip_network(n, strict=False) for n in self.allowed_networks]
+        self._origins = {parse_origin(o) for o in self.allowed_origins}
 
-    def permits(self, address: str) -> bool:
+    def permits(self, address: str, origin: Origin | None = None) -> bool:
+        if origin is not None and origin in self._origins:
+            return True
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address):
             if any(ip in net for net in NOT_PUBLIC_V6):
@@ -257,10 +277,10 @@ class AddressGuard:
             return True
         return ip.is_global and not ip.is_multicast
 
-    def choose(self, addresses: list[str]) -> str:
-        """The first permitted address; FetchError if there is none."""
+    def choose(self, addresses: list[str], origin: Origin | None = None) -> str:
+        """The first address permitted for ``origin``; FetchError if there is none."""
         for address in addresses:
-            if self.permits(address):
+            if self.permits(address, origin):
                 return address
         raise FetchError("blocked: non-public address")
 
@@ -298,7 +318,7 @@ class Fetcher:
     ):
         self.config = config
         self.budget = budget  # the task's bytes of bodies held (None: unbounded)
-        self.guard = AddressGuard(list(config.allowed_networks))
+        self.guard = AddressGuard(list(config.allowed_networks), list(config.allowed_origins))
         self.resolver = resolver or Resolver(
             cache_s=config.dns_cache_s, negative_cache_s=config.dns_negative_cache_s
         )
@@ -465,7 +485,8 @@ class Fetcher:
         scheme, host, port, path = request_parts(url)
         conn: http.client.HTTPConnection | None = None
         try:
-            address = self.guard.choose(self.resolver.addresses(host, port, deadline))
+            addresses = self.resolver.addresses(host, port, deadline)
+            address = self.guard.choose(addresses, (scheme, host, port))
             if scheme == "https":
                 conn = http.client.HTTPSConnection(host, port, context=self.tls)
                 conn.sock = wrap_tls(connect(address, port, deadline), self.tls, host)

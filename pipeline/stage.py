@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def demo_metadata(config: DemoConfig) -> Iterator[list[str]]:
-    """Build (or reuse) the demo corpus, serve it on loopback, yield its metadata files."""
+def demo_metadata(config: DemoConfig) -> Iterator[tuple[list[str], str]]:
+    """Build (or reuse) the demo corpus, serve it on loopback, yield its metadata files and the
+    server's origin (the one non-public origin the download may fetch from)."""
     from pipeline.demo import corpus, web
 
     cache = corpus.build_corpus(
@@ -47,7 +48,14 @@ def demo_metadata(config: DemoConfig) -> Iterator[list[str]]:
         path = f"{tmp}/demo.parquet"
         rows = corpus.write_laion_metadata(corpus.load_items(cache), demo_web.base_url, path)
         log.info("demo web serving %d images at %s", rows, demo_web.base_url)
-        yield [path]
+        yield [path], demo_web.base_url
+
+
+def allowing_origin(config: PipelineConfig, origin: str) -> PipelineConfig:
+    """A copy of ``config`` whose SSRF guard lets ``origin`` through (the demo's own server on
+    loopback), and no other address of its network."""
+    fetch = replace(config.fetch, allowed_origins=[*config.fetch.allowed_origins, origin])
+    return replace(config, fetch=fetch)
 
 
 def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
@@ -94,7 +102,9 @@ def run(config: PipelineConfig, spark: SparkSession | None = None) -> dict:
             user = [(list(config.input.urls), ingest.layout_of(config.input))]
             groups = user if config.input.urls else []
             if config.demo.enabled:
-                groups.append((stack.enter_context(demo_metadata(config.demo)), "parquet"))
+                paths, origin = stack.enter_context(demo_metadata(config.demo))
+                groups.append((paths, "parquet"))
+                config = allowing_origin(config, origin)
             manifest = build_shard_set(spark, config, groups)
     if config.clip_score.enabled:
         from pipeline.clip_score import run_clip_score  # torch only when the filter is on

@@ -55,7 +55,6 @@ def small_pipeline_config(output_dir: str, corpus_dir: Path):
     config.fetch.socket_timeout_s = 1
     config.fetch.retries = 1
     config.fetch.backoff_base_s = 0.1
-    config.fetch.allowed_networks = ["127.0.0.0/8"]
     config.spark.master = "local[2]"
     return config
 

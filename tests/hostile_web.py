@@ -145,6 +145,8 @@ class HostileWeb:
                     return self.send(200, sample_image(seed, fmt))
                 if path == "/redirect-ok":
                     return self.send(302, b"", {"Location": "/ok/0.jpg"})
+                if path.startswith("/redirect-to?"):  # to any URL (another server's)
+                    return self.send(302, b"", {"Location": path.split("?", 1)[1]})
                 if path == "/retry-after-1s":
                     if n == 1:
                         return self.send(429, b"slow down", {"Retry-After": "1"})

@@ -46,6 +46,37 @@ def test_guard_refuses_loopback_unless_allowed_and_never_connects():
         assert Fetcher(quick_fetch()).fetch(url).data is not None
 
 
+def test_an_allowed_origin_is_exactly_that_origin():
+    """The demo's allowance: its own server's scheme, host and port, not the rest of loopback
+    (another port, a redirect there, another scheme, the same address by another name)."""
+    with HostileWeb() as allowed, HostileWeb() as other:
+        fetcher = Fetcher(quick_fetch(allowed_networks=[], allowed_origins=[allowed.base_url]))
+        assert fetcher.fetch(allowed.base_url + "/ok/0.jpg").data is not None
+        assert fetcher.fetch(allowed.base_url + "/redirect-ok").data is not None
+        port = allowed.base_url.rsplit(":", 1)[1]
+        for url in (
+            other.base_url + "/ok/1.jpg",
+            allowed.base_url + "/redirect-to?" + other.base_url + "/ok/2.jpg",
+            f"http://localhost:{port}/ok/3.jpg",
+            f"http://127.0.0.2:{port}/ok/4.jpg",
+        ):
+            result = fetcher.fetch(url)
+            assert result.error == "blocked: non-public address", url
+        assert not other.requests
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["127.0.0.1:8000", "ftp://h", "http://h/path", "http://u@h", "http://h?q", "http://h:x"],
+)
+def test_an_origin_that_is_not_one_is_refused_at_load(origin):
+    from flipcommon.config import ConfigError, load_config
+    from pipeline.config import PipelineConfig
+
+    with pytest.raises(ConfigError, match="allowed_origins"):
+        load_config(PipelineConfig, None, [f"fetch.allowed_origins=[{origin!r}]"])
+
+
 @pytest.mark.parametrize(
     "url",
     [
