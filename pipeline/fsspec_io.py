@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import fsspec
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -93,8 +92,48 @@ def _batches(
             yield from pa_csv.open_csv(
                 handle, read_options=read, parse_options=parse, convert_options=convert
             )
-        else:  # JSON lines: pyarrow has no streaming JSON reader; files are read whole
-            yield from pa_json.read_json(io.BytesIO(handle.read())).to_batches(BATCH_ROWS)
+        else:
+            yield from _json_lines_batches(handle)
+
+
+def _json_text(value: object) -> str | None:
+    """A JSON value as the text column Spark's reader gives for it: strings as they are,
+    anything else (numbers, booleans, objects, lists) as compact JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _json_lines_batches(handle) -> Iterator[pa.RecordBatch]:
+    """JSON lines streamed (memory: one batch of rows, whatever the file's size), every value as
+    text. As Spark's reader does, a byte sequence that is not UTF-8 becomes U+FFFD and a line
+    that is not a JSON object yields no row, instead of failing the whole file."""
+
+    def batch(rows: list[dict]) -> pa.RecordBatch:
+        names = list(dict.fromkeys(key for row in rows for key in row))
+        return pa.RecordBatch.from_pydict(
+            {
+                name: pa.array([_json_text(row.get(name)) for row in rows], pa.string())
+                for name in names
+            }
+        )
+
+    rows: list[dict] = []
+    for raw in handle:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        if len(rows) == BATCH_ROWS:
+            yield batch(rows)
+            rows = []
+    if rows:
+        yield batch(rows)
 
 
 def file_columns(url: str, fmt: str, header: tuple[str, ...] = ()) -> list[str]:

@@ -256,27 +256,62 @@ def test_extra_columns_that_are_not_plain_or_taken_or_missing_are_clear_errors(t
             )
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
 def test_invalid_utf8_in_a_caption_is_replaced_alike_by_both_readers(tmp_path, spark, fmt):
     """A caption with a Latin-1 byte (a file that is not quite UTF-8): the row is read with
     U+FFFD in its place, by Spark's reader and by fsspec's alike, and the file's other rows
-    with it."""
-    sep = "," if fmt == "csv" else "\t"
+    with it. JSON lines: fsspec's reader keeps the row so; Spark's reads it as nulls (no URL:
+    dropped later), the other rows as they are."""
     path = tmp_path / f"latin.{fmt}"
-    path.write_bytes(
-        f"url{sep}caption\n".encode()
-        + f"http://e.com/0.jpg{sep}caf".encode()
-        + b"\xe9 au lait\n"
-        + f"http://e.com/1.jpg{sep}plain caption\n".encode()
-    )
+    if fmt == "jsonl":
+        path.write_bytes(
+            b'{"url": "http://e.com/0.jpg", "caption": "caf\xe9 au lait"}\n'
+            b'{"url": "http://e.com/1.jpg", "caption": "plain caption"}\n'
+        )
+    else:
+        sep = "," if fmt == "csv" else "\t"
+        path.write_bytes(
+            f"url{sep}caption\n".encode()
+            + f"http://e.com/0.jpg{sep}caf".encode()
+            + b"\xe9 au lait\n"
+            + f"http://e.com/1.jpg{sep}plain caption\n".encode()
+        )
     layout = layout_of(InputConfig(format=fmt, url_col="url", caption_col="caption"))
     read = {
         reader: sorted(
-            r["TEXT"] for r in read_metadata(spark, [str(path)], layout, reader).collect()
+            (r["TEXT"] for r in read_metadata(spark, [str(path)], layout, reader).collect()),
+            key=lambda text: (text is not None, text or ""),
         )
         for reader in ("spark", "fsspec")
     }
+    if fmt == "jsonl":  # Spark's JSON reader makes the whole line a corrupt record (nulls)
+        assert read["spark"] == [None, "plain caption"], read
+        assert read["fsspec"] == ["caf\ufffd au lait", "plain caption"], read
+        return
     assert read["fsspec"] == read["spark"] == ["caf\ufffd au lait", "plain caption"], read
+
+
+def test_json_lines_that_are_not_objects_are_skipped_alike_by_both_readers(tmp_path, spark):
+    """A truncated line, a blank one, a bare value among objects: the other rows are read,
+    their numbers and nested values as text, by both readers."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(
+        '{"url": "http://e.com/0.jpg", "caption": "a cat", "width": 640}\n'
+        '{"url": "http://e.com/1.jpg", "capt\n'
+        "\n"
+        '{"url": "http://e.com/2.jpg", "caption": "a dog", "width": 320}\n'
+    )
+    layout = layout_of(InputConfig(format="jsonl", url_col="url", caption_col="caption"))
+    read = {
+        reader: sorted(
+            (r["URL"], r["TEXT"], r["WIDTH"])
+            for r in read_metadata(spark, [str(path)], layout, reader).collect()
+            if r["URL"] is not None  # Spark's reader: a row of nulls for the truncated line
+        )
+        for reader in ("spark", "fsspec")
+    }
+    expected = [("http://e.com/0.jpg", "a cat", 640), ("http://e.com/2.jpg", "a dog", 320)]
+    assert read["fsspec"] == read["spark"] == expected, read
 
 
 def test_a_probability_that_is_not_a_number_is_null_not_a_failed_job(tmp_path, spark):
