@@ -220,6 +220,17 @@ class BlocklistRef:
     max_distance: int
 
 
+def max_aspect_ratio(download: DownloadConfig) -> float:
+    """The widest image a resize mode can take within the pixel cap. keep_ratio and center_crop
+    scale the shorter side to image_size, so an image of aspect ratio a becomes image_size² × a
+    pixels before any crop: a 1 × 20,000 PNG would become 64 × 1.28M (~800 MB at 64 px), a
+    1 × 25M one tens of GB. Those modes refuse what would pass download.max_pixels once
+    resized; the others scale the longer side down, whatever the shape."""
+    if download.resize_mode in ("keep_ratio", "center_crop"):
+        return download.max_pixels / download.image_size**2
+    return math.inf
+
+
 def make_processor(
     download: DownloadConfig,
     fetch: FetchConfig,
@@ -239,6 +250,7 @@ def make_processor(
         resize_only_if_bigger=False,
         encode_quality=download.encode_quality,
         encode_format=ENCODE_FORMAT,
+        max_aspect_ratio=max_aspect_ratio(download),
     )
     loaded = load_blocklist(blocklist.url, blocklist.max_distance) if blocklist else None
     multipliers = {site: 1 for site in own_sites} | (pacing.multipliers() if pacing else {})

@@ -67,7 +67,15 @@ def task_memory(download: DownloadConfig, fetch: FetchConfig) -> dict[str, int]:
 
 def check_task_memory(download: DownloadConfig, fetch: FetchConfig) -> None:
     """The budget must hold a compressed body at the byte cap beside its decoded copy, or such
-    a body could never be read."""
+    a body could never be read; a mode that scales the shorter side to image_size needs room
+    for at least a square of it under the pixel cap (``shard_download.max_aspect_ratio``)."""
+    square = download.image_size**2
+    if download.resize_mode in ("keep_ratio", "center_crop") and square > download.max_pixels:
+        raise TaskMemoryError(
+            f"download.resize_mode={download.resize_mode} at download.image_size="
+            f"{download.image_size} makes every image at least {square} pixels, past "
+            f"download.max_pixels={download.max_pixels}: raise max_pixels or lower image_size"
+        )
     if download.max_bytes_in_flight < 2 * fetch.max_bytes:
         raise TaskMemoryError(
             f"download.max_bytes_in_flight={download.max_bytes_in_flight} is below twice "

@@ -136,3 +136,44 @@ def test_content_lengths_python_would_refuse_to_read_are_numbers_past_any_cap():
     assert declared_length("9" * 5000) > 1 << 40  # int() refuses more than 4,300 digits
     assert declared_length("\u00b2") == 0 and declared_length(None) == 0
     assert declared_length(" 42 ") == 42
+
+
+@pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border", "keep_ratio_largest"])
+def test_a_thin_image_cannot_grow_past_the_pixel_cap_when_resized(mode):
+    """keep_ratio and center_crop scale the shorter side up to image_size: a 1 × 20,000 PNG
+    would become 64 × 1,280,000 pixels (~800 MB resident, measured) before the crop. Such an
+    image is refused in those modes; a 3:1 one is kept; border modes shrink the long side."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.fetch import FetchResult
+    from pipeline.shard_download import make_processor
+
+    def png(height: int, width: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    download = DownloadConfig(image_size=64, resize_mode=mode, max_pixels=1_000_000)
+    processor = make_processor(download, FetchConfig(robots_txt=False))
+    _, thin = processor.finish(FetchResult(png(1, 20_000), None))
+    image, wide = processor.finish(FetchResult(png(100, 300), None))
+    assert wide["status"] == "success" and image
+    if mode in ("keep_ratio", "center_crop"):
+        assert (thin["status"], thin["error_message"]) == (
+            "failed_to_resize",
+            "aspect ratio too large",
+        )
+    else:
+        assert thin["status"] == "success" and max(thin["width"], thin["height"]) == 64
+
+
+def test_a_resize_mode_whose_smallest_image_passes_the_pixel_cap_is_refused():
+    with pytest.raises(TaskMemoryError, match="raise max_pixels or lower image_size"):
+        check_task_memory(
+            DownloadConfig(image_size=2048, resize_mode="center_crop", max_pixels=1_000_000),
+            FetchConfig(),
+        )
+    check_task_memory(DownloadConfig(image_size=2048, max_pixels=1_000_000), FetchConfig())
