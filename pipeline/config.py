@@ -175,6 +175,14 @@ class DownloadConfig:
     # OpenCV's own limit as the pipeline sets it (a backstop, pipeline.OPENCV_PIXEL_BACKSTOP).
     # Decoding one costs up to 33 bytes per pixel (pipeline.task_memory).
     max_pixels: Annotated[int, Range(1, 1 << 27)] = 25_000_000
+    # Images longer than this many times their width, or wider (0: any). keep_ratio and
+    # center_crop also refuse what would pass max_pixels once its shorter side is scaled.
+    max_aspect_ratio: Annotated[float, Range(0)] = 0.0
+    # A metadata column of boxes to blur in each image (img2dataset's bbox_col; DataComp:
+    # face_bboxes): [[x_min, y_min, x_max, y_max], ...] in [0, 1] of the image as stored,
+    # blurred as img2dataset does on the resized image. The column is carried into each
+    # sample; a value that is not such a list fails the sample ("bad blur boxes").
+    bbox_col: str = ""
     # A shard task stops starting requests after this long; what is left fails as retryable,
     # so one pathological shard cannot hold a whole Spark job.
     shard_deadline_s: Annotated[float, POSITIVE] = 3600.0

@@ -21,7 +21,7 @@ import math
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.pool import ThreadPool
@@ -31,6 +31,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from img2dataset.blurrer import BoundingBoxBlurrer
 from img2dataset.downloader import compute_key
 from img2dataset.logger import CappedCounter
 from img2dataset.resizer import Resizer
@@ -45,6 +46,7 @@ from flipcommon.storage import (
     url_join,
     write_json_atomic,
 )
+from pipeline.blur_boxes import BadBoxes, exif_orientation, parse_boxes, upright_boxes
 from pipeline.browser_image import NotAnImage, browser_ready
 from pipeline.byte_budget import WAITED_FOR_MEMORY, ByteBudget
 from pipeline.config import DownloadConfig, FetchConfig
@@ -54,6 +56,7 @@ from pipeline.fetch import SHARD_DEADLINE, Fetcher, FetchResult
 from pipeline.image_header import declared_size
 from pipeline.malloc_tuning import bound_malloc
 from pipeline.progress import TaskProgress
+from pipeline.resize_bounds import max_aspect_ratio
 from pipeline.robots_txt import ROBOTS_UNREACHABLE, worker_cache
 from pipeline.site_placement import seconds_per_shard
 from pipeline.site_schedule import PacedOrder
@@ -132,11 +135,15 @@ class SampleProcessor:
     resizer: Resizer
     max_pixels: int
     blocklist: Blocklist | None = None
+    blurring: bool = False  # download.bbox_col: each sample's boxes blurred (pipeline.blur_boxes)
 
     def fetch(self, url: str, stop_at: float) -> FetchResult:
         return self.fetcher.fetch(url, stop_at)
 
-    def finish(self, fetched: FetchResult) -> tuple[bytes | None, dict[str, Any]]:
+    def finish(
+        self, fetched: FetchResult, boxes: object = None
+    ) -> tuple[bytes | None, dict[str, Any]]:
+        """``boxes``: the sample's value of download.bbox_col, when blurring."""
         if fetched.data is None:
             return None, failure("failed_to_download", fetched.error, fetched.retryable)
         error = truncation_error(fetched.data) or pixel_cap_error(fetched.data, self.max_pixels)
@@ -147,6 +154,14 @@ class SampleProcessor:
             reason = self.blocklist.match(fetched.data, sha256)
             if reason is not None:
                 return None, failure("decontaminated", reason)
+        blur = None
+        if self.blurring:
+            try:
+                blur = parse_boxes(boxes)
+            except BadBoxes as err:
+                return None, failure("failed_to_resize", str(err))
+            if blur:  # the stored image's boxes, turned as browser_ready turns the image
+                blur = upright_boxes(blur, exif_orientation(fetched.data))
         try:  # what a browser shows: first frame, upright, 8-bit RGB (pipeline.browser_image)
             shown = browser_ready(fetched.data, self.max_pixels)
         except NotAnImage:
@@ -156,7 +171,7 @@ class SampleProcessor:
         except ValueError as err:
             return None, failure("failed_to_resize", str(err))
         image, width, height, original_width, original_height, error = self.resizer(
-            io.BytesIO(shown)
+            io.BytesIO(shown), [list(box) for box in blur] if blur else None
         )
         if error is not None:
             if "CV_IO_MAX_IMAGE_PIXELS" in error:  # OpenCV's own limit (pipeline/__init__.py)
@@ -220,17 +235,6 @@ class BlocklistRef:
     max_distance: int
 
 
-def max_aspect_ratio(download: DownloadConfig) -> float:
-    """The widest image a resize mode can take within the pixel cap. keep_ratio and center_crop
-    scale the shorter side to image_size, so an image of aspect ratio a becomes image_size² × a
-    pixels before any crop: a 1 × 20,000 PNG would become 64 × 1.28M (~800 MB at 64 px), a
-    1 × 25M one tens of GB. Those modes refuse what would pass download.max_pixels once
-    resized; the others scale the longer side down, whatever the shape."""
-    if download.resize_mode in ("keep_ratio", "center_crop"):
-        return download.max_pixels / download.image_size**2
-    return math.inf
-
-
 def make_processor(
     download: DownloadConfig,
     fetch: FetchConfig,
@@ -251,6 +255,9 @@ def make_processor(
         encode_quality=download.encode_quality,
         encode_format=ENCODE_FORMAT,
         max_aspect_ratio=max_aspect_ratio(download),
+        # img2dataset's: Gaussian blur of the boxes grown by a tenth of the largest one's
+        # diagonal, on the resized image (before a crop or border), as DataComp blurred faces
+        blurrer=BoundingBoxBlurrer() if download.bbox_col else None,
     )
     loaded = load_blocklist(blocklist.url, blocklist.max_distance) if blocklist else None
     multipliers = {site: 1 for site in own_sites} | (pacing.multipliers() if pacing else {})
@@ -264,7 +271,9 @@ def make_processor(
         # robots.txt rules kept across the worker's tasks of one job (``robots_scope``)
         robots=worker_cache(fetch.robots_txt_cache_bytes, robots_scope) if robots_scope else None,
     )
-    return SampleProcessor(fetcher, resizer, download.max_pixels, loaded)
+    return SampleProcessor(
+        fetcher, resizer, download.max_pixels, loaded, blurring=bool(download.bbox_col)
+    )
 
 
 @dataclass(frozen=True)
@@ -292,8 +301,10 @@ def process_all(
     threads: int,
     stop_at: float,
     retry: InTaskRetry | None = None,
+    blur_boxes: Mapping[int, object] | None = None,
 ) -> Iterator[tuple[int, bytes | None, dict[str, Any]]]:
-    """(index, image, result) for every (index, url), in completion order.
+    """(index, image, result) for every (index, url), in completion order. ``blur_boxes``: each
+    index's value of download.bbox_col, when the processor blurs.
 
     URLs start in their sites' turns (``pipeline.site_schedule``: a paced site's URL when its
     slot comes, the other sites' in between, round-robin). A URL is handed out only when a
@@ -371,7 +382,8 @@ def process_all(
             if index in retried:
                 fetched = second_attempt(retried.pop(index)[1], fetched)
             try:
-                image, result = processor.finish(fetched)
+                boxes = blur_boxes.get(index) if blur_boxes is not None else None
+                image, result = processor.finish(fetched, boxes)
             except Exception as err:  # noqa: BLE001 - as above
                 traceback.print_exc()
                 image, result = (
@@ -642,7 +654,11 @@ class ShardDownloader:
         retry_after = None if self.final_pass else self.download.retry_in_task_after_s
         retry = None if retry_after is None else InTaskRetry(retry_after, self.fetch.deadline_s)
         threads = self.download.threads
-        for index, image, result in process_all(urls, processor, threads, stop_at, retry):
+        blur = None
+        if self.download.bbox_col:
+            column = blur_column(table.schema.names, self.download.bbox_col)
+            blur = {index: row[column] for index, row in enumerate(rows)}
+        for index, image, result in process_all(urls, processor, threads, stop_at, retry, blur):
             key = compute_key(index, shard_id, digits, OOM_SHARD_COUNT)
             writer.write(image, {**rows[index], "key": key, **result, **final})
             progress.update(writer.counts, writer.status)
@@ -655,6 +671,15 @@ class ShardDownloader:
             return stats
 
         return writer, commit
+
+
+def blur_column(names: list[str], bbox_col: str) -> str:
+    """The URL list's column of boxes to blur (carried as the metadata names it, in any case).
+    A list without it fails the shard: its images would otherwise be written unblurred."""
+    for name in names:
+        if name.lower() == bbox_col.lower():
+            return name
+    raise ValueError(f"download.bbox_col={bbox_col!r}: the URL list has no such column ({names})")
 
 
 def shard_error(shard_id: int, err: BaseException) -> dict[str, Any]:

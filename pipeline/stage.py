@@ -132,19 +132,29 @@ def layout_fingerprint(layout: ingest.MetadataLayout) -> dict:
     return {"format": layout.format} | ({"columns": columns} if columns != laion else {})
 
 
+def carried_extras(config: PipelineConfig) -> tuple[str, ...]:
+    """The metadata columns carried into every sample: input.save_additional_columns, and
+    download.bbox_col (the boxes each sample's task blurs) unless already among them."""
+    extras = tuple(config.input.save_additional_columns)
+    bbox = config.download.bbox_col
+    if bbox and bbox.lower() not in (name.lower() for name in extras):
+        extras += (bbox,)
+    return extras
+
+
 def url_list_fingerprint(config: PipelineConfig, sources: list[str]) -> dict:
     """What a URL list depends on: a rerun with other values must not reuse it."""
     # filters added since lists were first written count only when set: an older list stays
     # reusable
     later = ("max_punsafe", "max_pwatermark")
     rules = {k: v for k, v in asdict(config.filters).items() if k not in later or v}
-    extras = {"extra_columns": list(config.input.save_additional_columns)}
+    extras = {"extra_columns": list(carried_extras(config))}
     return {
         "sources": sources,
         **layout_fingerprint(ingest.layout_of(config.input)),
         "filters": rules,
         "samples_per_shard": config.download.samples_per_shard,
-        **(extras if config.input.save_additional_columns else {}),
+        **(extras if carried_extras(config) else {}),
     }
 
 
@@ -152,7 +162,7 @@ def build_url_list(
     spark: SparkSession, config: PipelineConfig, groups: Groups
 ) -> url_shards.UrlList:
     """Metadata → rule filters → dedup → the URL list, with the input counts in its marker."""
-    extras = tuple(config.input.save_additional_columns)
+    extras = carried_extras(config)
     frames = [
         ingest.read_metadata(spark, urls, fmt, config.input.reader, extras) for urls, fmt in groups
     ]

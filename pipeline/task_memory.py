@@ -22,6 +22,8 @@ inputs):
 - shards being written: on an object store s3fs buffers the tar in 50 MiB blocks and copies a
   block as it uploads it; a task of small shards keeps up to ``COMMIT_BYTES`` of them waiting
   to commit (``pipeline.shard_download``); and the shard's rows as Python objects;
+- blurring boxes (``download.bbox_col``): img2dataset's blurrer works in float32 on the
+  resized image, ``BLUR_BYTES_PER_PIXEL`` of its most pixels (``pipeline.resize_bounds``);
 - robots.txt: a body being read per thread (``fetch.robots_txt_max_bytes``), two parsed at
   once (``HELD_BYTES_PER_BYTE`` × its size each) and the rules kept
   (``fetch.robots_txt_cache_bytes``).
@@ -31,11 +33,13 @@ from __future__ import annotations
 
 from flipcommon.config import ConfigError
 from pipeline.config import DownloadConfig, FetchConfig
+from pipeline.resize_bounds import largest_resized_pixels
 from pipeline.robots_txt import HELD_BYTES_PER_BYTE, PARSES_AT_ONCE
 
 # measured resident after the imports: 650-892 MiB (369 private), the highest on a fresh install
 WORKER_IMPORTS_BYTES = 1024 << 20
 DECODE_BYTES_PER_PIXEL = 33
+BLUR_BYTES_PER_PIXEL = 77  # img2dataset's blurrer, measured 76.4 on a 4 Mpx RGB image
 S3_UPLOAD_BLOCK_BYTES = 50 << 20  # s3fs's default block
 COMMIT_BYTES = 128 << 20  # at most this much of a task's shards waiting to commit (beside one)
 ROWS_BYTES = 32 << 20  # a 10,000-row shard's rows as Python dicts, rounded up
@@ -57,6 +61,10 @@ def task_memory(download: DownloadConfig, fetch: FetchConfig) -> dict[str, int]:
         )
         + ROWS_BYTES,
     }
+    if download.bbox_col:
+        parts["blurring boxes (download.bbox_col)"] = BLUR_BYTES_PER_PIXEL * largest_resized_pixels(
+            download
+        )
     if fetch.robots_txt:
         parts["robots.txt being read and parsed (fetch.robots_txt_max_bytes)"] = (
             download.threads + PARSES_AT_ONCE * HELD_BYTES_PER_BYTE

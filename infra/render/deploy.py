@@ -203,6 +203,7 @@ def check_executor_memory(d: Deploy) -> None:
             "outside the JVM heap ("
             + describe(config.download, config.fetch).replace(":\n  ", ": ").replace("\n  ", "; ")
             + "): raise it, or lower download.max_pixels / download.max_bytes_in_flight"
+            " (with download.bbox_col: download.max_aspect_ratio)"
         )
 
 
