@@ -1,5 +1,7 @@
 """How long one fetch attempt lasts against a server that stalls in each phase: ours against
-img2dataset's own fetch (``img2dataset.downloader.download_image``), side by side.
+img2dataset's own fetch (``img2dataset.downloader.download_image``) and against aiohttp with
+its total timeout (``ClientTimeout(total=deadline)``, the body read up to the same byte cap),
+side by side.
 
     python benchmarks/fetch_fault_matrix.py [--deadline 5] [--socket-timeout 10] [--cap 30]
 
@@ -15,7 +17,9 @@ Prints one row per fault: seconds and the ratio to the deadline, for each side.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import ssl
 import sys
 import tempfile
 import threading
@@ -46,9 +50,39 @@ def theirs(url: str, timeout: float) -> tuple[float, str]:
     return time.monotonic() - start, (error or "ok")[:40] if stream is None else "ok"
 
 
+def with_aiohttp(url: str, deadline: float, ca_file: str, max_bytes: int) -> tuple[float, str]:
+    """One GET under aiohttp's own total timeout (every phase, the body included), the body
+    read up to ``max_bytes`` + 1 as ours caps it."""
+    import aiohttp
+
+    async def attempt() -> str:
+        timeout = aiohttp.ClientTimeout(total=deadline)
+        tls = ssl.create_default_context(cafile=ca_file)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, ssl=tls) as response,
+        ):
+            size = 0
+            async for chunk in response.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > max_bytes:
+                    return "too large"
+            return "ok" if response.status == 200 else f"http {response.status}"
+
+    start = time.monotonic()
+    try:
+        outcome = asyncio.run(attempt())
+    except Exception as err:  # noqa: BLE001 - the reason is the row's content
+        outcome = type(err).__name__
+    return time.monotonic() - start, outcome[:22]
+
+
 def row(*cells: str) -> str:
-    name, mine, my_ratio, reason, other, other_ratio = cells
-    return f"{name:<24} {mine:>7} {my_ratio:>5}  {reason:<22} {other:>13} {other_ratio:>6}"
+    name, mine, my_ratio, reason, other, other_ratio, aio, aio_ratio, aio_reason = cells
+    return (
+        f"{name:<24} {mine:>7} {my_ratio:>5}  {reason:<22} {other:>13} {other_ratio:>6}"
+        f" {aio:>9} {aio_ratio:>5}  {aio_reason}"
+    )
 
 
 def main() -> None:
@@ -66,13 +100,18 @@ def main() -> None:
             allowed_networks=["127.0.0.0/8"],
             ca_file=faults.ca_file,
             max_bytes=1 << 20,
+            robots_txt=False,  # the image's own request, as the other clients make it
         )
         jobs = {name: url for url, name in faults.urls().items()}
         # daemon-like: the pool is never joined, so a hung img2dataset call cannot hold the exit
-        pool = ThreadPoolExecutor(max_workers=2 * len(jobs) + 1)
+        pool = ThreadPoolExecutor(max_workers=3 * len(jobs) + 1)
         started = time.monotonic()
         futures = {
-            name: (pool.submit(ours, url, config), pool.submit(theirs, url, args.deadline))
+            name: (
+                pool.submit(ours, url, config),
+                pool.submit(theirs, url, args.deadline),
+                pool.submit(with_aiohttp, url, args.deadline, faults.ca_file, config.max_bytes),
+            )
             for name, url in sorted(jobs.items())
         }
         dns = pool.submit(
@@ -82,9 +121,11 @@ def main() -> None:
             Resolver(lookup=never_answering_lookup(release)),
         )
         print(f"deadline {args.deadline:g} s, per-operation timeout {args.socket_timeout:g} s")
-        print(row("fault", "ours s", "/dl", "reason", "img2dataset s", "/dl"))
-        longest = 0.0
-        for name, (mine, other) in futures.items():
+        print(
+            row("fault", "ours s", "/dl", "reason", "img2dataset s", "/dl", "aiohttp s", "/dl", "")
+        )
+        longest = aio_longest = 0.0
+        for name, (mine, other, aio) in futures.items():
             seconds, reason = mine.result()
             longest = max(longest, seconds)
             left = max(0.0, args.cap - (time.monotonic() - started))
@@ -93,14 +134,21 @@ def main() -> None:
                 theirs_cells = (f"{their_seconds:.2f}", f"{their_seconds / args.deadline:.2f}")
             except TimeoutError:
                 theirs_cells = (f">{args.cap:g}", f">{args.cap / args.deadline:.1f}")
+            aio_seconds, aio_reason = aio.result()
+            aio_longest = max(aio_longest, aio_seconds)
+            aio_cells = (f"{aio_seconds:.2f}", f"{aio_seconds / args.deadline:.2f}", aio_reason)
             ratio = f"{seconds / args.deadline:.2f}"
-            print(row(name, f"{seconds:.2f}", ratio, reason, *theirs_cells))
+            print(row(name, f"{seconds:.2f}", ratio, reason, *theirs_cells, *aio_cells))
         seconds, reason = dns.result()
         longest = max(longest, seconds)
         ratio = f"{seconds / args.deadline:.2f}"
-        print(row("dns-never-answers", f"{seconds:.2f}", ratio, reason, "n/a", ""))
+        print(row("dns-never-answers", f"{seconds:.2f}", ratio, reason, "n/a", "", "n/a", "", ""))
         print(
             f"longest attempt (ours): {longest:.2f} s = deadline + {longest - args.deadline:.2f} s"
+        )
+        print(
+            f"longest attempt (aiohttp): {aio_longest:.2f} s = deadline + "
+            f"{aio_longest - args.deadline:.2f} s"
         )
         release.set()
         pool.shutdown(wait=False, cancel_futures=True)
