@@ -79,9 +79,25 @@ def test_executors_whose_overhead_cannot_hold_their_tasks_are_refused(tmp_path):
     assert "memory_overhead: 39g" in text
     small = tmp_path / "deploy.yaml"
     small.write_text(text.replace("memory_overhead: 39g", "memory_overhead: 8g"))
-    with pytest.raises(ConfigError, match="memory_overhead=8g: 16 download tasks"):
+    with pytest.raises(ConfigError, match=r"memory_overhead=8g .*: 16 download tasks"):
         load_deploy(small)
     load_deploy(DEPLOY)
+
+
+def test_a_single_machine_job_must_hold_a_task_per_vcpu_beside_the_driver():
+    """AWS Batch runs the stage in local[*] on one machine: 64 vCPUs at 2.31 GiB a task and a
+    16 GiB driver heap fit its 256 GiB; 64 GiB would not."""
+    from infra.render.aws import batch_pipeline
+    from infra.render.deploy import check_single_machine_memory, load_deploy
+
+    deploy = load_deploy()
+    job = batch_pipeline(deploy)  # the rendered job passes its own check
+    memory = {
+        r["type"]: int(r["value"]) for r in job["containerProperties"]["resourceRequirements"]
+    }
+    check_single_machine_memory(deploy, memory["VCPU"], memory["MEMORY"] / 1024)
+    with pytest.raises(ConfigError, match=r"64 GiB \(64 vCPUs\): 64 download tasks"):
+        check_single_machine_memory(deploy, 64, 64)
 
 
 def test_a_server_that_declares_much_and_sends_nothing_holds_one_window():

@@ -18,7 +18,7 @@ from infra.render.commands import (
     stage_args,
     torchrun,
 )
-from infra.render.deploy import AwsDeploy, Deploy
+from infra.render.deploy import AwsDeploy, Deploy, check_single_machine_memory
 
 
 def _aws(d: Deploy) -> AwsDeploy:
@@ -57,6 +57,7 @@ def batch_pipeline(d: Deploy) -> dict:
     ]
     command = ["python", *stage_args("pipeline", p.config, ["spark.master=local[*]", *overrides])]
     resources = {"VCPU": p.executor_cores * 4, "MEMORY": 256 * 1024}
+    check_single_machine_memory(d, resources["VCPU"], resources["MEMORY"] / 1024)
     return _container_job(d, "flip-pipeline", d.images.pipeline, command, 3, resources)
 
 

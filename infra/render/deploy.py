@@ -181,30 +181,59 @@ def spark_size_gib(value: str, where: str) -> float:
     return int(text[:-1]) * units[text[-1]]
 
 
+def deployed_pipeline_config(d: Deploy):
+    """The pipeline config as the rendered jobs run it (their threads per task, overrides)."""
+    from pipeline.config import PipelineConfig
+
+    p = d.pipeline
+    return load_config(
+        PipelineConfig, ROOT / p.config, [f"download.threads={p.threads_per_task}", *p.overrides]
+    )
+
+
+def jvm_off_heap_gib(heap_gib: float) -> float:
+    return max(0.375, 0.1 * heap_gib)  # the JVM's own beyond its heap (Spark's default)
+
+
+def download_tasks_refused(where: str, tasks: int, need: float, config) -> ConfigError:
+    from pipeline.task_memory import describe
+
+    return ConfigError(
+        f"{where}: {tasks} download tasks at once and the JVM need up to {need:.1f} GiB ("
+        + describe(config.download, config.fetch).replace(":\n  ", ": ").replace("\n  ", "; ")
+        + "): raise it, or lower download.max_pixels / download.max_bytes_in_flight"
+        " (with download.bbox_col: download.max_aspect_ratio)"
+    )
+
+
 def check_executor_memory(d: Deploy) -> None:
     """An executor's memory overhead (outside the JVM heap: the Python workers) must hold one
     download task's most (pipeline.task_memory) per core, or a worker is killed mid-shard."""
-    from pipeline.config import PipelineConfig
-    from pipeline.task_memory import describe, task_memory
+    from pipeline.task_memory import task_memory
 
     p = d.pipeline
-    config = load_config(
-        PipelineConfig, ROOT / p.config, [f"download.threads={p.threads_per_task}", *p.overrides]
-    )
+    config = deployed_pipeline_config(d)
     per_task = sum(task_memory(config.download, config.fetch).values()) / 2**30
     heap = spark_size_gib(p.executor_memory, "pipeline.executor_memory")
-    jvm_off_heap = max(0.375, 0.1 * heap)  # the JVM's own beyond its heap (Spark's default)
-    need = per_task * p.executor_cores + jvm_off_heap
+    need = per_task * p.executor_cores + jvm_off_heap_gib(heap)
     have = spark_size_gib(p.memory_overhead, "pipeline.memory_overhead")
     if have < need:
-        raise ConfigError(
-            f"pipeline.memory_overhead={p.memory_overhead}: {p.executor_cores} download tasks "
-            f"at once and the JVM's own {jvm_off_heap:.1f} GiB need up to {need:.1f} GiB "
-            "outside the JVM heap ("
-            + describe(config.download, config.fetch).replace(":\n  ", ": ").replace("\n  ", "; ")
-            + "): raise it, or lower download.max_pixels / download.max_bytes_in_flight"
-            " (with download.bbox_col: download.max_aspect_ratio)"
-        )
+        where = f"pipeline.memory_overhead={p.memory_overhead} (outside the JVM heap)"
+        raise download_tasks_refused(where, p.executor_cores, need, config)
+
+
+def check_single_machine_memory(d: Deploy, vcpus: int, memory_gib: float) -> None:
+    """A job running the stage in Spark's local mode on one machine (AWS Batch: local[*], one
+    task per vCPU) must hold every task's most beside the driver's JVM (heap and its own)."""
+    from pipeline.task_memory import task_memory
+
+    config = deployed_pipeline_config(d)
+    per_task = sum(task_memory(config.download, config.fetch).values()) / 2**30
+    heap = spark_size_gib(config.spark.driver_memory, "spark.driver_memory")
+    need = per_task * vcpus + heap + jvm_off_heap_gib(heap)
+    if memory_gib < need:
+        where = f"the single-machine pipeline job's {memory_gib:g} GiB ({vcpus} vCPUs)"
+        raise download_tasks_refused(where, vcpus, need, config)
 
 
 LOADER_KEYS = ("data", "batch_size", "phases", "model")
