@@ -454,11 +454,9 @@ class Fetcher:
         self, url: str, response: http.client.HTTPResponse, deadline: Deadline
     ) -> SiteRules | str:
         status = response.status
-        if status in REDIRECT_STATUS and response.getheader("Location"):
-            try:
-                return urljoin(url, response.getheader("Location"))
-            except ValueError as err:
-                raise FetchError("bad redirect") from err
+        target = redirect_target(url, response)
+        if target is not None:
+            return target
         if 200 <= status < 300:
             cap = self.config.robots_txt_max_bytes
             body = self._read_body(response, deadline, cap, truncate=True, allow_empty=True)
@@ -512,14 +510,9 @@ class Fetcher:
         self, url: str, response: http.client.HTTPResponse, deadline: Deadline
     ) -> bytes | str:
         status = response.status
-        if status in REDIRECT_STATUS:
-            location = response.getheader("Location")
-            if not location:
-                raise FetchError(f"http {status}")
-            try:
-                return urljoin(url, location)
-            except ValueError as err:  # e.g. "http://[::1"
-                raise FetchError("bad redirect") from err
+        target = redirect_target(url, response)
+        if target is not None:
+            return target
         if status != 200:
             retry_after = parse_retry_after(response.getheader("Retry-After"))
             if retry_after is not None:
@@ -749,6 +742,18 @@ def request_parts(url: str) -> tuple[str, str, int, str]:
     except (ValueError, UnicodeError) as err:
         raise FetchError("unsupported url") from err
     return parts.scheme, parts.hostname, port, request_target(parts.path, parts.query)
+
+
+def redirect_target(url: str, response: http.client.HTTPResponse) -> str | None:
+    """Where a redirect response sends ``url`` (None if it is no redirect, or one without a
+    Location: then its status stands); FetchError for a Location no URL can be made of."""
+    location = response.getheader("Location") if response.status in REDIRECT_STATUS else None
+    if not location:
+        return None
+    try:
+        return urljoin(url, location)
+    except ValueError as err:  # e.g. "http://[::1"
+        raise FetchError("bad redirect") from err
 
 
 def tdm_reserved(headers: Message) -> bool:
