@@ -7,7 +7,9 @@ The pipeline shows an image upright (``pipeline.browser_image``), so its boxes a
 same EXIF orientation before img2dataset's blurrer blurs them on the resized image.
 
 A value that is not such a list fails the sample (``bad blur boxes``): an image whose faces
-cannot be located is never written unblurred.
+cannot be located is never written unblurred. That includes boxes outside the image (pixel
+coordinates, say: clipped, they would cover nothing) and boxes with no area; coordinates up to
+``SLACK`` outside [0, 1], as detectors give at an image's edge, are clipped to it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 from pipeline.browser_image import ORIENTATION_TAG
 
 MAX_BOXES = 1024  # far past any photo's faces; bounds the blurrer's per-box work
+SLACK = 0.05
 BAD_BOXES = "bad blur boxes"
 Box = tuple[float, float, float, float]
 
@@ -38,7 +41,7 @@ def parse_boxes(value: object) -> list[Box]:
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else []
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # deep nesting: RecursionError
             raise BadBoxes(BAD_BOXES) from err
     if not isinstance(value, list) or len(value) > MAX_BOXES:
         raise BadBoxes(BAD_BOXES)
@@ -48,10 +51,14 @@ def parse_boxes(value: object) -> list[Box]:
             raise BadBoxes(BAD_BOXES)
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box):
             raise BadBoxes(BAD_BOXES)
-        if not all(math.isfinite(v) for v in box):
+        try:
+            coordinates = [float(v) for v in box]  # a 400-digit int: OverflowError
+        except OverflowError as err:
+            raise BadBoxes(BAD_BOXES) from err
+        if not all(math.isfinite(v) and -SLACK <= v <= 1 + SLACK for v in coordinates):
             raise BadBoxes(BAD_BOXES)
-        x0, y0, x1, y1 = (min(max(float(v), 0.0), 1.0) for v in box)
-        if x1 < x0 or y1 < y0:
+        x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in coordinates)
+        if x1 <= x0 or y1 <= y0:  # inverted, or no area: it would blur nothing
             raise BadBoxes(BAD_BOXES)
         boxes.append((x0, y0, x1, y1))
     return boxes

@@ -19,6 +19,10 @@ from PIL import Image, ImageOps
 # RGBA is flattened here too: Pillow blends in 8 bits; measured on a 16 Mpx RGBA PNG, the peak
 # from bytes to resized JPEG is 24 bytes per pixel this way, 76 with the resizer's float64 blend.
 PASS_THROUGH_MODES = ("RGB",)
+# Formats OpenCV decodes as Pillow reads them, when plain: anything else (TIFF, whose 16-bit RGB
+# Pillow calls "RGB" and OpenCV decodes as 16-bit; AVIF, which this OpenCV cannot read; BMP…)
+# is handed on through Pillow.
+PASS_THROUGH_FORMATS = ("JPEG", "PNG", "WEBP")
 ORIENTATION_TAG = 0x0112
 
 
@@ -41,8 +45,11 @@ def browser_ready(data: bytes, max_pixels: int) -> bytes:
             raise ValueError("too many pixels")
         upright = image.getexif().get(ORIENTATION_TAG, 1) in (0, 1)
         eight_bit = not (image.format == "PNG" and data[24:25] not in (b"\x08", b""))
-        plain = image.mode in PASS_THROUGH_MODES and eight_bit
-        if image.format != "GIF" and plain and upright:
+        # an RGB PNG with a tRNS chunk stays "RGB" in Pillow, but OpenCV reads it with alpha
+        # and the resizer would blend that in float64 (76 bytes per pixel)
+        opaque = "transparency" not in image.info
+        plain = image.mode in PASS_THROUGH_MODES and eight_bit and opaque
+        if image.format in PASS_THROUGH_FORMATS and plain and upright:
             return data
         try:
             image.seek(0)  # an animation's first frame, as a browser shows before it plays

@@ -61,6 +61,9 @@ from pipeline.robots_txt import (
     unreachable,
 )
 
+# Jitter and lanes from the OS, not the random module's shared state: img2dataset's blurrer
+# calls random.seed(42) on every blur, which would give every task the same draws.
+_RANDOM = random.SystemRandom()
 CHUNK_BYTES = 64 * 1024
 WINDOW_BYTES = 1 << 20  # a body's room in the task's byte budget is taken this much ahead
 SHARD_DEADLINE = "shard deadline exceeded"  # the reason a task's own deadline gives
@@ -179,7 +182,7 @@ class DomainThrottle:
         if shared <= 1 or self.interval_s <= 0:
             return now if free is None else max(now, free)
         if domain not in self._lanes:
-            self._lanes[domain] = random.randrange(1 << 30) if self._lane is None else self._lane
+            self._lanes[domain] = _RANDOM.randrange(1 << 30) if self._lane is None else self._lane
         period = self.interval_s * shared * (1.0 + self.headroom)
         place = (self._lanes[domain] * GOLDEN_FRACTION) % 1.0 * period
 
@@ -362,7 +365,7 @@ class Fetcher:
         if retry_after is not None:
             return retry_after if retry_after <= self.config.max_retry_after_s else None
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
-        return ceiling * random.uniform(0.5, 1.0)
+        return ceiling * _RANDOM.uniform(0.5, 1.0)
 
     def _attempt(self, url: str, stop_at: float) -> bytes:
         # A site's robots.txt is a request of its own, with its own deadline; waiting for the

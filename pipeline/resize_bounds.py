@@ -8,6 +8,12 @@ import math
 from pipeline.config import DownloadConfig
 
 SHORTER_SIDE_MODES = ("keep_ratio", "center_crop")  # they scale the shorter side to image_size
+# Boxes are blurred on the resized image with a kernel a fifth of the largest box's side
+# (img2dataset's blurrer): work grows as pixels × kernel. An image blurred in a shorter-side
+# mode may be at most this many times longer than wide (4 × image_size² pixels, a kernel up
+# to 0.8 × image_size: ~1 s at 512 px); a 100 × 9,500 one at 512 px would take minutes.
+BLUR_MAX_ASPECT = 4.0
+TOO_WIDE_TO_BLUR = "aspect ratio too large to blur"
 
 
 def max_aspect_ratio(download: DownloadConfig) -> float:
@@ -23,13 +29,20 @@ def max_aspect_ratio(download: DownloadConfig) -> float:
     return chosen
 
 
-def largest_resized_pixels(download: DownloadConfig) -> int:
-    """The most pixels an image has after the resize (before a crop or border): the longer
-    side at image_size, the shorter side at image_size up to the widest aspect ratio taken, or
-    the image as it came ("no")."""
-    side = download.image_size**2
+def largest_blurred_pixels(download: DownloadConfig) -> int:
+    """The most pixels of an image whose boxes are blurred, once resized (before a crop or
+    border): the longer side at image_size, or the shorter side at image_size up to
+    ``BLUR_MAX_ASPECT``. ("no" keeps the image as it came: blurring refuses it,
+    ``pipeline.task_memory.check_task_memory``.)"""
+    square = download.image_size**2
     if download.resize_mode in SHORTER_SIDE_MODES:
-        return min(int(side * max_aspect_ratio(download)), download.max_pixels)
-    if download.resize_mode == "no":
-        return download.max_pixels
-    return side
+        aspect = min(max_aspect_ratio(download), BLUR_MAX_ASPECT)
+        return min(int(square * aspect), download.max_pixels)
+    return square
+
+
+def blurrable(download: DownloadConfig, width: int, height: int) -> bool:
+    """Whether an image of this size may have its boxes blurred (see ``BLUR_MAX_ASPECT``)."""
+    if download.resize_mode not in SHORTER_SIDE_MODES:
+        return True
+    return max(width, height) <= BLUR_MAX_ASPECT * max(min(width, height), 1)

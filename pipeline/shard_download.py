@@ -56,7 +56,7 @@ from pipeline.fetch import SHARD_DEADLINE, Fetcher, FetchResult
 from pipeline.image_header import declared_size
 from pipeline.malloc_tuning import bound_malloc
 from pipeline.progress import TaskProgress
-from pipeline.resize_bounds import max_aspect_ratio
+from pipeline.resize_bounds import TOO_WIDE_TO_BLUR, blurrable, max_aspect_ratio
 from pipeline.robots_txt import ROBOTS_UNREACHABLE, worker_cache
 from pipeline.site_placement import seconds_per_shard
 from pipeline.site_schedule import PacedOrder
@@ -135,7 +135,7 @@ class SampleProcessor:
     resizer: Resizer
     max_pixels: int
     blocklist: Blocklist | None = None
-    blurring: bool = False  # download.bbox_col: each sample's boxes blurred (pipeline.blur_boxes)
+    download: DownloadConfig | None = None  # for blurring (download.bbox_col): its bounds
 
     def fetch(self, url: str, stop_at: float) -> FetchResult:
         return self.fetcher.fetch(url, stop_at)
@@ -155,12 +155,15 @@ class SampleProcessor:
             if reason is not None:
                 return None, failure("decontaminated", reason)
         blur = None
-        if self.blurring:
+        if self.download is not None and self.download.bbox_col:
             try:
                 blur = parse_boxes(boxes)
             except BadBoxes as err:
                 return None, failure("failed_to_resize", str(err))
             if blur:  # the stored image's boxes, turned as browser_ready turns the image
+                size = declared_size(fetched.data)
+                if size is None or not blurrable(self.download, *size):
+                    return None, failure("failed_to_resize", TOO_WIDE_TO_BLUR)
                 blur = upright_boxes(blur, exif_orientation(fetched.data))
         try:  # what a browser shows: first frame, upright, 8-bit RGB (pipeline.browser_image)
             shown = browser_ready(fetched.data, self.max_pixels)
@@ -271,9 +274,7 @@ def make_processor(
         # robots.txt rules kept across the worker's tasks of one job (``robots_scope``)
         robots=worker_cache(fetch.robots_txt_cache_bytes, robots_scope) if robots_scope else None,
     )
-    return SampleProcessor(
-        fetcher, resizer, download.max_pixels, loaded, blurring=bool(download.bbox_col)
-    )
+    return SampleProcessor(fetcher, resizer, download.max_pixels, loaded, download)
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,8 @@ def url_list_fingerprint(config: PipelineConfig, sources: list[str]) -> dict:
         "filters": rules,
         "samples_per_shard": config.download.samples_per_shard,
         **(extras if carried_extras(config) else {}),
+        # a list reused with blurring switched on or off would mix blurred and unblurred shards
+        **({"bbox_col": config.download.bbox_col} if config.download.bbox_col else {}),
     }
 
 

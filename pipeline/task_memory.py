@@ -23,7 +23,8 @@ inputs):
   block as it uploads it; a task of small shards keeps up to ``COMMIT_BYTES`` of them waiting
   to commit (``pipeline.shard_download``); and the shard's rows as Python objects;
 - blurring boxes (``download.bbox_col``): img2dataset's blurrer works in float32 on the
-  resized image, ``BLUR_BYTES_PER_PIXEL`` of its most pixels (``pipeline.resize_bounds``);
+  resized image, ``BLUR_BYTES_PER_PIXEL`` of its most pixels
+  (``pipeline.resize_bounds.largest_blurred_pixels``);
 - robots.txt: a body being read per thread (``fetch.robots_txt_max_bytes``), two parsed at
   once (``HELD_BYTES_PER_BYTE`` × its size each) and the rules kept
   (``fetch.robots_txt_cache_bytes``).
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 from flipcommon.config import ConfigError
 from pipeline.config import DownloadConfig, FetchConfig
-from pipeline.resize_bounds import largest_resized_pixels
+from pipeline.resize_bounds import largest_blurred_pixels
 from pipeline.robots_txt import HELD_BYTES_PER_BYTE, PARSES_AT_ONCE
 
 # measured resident after the imports: 650-892 MiB (369 private), the highest on a fresh install
@@ -62,7 +63,7 @@ def task_memory(download: DownloadConfig, fetch: FetchConfig) -> dict[str, int]:
         + ROWS_BYTES,
     }
     if download.bbox_col:
-        parts["blurring boxes (download.bbox_col)"] = BLUR_BYTES_PER_PIXEL * largest_resized_pixels(
+        parts["blurring boxes (download.bbox_col)"] = BLUR_BYTES_PER_PIXEL * largest_blurred_pixels(
             download
         )
     if fetch.robots_txt:
@@ -77,6 +78,12 @@ def check_task_memory(download: DownloadConfig, fetch: FetchConfig) -> None:
     """The budget must hold a compressed body at the byte cap beside its decoded copy, or such
     a body could never be read; a mode that scales the shorter side to image_size needs room
     for at least a square of it under the pixel cap (``shard_download.max_aspect_ratio``)."""
+    if download.bbox_col and download.resize_mode == "no":
+        raise TaskMemoryError(
+            "download.bbox_col with download.resize_mode=no would blur each image at the size it "
+            "came (img2dataset's blurrer: 77 bytes per pixel, a kernel a fifth of the box): "
+            "choose a resize mode"
+        )
     square = download.image_size**2
     if download.resize_mode in ("keep_ratio", "center_crop") and square > download.max_pixels:
         raise TaskMemoryError(

@@ -19,9 +19,15 @@ from pipeline.blur_boxes import BAD_BOXES, BadBoxes, parse_boxes, upright_boxes
 from pipeline.config import DownloadConfig, FetchConfig, InputConfig, PipelineConfig
 from pipeline.fetch import FetchResult
 from pipeline.ingest import layout_of
+from pipeline.resize_bounds import TOO_WIDE_TO_BLUR
 from pipeline.shard_download import make_processor
 from pipeline.stage import build_shard_set
-from pipeline.task_memory import BLUR_BYTES_PER_PIXEL, task_memory
+from pipeline.task_memory import (
+    BLUR_BYTES_PER_PIXEL,
+    TaskMemoryError,
+    check_task_memory,
+    task_memory,
+)
 from tests.hostile_web import HostileWeb
 from tests.test_fetch import quick_fetch
 
@@ -54,8 +60,14 @@ def halves_spread(jpeg: bytes) -> tuple[float, float]:
 def test_box_values_as_the_metadata_brings_them():
     assert parse_boxes(None) == parse_boxes("") == parse_boxes("[]") == parse_boxes([]) == []
     assert parse_boxes("[[0.1, 0.2, 0.3, 0.4]]") == [(0.1, 0.2, 0.3, 0.4)]
-    assert parse_boxes([[-0.1, 0, 1.2, 1]]) == [(0.0, 0.0, 1.0, 1.0)]  # clipped to the image
+    # a detector's box a little past the edge is clipped to the image
+    assert parse_boxes([[-0.03, 0, 1.04, 1]]) == [(0.0, 0.0, 1.0, 1.0)]
     for bad in (
+        "[[10, 20, 50, 80]]",  # pixels, not fractions: clipped, it would cover nothing
+        "[[-5, -5, -1, -1]]",
+        "[[0.5, 0.5, 0.5, 0.5]]",  # no area
+        "[" * 100_000,  # nested past Python's recursion limit
+        "[[1" + "0" * 400 + ", 0, 1, 1]]",  # past a float
         "not json",
         "{}",
         '"[[0, 0, 1, 1]]"',
@@ -118,6 +130,36 @@ def test_boxes_of_an_image_stored_on_its_side_are_blurred_where_they_are_shown()
     assert result["status"] == "success" and (result["width"], result["height"]) == (64, 64)
     shown_left, shown_right = halves_spread(image)
     assert shown_right < shown_left / 3, (shown_left, shown_right)
+
+
+def test_an_image_too_long_to_blur_quickly_fails_in_the_shorter_side_modes():
+    """center_crop scales the shorter side: a 20 × 400 image would be blurred at 64 × 1,280
+    with a kernel of a fifth of that; past 4:1 it fails instead. border shrinks the long side:
+    blurred at 64 × 3, kept."""
+    data = encoded(noise(400, 20))
+    for mode, status in (("center_crop", "failed_to_resize"), ("border", "success")):
+        download = DownloadConfig(image_size=64, resize_mode=mode, bbox_col="face_bboxes")
+        processor = make_processor(download, FetchConfig(robots_txt=False))
+        _, result = processor.finish(FetchResult(data, None), [LEFT_HALF])
+        assert result["status"] == status, (mode, result)
+        if status != "success":
+            assert result["error_message"] == TOO_WIDE_TO_BLUR
+        _, unblurred = processor.finish(FetchResult(data, None), [])  # no boxes: no limit
+        assert unblurred["status"] == "success"
+
+
+def test_blurring_at_the_size_images_come_is_refused():
+    with pytest.raises(TaskMemoryError, match="choose a resize mode"):
+        check_task_memory(DownloadConfig(resize_mode="no", bbox_col="face_bboxes"), FetchConfig())
+
+
+def test_a_url_list_built_with_other_blurring_is_not_reused():
+    from pipeline.stage import url_list_fingerprint
+
+    config = PipelineConfig(input=InputConfig(save_additional_columns=["face_bboxes"]))
+    plain = url_list_fingerprint(config, ["meta.parquet"])
+    config.download.bbox_col = "face_bboxes"
+    assert url_list_fingerprint(config, ["meta.parquet"]) != plain
 
 
 def test_blurring_states_its_memory():

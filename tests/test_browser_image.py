@@ -77,3 +77,36 @@ def test_the_pixel_cap_applies_to_every_format_pillow_can_size():
     processor = make_processor(DownloadConfig(max_pixels=10_000_000), FetchConfig())
     _, result = processor.finish(FetchResult(big))
     assert result == {**result, "status": "failed_to_resize", "error_message": "too many pixels"}
+
+
+def _sixteen_bit_rgb_tiff() -> bytes:
+    import cv2
+
+    ok, buffer = cv2.imencode(".tiff", np.asarray(RGB).astype(np.uint16) * 257)
+    assert ok
+    return buffer.tobytes()
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        # Pillow calls it "RGB", OpenCV reads its tRNS as alpha (then a float64 blend)
+        ("png, RGB with a transparent colour", encoded(RGB, "PNG", transparency=(0, 0, 0))),
+        # Pillow calls it "RGB", OpenCV decodes 16 bits a channel: white, or wrapped if blurred
+        ("tiff, 16-bit RGB", _sixteen_bit_rgb_tiff()),
+        ("avif", encoded(RGB, "AVIF")),  # this OpenCV cannot decode it
+    ],
+)
+def test_formats_opencv_reads_otherwise_than_pillow_keep_their_pixels(name, data):
+    """Handed on through Pillow, not passed to OpenCV as they came: stored with the source's
+    own pixel values (its mean brightness), as 8-bit RGB."""
+    processor = make_processor(
+        DownloadConfig(image_size=60, resize_mode="keep_ratio"), FetchConfig()
+    )
+    assert browser_ready(data, 10**8) is not data
+    stored, result = processor.finish(FetchResult(data))
+    assert result["status"] == "success", result
+    with Image.open(io.BytesIO(stored)) as image:
+        assert image.mode == "RGB"
+        mean = np.asarray(image, dtype=np.float64).mean()
+    assert abs(mean - np.asarray(RGB, dtype=np.float64).mean()) < 8, (name, mean)

@@ -292,13 +292,14 @@ def test_invalid_utf8_in_a_caption_is_replaced_alike_by_both_readers(tmp_path, s
 
 
 def test_json_lines_that_are_not_objects_are_skipped_alike_by_both_readers(tmp_path, spark):
-    """A truncated line, a blank one, a bare value among objects: the other rows are read,
+    """A truncated line, a blank one, a bare value, one nested too deep: the other rows are read,
     their numbers and nested values as text, by both readers."""
     path = tmp_path / "mixed.jsonl"
     path.write_text(
         '{"url": "http://e.com/0.jpg", "caption": "a cat", "width": 640}\n'
         '{"url": "http://e.com/1.jpg", "capt\n'
         "\n"
+        "42\n" + "[" * 100_000 + "\n"  # nested past Python's recursion limit
         '{"url": "http://e.com/2.jpg", "caption": "a dog", "width": 320}\n'
     )
     layout = layout_of(InputConfig(format="jsonl", url_col="url", caption_col="caption"))
@@ -312,6 +313,23 @@ def test_json_lines_that_are_not_objects_are_skipped_alike_by_both_readers(tmp_p
     }
     expected = [("http://e.com/0.jpg", "a cat", 640), ("http://e.com/2.jpg", "a dog", 320)]
     assert read["fsspec"] == read["spark"] == expected, read
+
+
+def test_json_lines_keys_in_any_case_and_many_distinct_keys(tmp_path, spark):
+    """fsspec's reader: ``URL`` in one line and ``url`` in the next are one column; lines that
+    each add a key of their own cost nothing beyond the columns asked for."""
+    path = tmp_path / "keys.jsonl"
+    lines = [
+        json.dumps({"URL": f"http://e.com/{i}.jpg", "Caption": f"caption {i}", f"k{i}": i})
+        if i % 2
+        else json.dumps({"url": f"http://e.com/{i}.jpg", "caption": f"caption {i}", f"k{i}": i})
+        for i in range(20_000)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    layout = layout_of(InputConfig(format="jsonl", url_col="url", caption_col="caption"))
+    rows = read_metadata(spark, [str(path)], layout, "fsspec").collect()
+    assert len(rows) == 20_000
+    assert sorted(r["URL"] for r in rows) == sorted(f"http://e.com/{i}.jpg" for i in range(20_000))
 
 
 def test_a_probability_that_is_not_a_number_is_null_not_a_failed_job(tmp_path, spark):

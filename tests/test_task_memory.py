@@ -85,7 +85,7 @@ def test_executors_whose_overhead_cannot_hold_their_tasks_are_refused(tmp_path):
 
 
 def test_a_single_machine_job_must_hold_a_task_per_vcpu_beside_the_driver():
-    """AWS Batch runs the stage in local[*] on one machine: 64 vCPUs at 2.31 GiB a task and a
+    """AWS Batch runs the stage in local mode on one machine: 64 vCPUs at 2.31 GiB a task and a
     16 GiB driver heap fit its 256 GiB; 64 GiB would not."""
     from infra.render.aws import batch_pipeline
     from infra.render.deploy import check_single_machine_memory, load_deploy

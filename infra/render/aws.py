@@ -55,8 +55,13 @@ def batch_pipeline(d: Deploy) -> dict:
         for o in pipeline_overrides(d)
         if not o.startswith(("spark.master=", "download.processes="))
     ]
-    command = ["python", *stage_args("pipeline", p.config, ["spark.master=local[*]", *overrides])]
     resources = {"VCPU": p.executor_cores * 4, "MEMORY": 256 * 1024}
+    # as many tasks as vCPUs asked for (local[*] would take every CPU the host has, whatever
+    # the job reserved), each retried like an executor's task (local mode otherwise fails the
+    # job at a task's first failure)
+    master = f"spark.master=local[{resources['VCPU']},{p.task_max_failures}]"
+    slots = f"download.processes={resources['VCPU']}"  # the tasks at once: per-site pacing
+    command = ["python", *stage_args("pipeline", p.config, [master, slots, *overrides])]
     check_single_machine_memory(d, resources["VCPU"], resources["MEMORY"] / 1024)
     return _container_job(d, "flip-pipeline", d.images.pipeline, command, 3, resources)
 

@@ -223,7 +223,7 @@ def check_executor_memory(d: Deploy) -> None:
 
 
 def check_single_machine_memory(d: Deploy, vcpus: int, memory_gib: float) -> None:
-    """A job running the stage in Spark's local mode on one machine (AWS Batch: local[*], one
+    """A job running the stage in Spark's local mode on one machine (AWS Batch: local[N], one
     task per vCPU) must hold every task's most beside the driver's JVM (heap and its own)."""
     from pipeline.task_memory import task_memory
 
