@@ -5,6 +5,9 @@ and test accuracy, alternating rounds in one process.
     python benchmarks/linear_probe_vs_clip_benchmark.py CHECKPOINT --save-features FILE
     python benchmarks/linear_probe_vs_clip_benchmark.py --features FILE  # probe only, no model
 
+CHECKPOINT may be ``random:MODEL`` (a model of training/model_configs with random weights): the
+toy run of benchmarks/gpu/run_on_device.sh uses it, so the whole path runs in the tests.
+
 Two comparisons, both on Fashion-MNIST (train split for fitting, test split for scoring):
 
 - end to end: dataset load, image features and the probe, as `make eval` runs a
@@ -107,6 +110,22 @@ def run_their_probe(
     return 100.0 * result["lp_acc1"]
 
 
+def load_probe_model(spec: str):
+    """(model, eval transform, tokenizer) of a checkpoint, or of ``random:MODEL``."""
+    if not spec.startswith("random:"):
+        from flipcommon.checkpoints import load_model
+
+        model, preprocess, tokenizer, _ = load_model(spec)
+        return model, preprocess, tokenizer
+    import open_clip
+
+    from training.model import build_model
+
+    model, _, name = build_model(spec.removeprefix("random:"))
+    preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
+    return model, preprocess, open_clip.get_tokenizer(name)
+
+
 def extract_probe_inputs(model, preprocess, args, device: str) -> dict:
     """Normalised image features and labels of the train and test images, on the CPU."""
     from evaluation import datasets
@@ -174,9 +193,7 @@ def compare(args, device: str, theirs, work: Path) -> None:
     if args.features:
         inputs = torch.load(args.features)
     else:
-        from flipcommon.checkpoints import load_model
-
-        model, preprocess, tokenizer, _ = load_model(args.checkpoint)
+        model, preprocess, tokenizer = load_probe_model(args.checkpoint)
         model = model.to(device).eval()
         inputs = extract_probe_inputs(model, preprocess, args, device)
         if args.save_features:

@@ -206,8 +206,8 @@ def test_the_efa_option_renders_files_aws_and_kubernetes_accept(tmp_path):
 
 def test_the_gpu_machines_script_runs_on_the_cpu_at_toy_size(tmp_path):
     """benchmarks/gpu/run_on_device.sh is written for a GPU that is seldom lent: the whole
-    script runs here at toy size (DEVICE_CHECK_TOY=1: the micro model on the CPU, one step,
-    the same commands otherwise), so neither it nor the scripts it runs break unseen."""
+    script runs here at toy size (DEVICE_CHECK_TOY=1: the micro model on the CPU, one step, the
+    linear probe on a random-init model's features, the same commands otherwise), so neither it nor the scripts it runs break unseen."""
     import json
     import os
     import subprocess
@@ -228,6 +228,8 @@ def test_the_gpu_machines_script_runs_on_the_cpu_at_toy_size(tmp_path):
     assert "1 ranks, cpu: all checks passed" in step_check, step_check[-2000:]
     figures = json.loads((tmp_path / "train_step_mfu.json").read_text())
     assert "mfu" in json.dumps(figures) and (tmp_path / "train_step_mfu.md").exists()
+    probe = (tmp_path / "linear_probe.log").read_text()
+    assert "probe only ours" in probe and "clip_benchmark" in probe, probe[-2000:]
 
 
 def _deploy_file(tmp_path: Path, change) -> Path:

@@ -7,7 +7,8 @@
 # an FSDP and an FSDP bf16-policy step on 2 GPUs (1 process per GPU) with the per-rank mask
 # check, or on one rank with one GPU. Tables, raw figures and logs land in $OUT.
 # DEVICE_CHECK_TOY=1 runs the same commands on the CPU at toy size with the environment's own
-# packages: make test does, so the script cannot rot between the rare GPU runs.
+# packages (the probe on a random-init micro model's features): make test does, so the script
+# cannot rot between the rare GPU runs.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 OUT=${OUT:-.}
@@ -24,7 +25,14 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PYTHON" -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
-if [ -z "${DEVICE_CHECK_TOY:-}" ] && [ -f .device_inputs/probe_features.pt ]; then
+if [ -n "${DEVICE_CHECK_TOY:-}" ]; then
+    # the features of a random-init micro model on a few Fashion-MNIST images, then the same
+    # probe-only comparison as on the GPU
+    "$PYTHON" benchmarks/linear_probe_vs_clip_benchmark.py random:flip_micro --train 200 \
+        --test 100 --batch 50 --save-features "$OUT/probe_features.pt"
+    "$PYTHON" benchmarks/linear_probe_vs_clip_benchmark.py --features "$OUT/probe_features.pt" \
+        --rounds 1 --epochs 1 2>&1 | tee "$OUT/linear_probe.log"
+elif [ -f .device_inputs/probe_features.pt ]; then
     "$PYTHON" benchmarks/linear_probe_vs_clip_benchmark.py \
         --features .device_inputs/probe_features.pt --rounds 3 2>&1 | tee "$OUT/linear_probe.log"
 fi
