@@ -8,6 +8,7 @@ to a cluster; see docs/deployment.md.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
@@ -381,6 +382,17 @@ def test_every_launcher_gives_a_stopped_run_time_to_checkpoint_and_fails_fast():
     sbatch = (GENERATED / "slurm" / "train.sbatch").read_text()
     assert f"#SBATCH --signal=B:USR1@{grace + 120}" in sbatch
     assert "srun --kill-on-bad-exit=1 " in sbatch
+    # AWS Batch: the GPU instances' ECS agent waits as long as a pod before SIGKILL
+    template = json.loads((GENERATED / "aws-batch" / "gpu-launch-template.json").read_text())
+    report = ParamValidator().validate(template, _aws_shape("ec2", "CreateLaunchTemplate"))
+    assert not report.has_errors(), report.generate_report()
+    user_data = base64.b64decode(template["LaunchTemplateData"]["UserData"]).decode()
+    assert f"ECS_CONTAINER_STOP_TIMEOUT={grace + 30}s" in user_data
+    assert user_data.startswith("MIME-Version: 1.0")  # Batch takes multi-part user data only
+    environments = json.loads((GENERATED / "aws-batch" / "compute-environments.json").read_text())
+    (gpu,) = [e for e in environments if e["computeEnvironmentName"] == "flip-gpu"]
+    launch = gpu["computeResources"]["launchTemplate"]["launchTemplateName"]
+    assert launch == template["LaunchTemplateName"]
 
 
 def test_training_shared_memory_comes_from_the_memory_planner(tmp_path):

@@ -164,8 +164,8 @@ def test_slurm_evaluation_waits_for_training():
 
 def test_the_efa_option_renders_files_aws_and_kubernetes_accept(tmp_path):
     """``train.efa_interfaces`` (off in the shipped deploy.yaml) on, as for p5.48xlarge: the
-    Batch training job gets the devices, the GPU compute environment a launch template with one
-    EFA interface per network card, the Kubernetes pods the EFA device plugin's resource; each
+    Batch training job gets the devices, the GPU compute environment's launch template one EFA
+    interface per network card, the Kubernetes pods the EFA device plugin's resource; each
     checked by the platform's own model."""
     deploy = load_deploy()
     deploy.train.efa_interfaces = 32
@@ -173,7 +173,8 @@ def test_the_efa_option_renders_files_aws_and_kubernetes_accept(tmp_path):
     job = json.loads(files["aws-batch/train-job-definition.json"])
     container = job["nodeProperties"]["nodeRangeProperties"][0]["container"]
     assert len(container["linuxParameters"]["devices"]) == 32
-    template = json.loads(files["aws-batch/efa-launch-template.json"])
+    template = json.loads(files["aws-batch/gpu-launch-template.json"])
+    assert len(template["LaunchTemplateData"]["NetworkInterfaces"]) == 32
     (gpu,) = [
         e
         for e in json.loads(files["aws-batch/compute-environments.json"])
@@ -201,13 +202,15 @@ def test_the_efa_option_renders_files_aws_and_kubernetes_accept(tmp_path):
     result = run_tool("kubernetes-validate", "--strict", manifest)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "vpc.amazonaws.com/efa: '32'" in files["kubernetes/train-job.yaml"]
-    assert "efa-launch-template.json" not in render_all(load_deploy())
+    plain = json.loads(render_all(load_deploy())["aws-batch/gpu-launch-template.json"])
+    assert "NetworkInterfaces" not in plain["LaunchTemplateData"]
 
 
 def test_the_gpu_machines_script_runs_on_the_cpu_at_toy_size(tmp_path):
     """benchmarks/gpu/run_on_device.sh is written for a GPU that is seldom lent: the whole
     script runs here at toy size (DEVICE_CHECK_TOY=1: the micro model on the CPU, one step, the
-    linear probe on a random-init model's features, the same commands otherwise), so neither it nor the scripts it runs break unseen."""
+    linear probe on a random-init model's features, the same commands otherwise), so neither
+    it nor the scripts it runs break unseen."""
     import json
     import os
     import subprocess

@@ -4,6 +4,7 @@ them; and the pipeline as EMR steps (managed Spark)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from flipcommon.config import ConfigError
@@ -120,29 +121,44 @@ def _add_efa(container: dict, interfaces: int) -> None:
     container["environment"] += [{"name": k, "value": v} for k, v in EFA_NCCL_ENV.items()]
 
 
-EFA_LAUNCH_TEMPLATE = "flip-gpu-efa"
+GPU_LAUNCH_TEMPLATE = "flip-gpu"
+# SIGTERM to SIGKILL on a Batch container is the ECS agent's ECS_CONTAINER_STOP_TIMEOUT (30 s
+# unless set), too short for a large model's checkpoint: the GPU instances' user data sets it
+# from train.stop_grace_s. Batch takes user data only as MIME multi-part.
+USER_DATA = """MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="==FLIP=="
+
+--==FLIP==
+Content-Type: text/x-shellscript; charset="us-ascii"
+
+#!/bin/bash
+echo ECS_CONTAINER_STOP_TIMEOUT={stop}s >> /etc/ecs/ecs.config
+
+--==FLIP==--
+"""
 
 
-def efa_launch_template(d: Deploy) -> dict:
-    """``aws ec2 create-launch-template --cli-input-json``: the GPU instances with one EFA
-    interface per network card (the first card also carries the instance's primary interface),
-    used by the flip-gpu compute environment when ``train.efa_interfaces`` > 0."""
+def gpu_launch_template(d: Deploy) -> dict:
+    """``aws ec2 create-launch-template --cli-input-json``: the GPU instances of the flip-gpu
+    compute environment. Their ECS agent gives a stopped container train.stop_grace_s + 30 s
+    to checkpoint before it is killed; with ``train.efa_interfaces`` > 0, one EFA interface per
+    network card (the first card also carries the instance's primary interface)."""
     a = _aws(d)
-    interfaces = [
-        {
-            "NetworkCardIndex": card,
-            "DeviceIndex": 0 if card == 0 else 1,
-            "InterfaceType": "efa",
-            "Groups": a.security_group_ids,
-            "SubnetId": a.subnets[0],  # EFA traffic stays within one subnet
-            "DeleteOnTermination": True,
-        }
-        for card in range(d.train.efa_interfaces)
-    ]
-    return {
-        "LaunchTemplateName": EFA_LAUNCH_TEMPLATE,
-        "LaunchTemplateData": {"NetworkInterfaces": interfaces},
-    }
+    user_data = USER_DATA.format(stop=d.train.stop_grace_s + 30)
+    data: dict[str, Any] = {"UserData": base64.b64encode(user_data.encode()).decode()}
+    if d.train.efa_interfaces:
+        data["NetworkInterfaces"] = [
+            {
+                "NetworkCardIndex": card,
+                "DeviceIndex": 0 if card == 0 else 1,
+                "InterfaceType": "efa",
+                "Groups": a.security_group_ids,
+                "SubnetId": a.subnets[0],  # EFA traffic stays within one subnet
+                "DeleteOnTermination": True,
+            }
+            for card in range(d.train.efa_interfaces)
+        ]
+    return {"LaunchTemplateName": GPU_LAUNCH_TEMPLATE, "LaunchTemplateData": data}
 
 
 def batch_eval(d: Deploy) -> dict:
@@ -179,13 +195,11 @@ def batch_compute_environments(d: Deploy) -> list[dict]:
         }
 
     gpu_nodes = max(d.train.nodes, 1)
-    gpu_extra: dict[str, Any] = {"placementGroup": a.placement_group}
-    if d.train.efa_interfaces:
-        # the launch template's interfaces name the subnet and groups themselves
-        gpu_extra["launchTemplate"] = {
-            "launchTemplateName": EFA_LAUNCH_TEMPLATE,
-            "version": "$Latest",
-        }
+    gpu_extra: dict[str, Any] = {
+        "placementGroup": a.placement_group,
+        # the stop timeout, and with EFA the interfaces (naming the subnet and groups themselves)
+        "launchTemplate": {"launchTemplateName": GPU_LAUNCH_TEMPLATE, "version": "$Latest"},
+    }
     return [
         environment("flip-cpu", a.cpu_instance_type, a.cpu_instance_vcpus * 4),
         environment("flip-gpu", a.gpu_instance_type, a.gpu_instance_vcpus * gpu_nodes, **gpu_extra),
@@ -213,12 +227,8 @@ def batch_submit_script(d: Deploy) -> str:
         + "# The pipeline, then training, then the evaluation array (one task per checkpoint),\n"
         + "# chained: each job starts only once the one before it has succeeded (dependsOn).\n"
         + "# Register the job definitions first (aws batch register-job-definition\n"
-        + "# --cli-input-json file://…), and create the compute environments and queues once"
-        + (
-            " (with EFA, the launch template\n# efa-launch-template.json before them).\n"
-            if d.train.efa_interfaces
-            else ".\n"
-        )
+        + "# --cli-input-json file://…), and create the GPU launch template\n"
+        + "# (gpu-launch-template.json), then the compute environments and queues, once.\n"
         + "set -eu\n"
         + "PIPELINE_JOB=$(aws batch submit-job --job-name flip-pipeline "
         + f"--job-queue flip-cpu-queue --job-definition flip-pipeline {ids})\n"

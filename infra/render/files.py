@@ -37,6 +37,7 @@ def render_all(d: Deploy) -> dict[str, str]:
         "aws-batch/pipeline-job-definition.json": _json(aws.batch_pipeline(d)),
         "aws-batch/train-job-definition.json": _json(aws.batch_train(d)),
         "aws-batch/eval-job-definition.json": _json(aws.batch_eval(d)),
+        "aws-batch/gpu-launch-template.json": _json(aws.gpu_launch_template(d)),
         "aws-batch/compute-environments.json": _json(aws.batch_compute_environments(d)),
         "aws-batch/job-queues.json": _json(aws.batch_job_queues(d)),
         "aws-batch/submit.sh": aws.batch_submit_script(d),
@@ -45,6 +46,4 @@ def render_all(d: Deploy) -> dict[str, str]:
         "dataproc/pipeline-workflow.yaml": HEADER + _yaml(gcp.dataproc_workflow(d)),
         "kubernetes/train-pytorchjob.yaml": _yaml_docs(kubernetes.train_pytorchjob(d)),
     }
-    if d.train.efa_interfaces and d.aws is not None:
-        files["aws-batch/efa-launch-template.json"] = _json(aws.efa_launch_template(d))
     return files

@@ -3,7 +3,8 @@
 # The pipeline, then training, then the evaluation array (one task per checkpoint),
 # chained: each job starts only once the one before it has succeeded (dependsOn).
 # Register the job definitions first (aws batch register-job-definition
-# --cli-input-json file://…), and create the compute environments and queues once.
+# --cli-input-json file://…), and create the GPU launch template
+# (gpu-launch-template.json), then the compute environments and queues, once.
 set -eu
 PIPELINE_JOB=$(aws batch submit-job --job-name flip-pipeline --job-queue flip-cpu-queue --job-definition flip-pipeline --query jobId --output text)
 TRAIN_JOB=$(aws batch submit-job --job-name flip-train --job-queue flip-gpu-queue --job-definition flip-train --depends-on "jobId=$PIPELINE_JOB" --query jobId --output text)
