@@ -20,9 +20,19 @@ from urllib.parse import unquote
 import numpy as np
 from PIL import Image
 
-PICTURE = Image.fromarray(
-    np.random.default_rng(7).integers(0, 255, (48, 80, 3), dtype=np.uint8)
-)  # 80 wide, 48 high: landscape, so a picture left on its side shows
+
+def _picture() -> Image.Image:
+    """80 wide, 48 high (landscape, so a picture left on its side shows): red grows to the
+    right, green downwards, and a dark block sits in the top-left corner, so a picture turned
+    the wrong way, mirrored or taken from the wrong frame reads differently."""
+    x = np.linspace(0, 255, 80)[None, :].repeat(48, 0)
+    y = np.linspace(0, 255, 48)[:, None].repeat(80, 1)
+    pixels = np.stack([x, y, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+    pixels[:16, :24] = 20
+    return Image.fromarray(pixels)
+
+
+PICTURE = _picture()
 
 
 def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -39,8 +49,30 @@ def _rotated_jpeg() -> bytes:
 
 
 def _sixteen_bit_png() -> bytes:
-    grey = (np.arange(48 * 80).reshape(48, 80) * 17).astype(np.uint16)
+    grey = np.asarray(PICTURE.convert("L")).astype(np.uint16) * 257
     return _encoded(Image.fromarray(grey), "PNG")
+
+
+def _half_transparent() -> Image.Image:
+    """PICTURE with its right quarter fully transparent: a browser shows white there (on a
+    white page), as the resizer's alpha blend does."""
+    rgba = PICTURE.convert("RGBA")
+    alpha = np.full((48, 80), 255, np.uint8)
+    alpha[:, 60:] = 0
+    rgba.putalpha(Image.fromarray(alpha))
+    return rgba
+
+
+def shown(name: str) -> Image.Image:
+    """The picture of kind ``name`` as a browser shows it (RGB, upright, first frame)."""
+    if name == "jpeg, EXIF-rotated":
+        return PICTURE.transpose(Image.Transpose.ROTATE_270)  # orientation 6, turned back
+    if name == "png, 16-bit greyscale":
+        return PICTURE.convert("L").convert("RGB")
+    if name == "png, RGBA":
+        white = Image.new("RGBA", PICTURE.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, _half_transparent()).convert("RGB")
+    return PICTURE
 
 
 @dataclass(frozen=True)
@@ -75,7 +107,7 @@ KINDS: dict[str, Kind] = {
     "webp": Kind("/picture.webp", _encoded(PICTURE, "WEBP"), (80, 48)),
     "png, 16-bit greyscale": Kind("/grey16.png", _sixteen_bit_png(), (80, 48)),
     "png, palette": Kind("/palette.png", _encoded(PICTURE.convert("P"), "PNG"), (80, 48)),
-    "png, RGBA": Kind("/rgba.png", _encoded(PICTURE.convert("RGBA"), "PNG"), (80, 48)),
+    "png, RGBA": Kind("/rgba.png", _encoded(_half_transparent(), "PNG"), (80, 48)),
     "body gzip-encoded": Kind("/gzipped.jpg", JPEG, (80, 48), "gzip"),
     "body chunked": Kind("/chunked.jpg", JPEG, (80, 48), "chunked"),
     "HTTP/1.0, no length": Kind("/http10.jpg", JPEG, (80, 48), "http10"),

@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +17,8 @@ from PIL import Image
 from pipeline.config import InputConfig, PipelineConfig
 from pipeline.ingest import layout_of
 from pipeline.stage import build_shard_set
-from tests.formats_web import KINDS, FormatsWeb
+from tests.formats_web import KINDS, PICTURE, FormatsWeb
+from tests.formats_web import shown as browser_view
 from tests.test_fetch import quick_fetch
 
 
@@ -53,5 +55,19 @@ def test_every_kind_is_kept_as_an_upright_rgb_jpeg(tmp_path, spark):
         assert (sample["original_width"], sample["original_height"]) == shown, name
         with Image.open(io.BytesIO(jpeg)) as image:
             assert (image.format, image.mode) == ("JPEG", "RGB"), name
-            width, height = image.size
-        assert (width > height) == (shown[0] > shown[1]), name  # the right way up
+            stored_pixels = np.asarray(image, dtype=np.float64)
+        # the picture a browser shows, not turned, mirrored, another frame or alpha left dark
+        expected = np.asarray(
+            browser_view(name).resize(stored_pixels.shape[1::-1], Image.Resampling.BICUBIC),
+            dtype=np.float64,
+        )
+        assert np.abs(stored_pixels - expected).mean() < 12, name
+
+
+def test_the_check_tells_a_wrong_turn_apart():
+    """The comparison above is strict enough: the right view of the rotated JPEG differs from
+    its mirror image and from the other quarter turn by far more than the threshold."""
+    right = np.asarray(browser_view("jpeg, EXIF-rotated"), dtype=np.float64)
+    for wrong in (Image.Transpose.ROTATE_90, Image.Transpose.TRANSVERSE):
+        other = np.asarray(PICTURE.transpose(wrong), dtype=np.float64)
+        assert np.abs(right - other).mean() > 40
