@@ -54,6 +54,12 @@ from training.model import model_cfg, registered_name  # noqa: E402
 ARMS: dict[str, tuple[str, list[str]]] = {
     "ours": ("ours", []),
     "open_clip_train": ("open_clip_train", []),
+    # open_clip's crop (scale 0.9-1) instead of the paper's (0.5-1)
+    "ours_crop_0.9": ("ours", ["data.crop_scale_min=0.9"]),
+    # open_clip's ViT AdamW second moment (beta2 0.98) instead of 0.95
+    "ours_beta2_0.98": ("ours", ["betas=[0.9, 0.98]"]),
+    # the unmasked phase with a fresh optimizer, as open_clip_train --pretrained starts it
+    "ours_fresh_optimizer": ("ours", ["later_phases.fresh_optimizer=true"]),
 }
 OPEN_CLIP_VIT_ADAMW = {"beta1": 0.9, "beta2": 0.98, "eps": 1e-6}  # its defaults for a ViT
 DEFAULT_FIGURES = [
@@ -95,15 +101,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def recipe(args: argparse.Namespace, seed: int, arm_overrides: list[str], run_dir: Path):
+    """The training config of one (arm, seed). ``later_phases.KEY=VALUE`` sets KEY in every phase
+    after the first (the config's overrides cannot name a list item)."""
+    every_later_phase = [o for o in arm_overrides if o.startswith("later_phases.")]
     overrides = [
         f"data.shards={args.shards}",
         f"run_dir={run_dir}",
         f"seed={seed}",
         "device=cpu",
         *args.overrides,
-        *arm_overrides,
+        *(o for o in arm_overrides if o not in every_later_phase),
     ]
-    return load_config(TrainConfig, args.train_config, overrides)
+    config = load_config(TrainConfig, args.train_config, overrides)
+    for override in every_later_phase:
+        key, _, value = override.removeprefix("later_phases.").partition("=")
+        for phase in config.phases[1:]:
+            setattr(phase, key, yaml.safe_load(value))
+    return config
 
 
 def train_ours(config: TrainConfig, folder: Path) -> float:

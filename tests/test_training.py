@@ -319,6 +319,28 @@ def test_resume_continues_across_the_phase_boundary(tmp_path, shard_set):
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_phase_may_start_with_a_fresh_optimizer(tmp_path, shard_set, fresh):
+    """fresh_optimizer on the unmasked phase: its Adam state counts only its own 2 steps (as a
+    run started from the masked phase's weights would); off, the state carries all 6. Resumed
+    at the phase boundary, the same."""
+    from tests.conftest import micro_train_config
+    from training.trainer import train
+
+    config = micro_train_config(str(tmp_path / "run"), str(shard_set))
+    config.phases[1].fresh_optimizer = fresh
+    final = train(config)
+    steps = {int(s["step"]) for s in ckpt.read_train_state(final)["optimizer"]["state"].values()}
+    assert steps == ({2} if fresh else {6})
+    first = micro_train_config(str(tmp_path / "resumed"), str(shard_set))
+    first.phases = first.phases[:1]
+    train(first)
+    resumed = micro_train_config(str(tmp_path / "resumed"), str(shard_set), resume=True)
+    resumed.phases[1].fresh_optimizer = fresh
+    state = ckpt.read_train_state(train(resumed))["optimizer"]["state"]
+    assert {int(s["step"]) for s in state.values()} == steps
+
+
 def test_checkpoint_that_does_not_match_its_config_is_rejected(micro_run, tmp_path):
     latest = latest_checkpoint(str(micro_run))
     model, _, _ = build_model("flip_tiny")

@@ -34,6 +34,10 @@ class PhaseConfig:
     # a multiple of the patch: fewer patch tokens, like masking, but every region is seen at
     # lower detail. A later phase at 0 tunes the same weights at full size.
     image_size: int = 0
+    # Start this phase with the optimizer's state cleared (Adam's moments and step count), as a
+    # run started from the previous phase's weights would (open_clip_train --pretrained);
+    # false carries the state over.
+    fresh_optimizer: bool = False
 
 
 @dataclass

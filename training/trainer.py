@@ -110,6 +110,10 @@ def _train_phase(
     checkpoint of the step it stopped at)."""
     config, state, plan = run.config, run.state, run.plans[phase_index]
     _log_phase_start(run, phase_index)
+    if state.phase_step == 0 and config.phases[phase_index].fresh_optimizer:
+        # every rank clears its own (sharded or whole) state: no collective needed
+        run.optimizer.state.clear()
+        log.info("phase %s starts with a fresh optimizer state", plan.name)
     # Decisions taken by the clock (a timed phase's end, checkpoint_every_s) must be the same on
     # every rank: there the ranks agree on each step's time (a host sync per step, else none).
     clocked = run.dist.world_size > 1 and (
