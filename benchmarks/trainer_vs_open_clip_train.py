@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import yaml
@@ -46,7 +46,7 @@ from evaluation.stage import evaluate_checkpoint  # noqa: E402
 from experiment.analysis import compare, stat, summarise  # noqa: E402
 from flipcommon.checkpoints import OPEN_CLIP_PREFIX, latest_checkpoint  # noqa: E402
 from flipcommon.config import load_config  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from training.config import PhaseConfig, TrainConfig  # noqa: E402
 from training.data import open_shard_set  # noqa: E402
 from training.model import model_cfg, registered_name  # noqa: E402
 
@@ -115,6 +115,8 @@ def recipe(args: argparse.Namespace, seed: int, arm_overrides: list[str], run_di
     config = load_config(TrainConfig, args.train_config, overrides)
     for override in every_later_phase:
         key, _, value = override.removeprefix("later_phases.").partition("=")
+        if key not in {f.name for f in fields(PhaseConfig)}:
+            raise SystemExit(f"{override}: a phase has no {key!r}")
         for phase in config.phases[1:]:
             setattr(phase, key, yaml.safe_load(value))
     return config

@@ -56,6 +56,8 @@ def test_every_kind_is_kept_as_an_upright_rgb_jpeg(tmp_path, spark):
         with Image.open(io.BytesIO(jpeg)) as image:
             assert (image.format, image.mode) == ("JPEG", "RGB"), name
             stored_pixels = np.asarray(image, dtype=np.float64)
+            width, height = image.size
+        assert abs(width / height - shown[0] / shown[1]) < 0.05, name  # not stretched
         # the picture a browser shows, not turned, mirrored, another frame or alpha left dark
         expected = np.asarray(
             browser_view(name).resize(stored_pixels.shape[1::-1], Image.Resampling.BICUBIC),

@@ -174,7 +174,8 @@ def test_the_efa_option_renders_files_aws_and_kubernetes_accept(tmp_path):
     container = job["nodeProperties"]["nodeRangeProperties"][0]["container"]
     assert len(container["linuxParameters"]["devices"]) == 32
     template = json.loads(files["aws-batch/gpu-launch-template.json"])
-    assert len(template["LaunchTemplateData"]["NetworkInterfaces"]) == 32
+    interfaces = template["LaunchTemplateData"]["NetworkInterfaces"]
+    assert len(interfaces) == 32 and all("SubnetId" not in i for i in interfaces)
     (gpu,) = [
         e
         for e in json.loads(files["aws-batch/compute-environments.json"])
@@ -184,6 +185,9 @@ def test_the_efa_option_renders_files_aws_and_kubernetes_accept(tmp_path):
         gpu["computeResources"]["launchTemplate"]["launchTemplateName"]
         == (template["LaunchTemplateName"])
     )
+    # Batch takes security groups from the compute environment or the template, not both
+    assert "securityGroupIds" not in gpu["computeResources"]
+    assert all(i["Groups"] for i in interfaces)
     for params, service, operation in [
         (job, "batch", "RegisterJobDefinition"),
         (gpu, "batch", "CreateComputeEnvironment"),

@@ -152,8 +152,9 @@ def gpu_launch_template(d: Deploy) -> dict:
                 "NetworkCardIndex": card,
                 "DeviceIndex": 0 if card == 0 else 1,
                 "InterfaceType": "efa",
+                # the security groups here, not the compute environment's (Batch takes one or
+                # the other); the subnet is the compute environment's
                 "Groups": a.security_group_ids,
-                "SubnetId": a.subnets[0],  # EFA traffic stays within one subnet
                 "DeleteOnTermination": True,
             }
             for card in range(d.train.efa_interfaces)
@@ -195,15 +196,18 @@ def batch_compute_environments(d: Deploy) -> list[dict]:
         }
 
     gpu_nodes = max(d.train.nodes, 1)
-    gpu_extra: dict[str, Any] = {
-        "placementGroup": a.placement_group,
-        # the stop timeout, and with EFA the interfaces (naming the subnet and groups themselves)
-        "launchTemplate": {"launchTemplateName": GPU_LAUNCH_TEMPLATE, "version": "$Latest"},
-    }
-    return [
-        environment("flip-cpu", a.cpu_instance_type, a.cpu_instance_vcpus * 4),
-        environment("flip-gpu", a.gpu_instance_type, a.gpu_instance_vcpus * gpu_nodes, **gpu_extra),
-    ]
+    gpu = environment(
+        "flip-gpu",
+        a.gpu_instance_type,
+        a.gpu_instance_vcpus * gpu_nodes,
+        placementGroup=a.placement_group,
+        # the stop timeout, and with EFA the interfaces
+        launchTemplate={"launchTemplateName": GPU_LAUNCH_TEMPLATE, "version": "$Latest"},
+    )
+    if d.train.efa_interfaces:
+        # the template's interfaces carry the security groups: Batch refuses them in both places
+        del gpu["computeResources"]["securityGroupIds"]
+    return [environment("flip-cpu", a.cpu_instance_type, a.cpu_instance_vcpus * 4), gpu]
 
 
 def batch_job_queues(d: Deploy) -> list[dict]:
