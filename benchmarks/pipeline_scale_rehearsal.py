@@ -154,6 +154,7 @@ def run_stage(args, endpoint_driver: str, endpoint_executors: str, base_url: str
         "download.threads=4",
         "fetch.retries=0",
         "fetch.deadline_s=10",
+        f"fetch.allowed_origins=[{base_url}]",  # its own loopback web, nothing else
         "spark.master=local[2]",
         "spark.driver_memory=2g",
         f'spark.conf={{"spark.executorEnv.AWS_ENDPOINT_URL": "{endpoint_executors}"}}',

@@ -48,6 +48,7 @@ def test_stage_on_s3_survives_failing_requests(s3_endpoint, tmp_path):
                 "fetch.deadline_s=5",
                 "fetch.retries=1",
                 "fetch.backoff_base_s=0.1",
+                f"fetch.allowed_origins=[{web.base_url}]",  # the test web, nothing else
                 "spark.master=local[2]",
                 "spark.driver_memory=1g",
             ],
