@@ -45,7 +45,7 @@ from evaluation.config import EvalConfig  # noqa: E402
 from evaluation.stage import evaluate_checkpoint  # noqa: E402
 from experiment.analysis import compare, stat, summarise  # noqa: E402
 from flipcommon.checkpoints import OPEN_CLIP_PREFIX, latest_checkpoint  # noqa: E402
-from flipcommon.config import load_config  # noqa: E402
+from flipcommon.config import from_dict, load_config  # noqa: E402
 from training.config import PhaseConfig, TrainConfig  # noqa: E402
 from training.data import open_shard_set  # noqa: E402
 from training.model import model_cfg, registered_name  # noqa: E402
@@ -54,8 +54,8 @@ from training.model import model_cfg, registered_name  # noqa: E402
 ARMS: dict[str, tuple[str, list[str]]] = {
     "ours": ("ours", []),
     "open_clip_train": ("open_clip_train", []),
-    # open_clip's crop (scale 0.9-1) instead of the paper's (0.5-1)
-    "ours_crop_0.9": ("ours", ["data.crop_scale_min=0.9"]),
+    # the paper's wider crop (scale 0.5-1) instead of the default (0.9-1, as open_clip's)
+    "ours_crop_0.5": ("ours", ["data.crop_scale_min=0.5"]),
     # open_clip's ViT AdamW second moment (beta2 0.98) instead of 0.95
     "ours_beta2_0.98": ("ours", ["betas=[0.9, 0.98]"]),
     # the unmasked phase with a fresh optimizer, as open_clip_train --pretrained starts it
@@ -209,15 +209,32 @@ def open_clip_train_entry(cfg_path: str, argv: list[str]) -> None:
     main(argv)
 
 
+def setup_of(trainer: str, config: TrainConfig) -> dict:
+    """What a record's figures depend on: the trainer and the recipe it read (open_clip_train
+    crops as open_clip does, whatever our crop setting)."""
+    recipe = asdict(config) | {"run_dir": None}
+    if trainer == "open_clip_train":
+        recipe["data"]["crop_scale_min"] = None
+    return {"trainer": trainer, "recipe": recipe}
+
+
+def as_now(setup: dict) -> dict:
+    """A recorded setup as the current config reads it: fields added since the record was
+    written take their defaults (the run had them so), unknown ones fail."""
+    recipe = {**setup["recipe"], "run_dir": ""}
+    recipe["data"] = {k: v for k, v in recipe["data"].items() if v is not None}
+    return setup_of(setup["trainer"], from_dict(TrainConfig, recipe))
+
+
 def run_arm(args, suite: EvalConfig, arm: str, seed: int) -> dict:
     folder = Path(args.out) / arm / f"seed{seed}"
     done = folder / "record.json"
     trainer, arm_overrides = ARMS[arm]
     config = recipe(args, seed, arm_overrides, folder / "train")
-    setup = {"trainer": trainer, "recipe": asdict(config) | {"run_dir": None}}
+    setup = setup_of(trainer, config)
     if done.exists():
         record = json.loads(done.read_text())
-        if record["setup"] != setup:
+        if as_now(record["setup"]) != setup:
             raise SystemExit(f"{done} holds a run of another setup: delete it or use another --out")
         print(f"   done before: {done}", flush=True)
         return record

@@ -75,7 +75,7 @@ def run_arm(
     done = folder / POINTS_FILE
     if done.exists():
         record = read_json(str(done))
-        check_same_setup(record, config, arm, seed)
+        check_same_setup(record, config, arm, seed, base)
         print(f"   done before: {done}", flush=True)
         return record
     train_config = arm_train_config(base, config, arm, seed, flops)
@@ -95,6 +95,7 @@ def run_arm(
         "image_size": arm.image_size,
         "budget_s": config.budget_s,
         "budget_gflops": config.budget_gflops,
+        "crop_scale_min": train_config.data.crop_scale_min,
         "points": points,
     }
     write_json_atomic(str(done), record)  # last: marks the arm done
@@ -109,7 +110,9 @@ def run_arm(
     return record
 
 
-def check_same_setup(record: dict, config: ExperimentConfig, arm: ArmConfig, seed: int) -> None:
+def check_same_setup(
+    record: dict, config: ExperimentConfig, arm: ArmConfig, seed: int, base: TrainConfig
+) -> None:
     """A finished arm is reused only if it ran the arm as configured now."""
     expected = {
         "mask_ratio": arm.mask_ratio,
@@ -119,10 +122,12 @@ def check_same_setup(record: dict, config: ExperimentConfig, arm: ArmConfig, see
         "image_size": arm.image_size,
         "budget_s": config.budget_s,
         "budget_gflops": config.budget_gflops,
+        "crop_scale_min": base.data.crop_scale_min,
         "seed": seed,
     }
-    # records written before these settings existed ran with their defaults
-    was = {"views": 1, "image_size": 0, "budget_gflops": 0.0} | record
+    # records written before these settings existed ran with their defaults (the crop's was
+    # 0.5 until 2026-12-06)
+    was = {"views": 1, "image_size": 0, "budget_gflops": 0.0, "crop_scale_min": 0.5} | record
     differing = {k: (was.get(k), v) for k, v in expected.items() if was.get(k) != v}
     if differing:
         raise ExperimentConfigError(

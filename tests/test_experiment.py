@@ -328,6 +328,12 @@ def test_make_experiment_in_miniature(tmp_path, shard_set, demo_corpus_dir):
         [*args, "budget_gflops=1"], capture_output=True, text=True, timeout=300
     )
     assert by_compute.returncode == 2 and "budget_gflops" in by_compute.stderr
+    wider = [
+        a[:-1] + ", data.crop_scale_min=0.5]" if a.startswith("train_overrides=") else a
+        for a in args
+    ]
+    cropped = subprocess.run(wider, capture_output=True, text=True, timeout=300)
+    assert cropped.returncode == 2 and "crop_scale_min" in cropped.stderr
 
 
 @pytest.mark.slow
