@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import urllib.request
 from dataclasses import replace
@@ -19,25 +20,27 @@ from pipeline.clip_score import embedding_profile, run_clip_score  # noqa: E402
 from pipeline.config import ClipScoreConfig  # noqa: E402
 from pipeline.local_cluster import free_port  # noqa: E402
 
-# A task's launch time + duration overlaps its successor's launch on the same core by a few
-# milliseconds (the hand-off is counted in both): overlaps shorter than this are not counted.
-HAND_OFF_S = 0.03
+# The executor logs these at the start and the end of each task's run, before it reports the end
+# to the driver (which only then frees the task's cores and offers them to the next task).
+TASK_LINE = re.compile(r"(Running|Finished) task \S+ in stage \S+ \(TID (\d+)\)")
 
 
-def most_at_once(tasks: list[dict]) -> int:
-    """The most tasks running at the same moment, from their launch times and durations."""
-    from datetime import datetime
-
-    events = []
-    for task in tasks:
-        start = datetime.strptime(task["launchTime"], "%Y-%m-%dT%H:%M:%S.%f%Z").timestamp()
-        end = start + max(task["duration"] / 1000.0 - HAND_OFF_S, 0.001)
-        events += [(start, 1), (end, -1)]
+def most_at_once(executor_log: str, task_ids: set[int]) -> int:
+    """The most of ``task_ids`` running at the same moment on one executor, from the order of its
+    own log lines. The driver's launch times and durations cannot tell this: a task's duration
+    ends after the driver has read its result, which goes on after its cores were handed to the
+    next task (tens of milliseconds on a loaded machine)."""
     running = peak = 0
-    for _, change in sorted(events, key=lambda e: (e[0], e[1])):
-        running += change
-        peak = max(peak, running)
+    for match in TASK_LINE.finditer(executor_log):
+        if int(match.group(2)) in task_ids:
+            running += 1 if match.group(1) == "Running" else -1
+            peak = max(peak, running)
     return peak
+
+
+def executor_logs(work_dir: Path, app: str) -> list[str]:
+    """Every executor's stderr (where Spark's default logging goes) of the application."""
+    return [path.read_text(errors="replace") for path in sorted((work_dir / app).glob("*/stderr"))]
 
 
 def rest(ui: str, path: str):
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--shards", required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--work-dir", required=True, type=Path, help="the worker's --work-dir")
     parser.add_argument("--task-cpus", type=int, nargs="+", required=True)
     args = parser.parse_args()
     from pyspark.sql import SparkSession
@@ -87,10 +91,12 @@ def main() -> None:
         }
         report[task_cpus] = {
             "embedding_tasks": len(tasks),
-            "most_at_once": most_at_once(tasks),
+            "most_at_once": max(
+                most_at_once(log, {t["taskId"] for t in tasks})
+                for log in executor_logs(args.work_dir, app)
+            ),
             "task_resources": [profiles[s["resourceProfileId"]] for s in stages],
             "kept": manifest["counts"]["kept"],
-            "tasks": [(t["launchTime"], t["duration"]) for t in tasks],
         }
     # "cuda" on executors started without GPUs would wait forever: refused up front
     try:
