@@ -15,11 +15,13 @@ from training.loss import contrastive_loss
 from training.masking import set_mask_ratio
 from training.model import build_model
 from training.optim import build_optimizer
+from training.step import forward_backward
 from training.text_lengths import (
     LengthGroupedCLIP,
     caption_lengths,
     group_text_by_length,
     length_limits,
+    told_caption_lengths,
 )
 
 CAPTIONS = [
@@ -134,3 +136,79 @@ def test_negative_groups_is_a_user_error():
 def test_the_optimizer_is_fused():
     model, _, _ = build_model("flip_micro")
     assert build_optimizer(model, 1e-3, 0.2, (0.9, 0.95)).defaults["fused"] is True
+
+
+def _refuse_device_reads(monkeypatch):
+    """Reading lengths from the tokens inside the model (a device sync on a GPU) now raises."""
+
+    def refused(text):
+        raise AssertionError("caption lengths read from the tokens inside the model")
+
+    monkeypatch.setattr("training.text_lengths.caption_lengths", refused)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_lengths_told_from_the_host_give_the_same_features(groups, monkeypatch):
+    grouped, plain, tokenizer = grouped_and_plain(groups)
+    text = tokenizer(CAPTIONS)
+    lengths = caption_lengths(text)
+    _refuse_device_reads(monkeypatch)
+    with told_caption_lengths(grouped, lengths):
+        ours = grouped.encode_text(text)
+    torch.testing.assert_close(ours, plain.encode_text(text), rtol=1e-5, atol=1e-5)
+    assert grouped.told_lengths is None  # for that forward only
+    with told_caption_lengths(grouped, lengths[:-1]), pytest.raises(ValueError, match="told"):
+        grouped.encode_text(text)
+
+
+@pytest.mark.parametrize("accum_steps,views", [(1, 1), (2, 1), (2, 2), (4, 2)])
+def test_a_step_told_the_lengths_reads_none_from_the_device_and_matches(
+    accum_steps, views, monkeypatch
+):
+    """The step with micro-batches and views, told the lengths once for the batch, gives the
+    loss and gradients of the step that reads them inside the model, and never reads them."""
+    torch.manual_seed(0)
+    model, _, reg = build_model("flip_micro")
+    assert group_text_by_length(model, 4)
+    set_mask_ratio(model.train(), 0.5)
+    text = open_clip.get_tokenizer(reg)(CAPTIONS)
+    images = torch.randn(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    results = []
+    for told in (False, True):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        with monkeypatch.context() as patch:
+            lengths = caption_lengths(text) if told else None
+            if told:
+                _refuse_device_reads(patch)
+            loss = forward_backward(
+                model,
+                model,
+                images,
+                text,
+                lambda: torch.autocast("cpu", enabled=False),
+                accum_steps,
+                views,
+                lengths,
+            )
+        results.append((loss, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_read, grads_read), (loss_told, grads_told) = results
+    torch.testing.assert_close(loss_told, loss_read)
+    for name, grad in grads_read.items():
+        torch.testing.assert_close(grads_told[name], grad, msg=name)
+
+
+def test_training_tells_the_model_the_lengths_of_every_batch(tmp_path, shard_set, monkeypatch):
+    """A micro run (a phase with two micro-batches per step, one with two views) in which the
+    model may not read lengths from the tokens: the trainer reads them on the host."""
+    from tests.conftest import micro_train_config
+    from training.config import PhaseConfig
+    from training.trainer import train
+
+    config = micro_train_config(str(tmp_path / "run"), str(shard_set))
+    config.phases = [
+        PhaseConfig("pretrain", mask_ratio=0.5, samples=16, base_lr=1e-3, micro_batch=4),
+        PhaseConfig("unmasked_tuning", mask_ratio=0.0, samples=8, base_lr=1e-4, views=2),
+    ]
+    _refuse_device_reads(monkeypatch)
+    assert train(config)

@@ -26,17 +26,37 @@ from torch import nn
 
 from training.loss import contrastive_loss
 from training.sharding import skip_gradient_sync
+from training.text_lengths import told_caption_lengths
 
 
-def _features(train_model: nn.Module, images: torch.Tensor, tokens: torch.Tensor):
-    image_features, text_features, _ = train_model(images, tokens)
+def _features(
+    train_model: nn.Module,
+    model: nn.Module,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    lengths: list[int] | None,
+):
+    with told_caption_lengths(model, lengths):
+        image_features, text_features, _ = train_model(images, tokens)
     return image_features.float(), text_features.float()
 
 
-def _repeat(images: torch.Tensor, tokens: torch.Tensor, views: int):
+def _repeat(images: torch.Tensor, tokens: torch.Tensor, lengths: list[int] | None, views: int):
     if views == 1:
-        return images, tokens
-    return images.repeat(views, 1, 1, 1), tokens.repeat(views, 1)
+        return images, tokens, lengths
+    return (
+        images.repeat(views, 1, 1, 1),
+        tokens.repeat(views, 1),
+        None if lengths is None else lengths * views,
+    )
+
+
+def _chunks(lengths: list[int] | None, parts: int) -> list[list[int] | None]:
+    """``lengths`` cut as ``Tensor.chunk`` cuts the batch (into equal parts: checked before)."""
+    if lengths is None:
+        return [None] * parts
+    size = len(lengths) // parts
+    return [lengths[i * size : (i + 1) * size] for i in range(parts)]
 
 
 def _views_loss(
@@ -77,15 +97,19 @@ def forward_backward(
     autocast: Callable[[], contextlib.AbstractContextManager],
     accum_steps: int = 1,
     views: int = 1,
+    lengths: list[int] | None = None,
 ) -> torch.Tensor:
     """Compute the loss of the batch and accumulate its gradients; returns the loss (detached).
 
     ``train_model`` may be a DDP wrapper of ``model``, or ``model`` sharded; the temperature
     is read from ``model`` (open_clip's forward returns it already exponentiated).
+    ``lengths``: the captions' ``caption_lengths``, read on the host (no device sync).
     """
     if accum_steps <= 1:
         with autocast():
-            image_features, text_features = _features(train_model, *_repeat(images, tokens, views))
+            image_features, text_features = _features(
+                train_model, model, *_repeat(images, tokens, lengths, views)
+            )
             loss = _views_loss([image_features], [text_features], model.logit_scale, views)
         loss.backward()
         return loss.detach()
@@ -93,14 +117,17 @@ def forward_backward(
     if images.shape[0] % accum_steps:
         raise ValueError(f"batch {images.shape[0]} must divide into {accum_steps} micro-batches")
     image_chunks, token_chunks = images.chunk(accum_steps), tokens.chunk(accum_steps)
+    length_chunks = _chunks(lengths, accum_steps)
     device = images.device
     rng_states, cached_images, cached_texts = [], [], []
     with torch.no_grad():
-        for micro_images, micro_tokens in zip(image_chunks, token_chunks, strict=True):
+        for micro_images, micro_tokens, micro_lengths in zip(
+            image_chunks, token_chunks, length_chunks, strict=True
+        ):
             rng_states.append(_rng_state(device))
             with autocast():
                 image_features, text_features = _features(
-                    train_model, *_repeat(micro_images, micro_tokens, views)
+                    train_model, model, *_repeat(micro_images, micro_tokens, micro_lengths, views)
                 )
             cached_images.append(image_features)
             cached_texts.append(text_features)
@@ -119,7 +146,9 @@ def forward_backward(
         with contextlib.nullcontext() if last else skip_gradient_sync(train_model):
             with autocast():
                 image_features, text_features = _features(
-                    train_model, *_repeat(image_chunks[j], token_chunks[j], views)
+                    train_model,
+                    model,
+                    *_repeat(image_chunks[j], token_chunks[j], length_chunks[j], views),
                 )
             outputs = [image_features, text_features]
             grads = [image_leaves[j].grad, text_leaves[j].grad]

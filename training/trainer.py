@@ -24,6 +24,7 @@ from training.resolution import downsample
 from training.setup import TrainRun, set_up
 from training.sharding import average_replicated_grads
 from training.step import forward_backward
+from training.text_lengths import caption_lengths, groups_captions
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +217,12 @@ def _step(
     images = run.to_model_input(images.to(run.device, non_blocking=True))
     if plan.image_size:
         images = downsample(images, plan.image_size)
+    # read while the tokens are on the host: no device sync in the text forward
+    lengths = caption_lengths(tokens) if groups_captions(run.model) else None
     tokens = tokens.to(run.device, non_blocking=True)
     run.optimizer.zero_grad(set_to_none=True)
     loss = forward_backward(
-        run.train_model, run.model, images, tokens, run.autocast, accum_steps, plan.views
+        run.train_model, run.model, images, tokens, run.autocast, accum_steps, plan.views, lengths
     )
     if run.sharded:
         average_replicated_grads(run.model)
