@@ -112,3 +112,97 @@ def test_fsdp_trains_like_ddp_resumes_exactly_and_keeps_ranks_on_one_clock(tmp_p
     register_model_config("fsdp-test", read_config(latest)["model_cfg"])
     model = open_clip.create_model("fsdp-test", pretrained=f"{latest}/{WEIGHTS_FILE}")
     torch.testing.assert_close(model.state_dict()["logit_scale"], fsdp["logit_scale"])
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A rank's own shard of a sharded tensor (the whole of a replicated one)."""
+    return (tensor.to_local() if hasattr(tensor, "to_local") else tensor).clone()
+
+
+def _gathers_rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Two accumulated steps (an optimizer step between) of a sharded micro model, with its
+    units kept gathered through each step and, as before, gathered afresh for every pass; the
+    all-gathers counted and each rank's gradient shards kept."""
+    import contextlib
+    from contextlib import nullcontext as nullcontext_autocast
+
+    import torch.distributed as dist
+
+    from training import step as step_module
+    from training.masking import set_mask_ratio
+    from training.model import build_model
+    from training.sharding import _fsdp_units, _reshards_after_forward, shard_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    gathers = {"count": 0}
+    real_gather = dist.all_gather_single
+
+    def counted(*args, **kwargs):
+        gathers["count"] += 1
+        return real_gather(*args, **kwargs)
+
+    dist.all_gather_single = counted  # what FSDP's default all-gather calls
+
+    @contextlib.contextmanager
+    def regathered(model):  # the behaviour before: every pass gathers its units afresh
+        yield lambda: None
+
+    generator = torch.Generator().manual_seed(1 + rank)
+    images = torch.randn(8, 3, 32, 32, generator=generator)
+    tokens = torch.randint(1, 49407, (8, 16), generator=generator)
+    out = {}
+    for mode in ("kept", "regathered"):
+        torch.manual_seed(0)
+        model, _, _ = build_model("flip_micro")
+        set_mask_ratio(model.train(), 0.5)
+        shard_model(model)
+        units = _fsdp_units(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        if mode == "regathered":
+            step_module.gathered_for_the_step = regathered
+        counts, settings = [], []
+        for _ in range(2):
+            optimizer.zero_grad(set_to_none=True)
+            torch.manual_seed(7)
+            before = gathers["count"]
+            step_module.forward_backward(
+                model, model, images, tokens, nullcontext_autocast, accum_steps=4
+            )
+            counts.append(gathers["count"] - before)
+            settings.append([_reshards_after_forward(u) for u in units])
+            optimizer.step()
+        out[mode] = {
+            "counts": counts,
+            "units": len(units),
+            "settings": settings,
+            "grads": {n: _local(p.grad) for n, p in model.named_parameters()},
+            "weights": {n: _local(p.detach()) for n, p in model.named_parameters()},
+        }
+    torch.save(out, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_accumulated_fsdp_steps_gather_the_model_once_with_the_same_gradients(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_gathers_rank_main, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        kept, regathered = out["kept"], out["regathered"]
+        # every unit gathered once per step, against several times per micro-batch before
+        assert kept["counts"] == [kept["units"]] * 2, kept["counts"]
+        assert min(regathered["counts"]) >= 2 * 4 * kept["units"], regathered["counts"]
+        # the units' own reshard settings are back after each step: blocks free, root keeps
+        assert kept["settings"][0] == kept["settings"][1] == regathered["settings"][1]
+        assert kept["settings"][0][0] is False and all(kept["settings"][0][1:]), kept["settings"]
+        # the second step gathered the weights the optimizer had just updated
+        for name, grad in regathered["grads"].items():
+            torch.testing.assert_close(kept["grads"][name], grad, msg=name)
+            torch.testing.assert_close(kept["weights"][name], regathered["weights"][name])

@@ -4,7 +4,8 @@
 
 - **parameters, gradients, optimizer state** (AdamW: two moments), fp32, whole on every rank
   under DDP (plus DDP's gradient buckets, a second copy of the gradients), a 1/N shard under
-  FSDP (plus the block being computed and the next one, gathered whole);
+  FSDP (plus the block being computed and the next one, gathered whole; with several
+  micro-batches per step, the whole model, which stays gathered through the step);
 - **activations** per sample: what autograd saves for the backward pass, counted from the
   towers' shapes — per transformer block and token, the residual stream twice (the two layer
   norms' inputs), each linear layer's input (the attention's input, its q, k, v and output,
@@ -220,6 +221,9 @@ def plan(
             # unsharded gradient in fp32 until the synced one: the whole model's
             held = params if split.accum_steps > 1 else block
             fixed_parts["FSDP unsharded gradients"] = held * FP32
+            if split.accum_steps > 1:  # every unit stays gathered through the step
+                del fixed_parts["FSDP gathered blocks"]
+                fixed_parts["FSDP gathered model"] = params * gathered
         image, text, size = towers(name, variant, phase, config.precision)
         acts = activation_bytes(image, text, size, config.precision, config.grad_checkpointing)
         # the backward's working memory: about one block's activation gradients at a time
@@ -240,7 +244,7 @@ def plan(
         }
         per = sum(per_part.values())  # grows with the micro-batch
         fixed = sum(fixed_parts.values())
-        parts = {**state, **{k: v for k, v in fixed_parts.items() if k not in state}}
+        parts = dict(fixed_parts)
         parts |= {k: v * split.micro_batch for k, v in per_part.items() if v}
         usable = gpu_bytes * (1 - GPU_RESERVE)
         largest = max(0, math.floor((usable - fixed) / per))

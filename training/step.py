@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from training.loss import contrastive_loss
-from training.sharding import skip_gradient_sync
+from training.sharding import gathered_for_the_step, skip_gradient_sync
 from training.text_lengths import told_caption_lengths
 
 
@@ -118,7 +118,31 @@ def forward_backward(
         raise ValueError(f"batch {images.shape[0]} must divide into {accum_steps} micro-batches")
     image_chunks, token_chunks = images.chunk(accum_steps), tokens.chunk(accum_steps)
     length_chunks = _chunks(lengths, accum_steps)
-    device = images.device
+    with gathered_for_the_step(model) as last_backward:  # FSDP: gathered once per step
+        return _accumulate(
+            train_model,
+            model,
+            image_chunks,
+            token_chunks,
+            length_chunks,
+            autocast,
+            views,
+            last_backward,
+        )
+
+
+def _accumulate(
+    train_model: nn.Module,
+    model: nn.Module,
+    image_chunks: tuple[torch.Tensor, ...],
+    token_chunks: tuple[torch.Tensor, ...],
+    length_chunks: list[list[int] | None],
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    views: int,
+    last_backward: Callable[[], None],
+) -> torch.Tensor:
+    """The micro-batches' passes of ``forward_backward`` (see the module docstring)."""
+    accum_steps, device = len(image_chunks), image_chunks[0].device
     rng_states, cached_images, cached_texts = [], [], []
     with torch.no_grad():
         for micro_images, micro_tokens, micro_lengths in zip(
@@ -155,6 +179,7 @@ def forward_backward(
             if last:  # the temperature's gradient joins the step's synchronised backward
                 outputs.append(model.logit_scale)
                 grads.append(scale_leaf.grad.to(model.logit_scale.dtype))
+                last_backward()
             torch.autograd.backward(outputs, grads)
     _set_rng_state(after_first_pass, device)
     return loss.detach()
