@@ -553,3 +553,30 @@ def test_a_restarted_stream_stops_the_old_streams_workers_first(shard_set):
     assert live_workers() - before == 2 and opened == [0, 5]
     stream.close()
     assert live_workers() - before == 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_opening_a_stream_leaves_the_runs_generator_alone_and_is_a_function_of_its_seed(
+    shard_set, workers
+):
+    """The trainer opens the next stream before it saves the checkpoint (whose random state a
+    resumed run restores), so opening one must not draw from the global generator; and the
+    batches, crops included, follow from the stream's seed alone."""
+    from training.data import open_shard_set
+
+    shards = open_shard_set(str(shard_set))
+    options = {"workers": workers, "seed": 3, "shuffle_buffer": 8}
+    if workers:
+        options["worker_start"] = "fork"
+    firsts = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        batches = iter(tiny_loader(shards, **options))
+        assert torch.equal(torch.get_rng_state(), before)
+        if workers:  # the workers crop with their own generators
+            firsts.append(next(batches))
+        del batches
+    if workers:
+        (images_a, tokens_a, _), (images_b, tokens_b, _) = firsts
+        assert torch.equal(images_a, images_b) and torch.equal(tokens_a, tokens_b)

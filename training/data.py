@@ -205,6 +205,9 @@ def make_loader(
         # page-locked batches copy to a GPU asynchronously (non_blocking) and faster
         pin_memory=pin_memory,
         worker_init_fn=ignore_sigterm if workers > 0 else None,
+        # the workers' base seed from the stream's own seed, not drawn from the global generator
+        # (whose state the run's checkpoints hold: opening a stream must not move it)
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

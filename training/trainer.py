@@ -107,8 +107,8 @@ def _train_phase(
     run: TrainRun, phase_index: int, batches: BatchStream, progress: Progress, stop: StopRequest
 ) -> bool:
     """Run phase ``phase_index`` from where ``run.state`` stands to its end, checkpointing on
-    the way; the stream is restarted at each checkpoint. False: stopped by SIGTERM (after a
-    checkpoint of the step it stopped at)."""
+    the way; the stream is restarted at each checkpoint (before it is written). False: stopped
+    by SIGTERM (after a checkpoint of the step it stopped at)."""
     config, state, plan = run.config, run.state, run.plans[phase_index]
     _log_phase_start(run, phase_index)
     if state.phase_step == 0 and config.phases[phase_index].fresh_optimizer:
@@ -142,18 +142,20 @@ def _train_phase(
             state.phase_index, state.phase_step, state.phase_seconds = phase_index + 1, 0, 0.0
         if at_phase_end or periodic or stopping:
             progress.flush()  # first: a checkpoint on storage implies its metrics are too
+            # Restarting the stream at a checkpoint makes a resumed run see the same batches.
+            # The new stream starts before the checkpoint is written, so that its workers
+            # start and fill their shuffle buffers while the state is gathered and written.
+            # A timed phase cannot resume bit for bit anyway, and the restart would be charged
+            # to its clock: it keeps its stream.
+            restart = at_phase_end or (periodic and not plan.seconds)
+            if restart and not stopping and state.phase_index < len(run.plans):
+                batches.restart(state.step)
             _save(run, plan)
             barrier(storage=True)  # no rank runs on until the checkpoint is whole on storage
             if periodic and not (stopping or at_phase_end):
                 stopping = stop.due_now(run.device)  # asked to stop while it was written?
-        # Restarting the stream at a checkpoint makes a resumed run see the same batches.
-        # A timed phase cannot resume bit for bit anyway, and the restart (refilling the
-        # shuffle buffer) would be charged to its clock: it keeps its stream.
         if stopping:
             return False
-        restart = at_phase_end or (periodic and not plan.seconds)
-        if restart and state.phase_index < len(run.plans):
-            batches.restart(state.step)
         if at_phase_end:
             break
     return True
