@@ -10,8 +10,9 @@ from pipeline.config import DownloadConfig
 SHORTER_SIDE_MODES = ("keep_ratio", "center_crop")  # they scale the shorter side to image_size
 # Boxes are blurred on the resized image with a kernel a fifth of the largest box's side
 # (img2dataset's blurrer): work grows as pixels × kernel. An image blurred in a shorter-side
-# mode may be at most this many times longer than wide (4 × image_size² pixels, a kernel up
-# to 0.8 × image_size: ~1 s at 512 px); a 100 × 9,500 one at 512 px would take minutes.
+# mode may be at most this many times longer than wide. Measured (one whole-image box, the
+# largest kernel; 2 cores beside other work): 512 × 2,048 (4:1) 0.67 s, 512 × 8,192 (16:1)
+# 11.6 s; a 100 × 9,500 source at 512 px (95:1) would take minutes.
 BLUR_MAX_ASPECT = 4.0
 TOO_WIDE_TO_BLUR = "aspect ratio too large to blur"
 
