@@ -97,13 +97,10 @@ def staging_root(output_dir: str) -> str:
     return url_join(output_dir, "_work", "staging")
 
 
-def pixel_cap_error(data: bytes, max_pixels: int) -> str | None:
-    """Refuse an image whose header declares more pixels than the cap, before decoding it.
-
-    Bytes whose size cannot be read are left to the resizer (OpenCV), which then decodes or
-    rejects them.
-    """
-    size = declared_size(data)
+def pixel_cap_error(size: tuple[int, int] | None, max_pixels: int) -> str | None:
+    """Refuse an image whose header declares (``declared_size``) more pixels than the cap,
+    before decoding it. Bytes whose size cannot be read here are left to ``browser_ready``,
+    which refuses what Pillow cannot size."""
     if size is None:
         return None
     return "too many pixels" if size[0] * size[1] > max_pixels else None
@@ -133,9 +130,8 @@ class SampleProcessor:
 
     fetcher: Fetcher
     resizer: Resizer
-    max_pixels: int
+    download: DownloadConfig  # the pixel cap, and for blurring (download.bbox_col) its bounds
     blocklist: Blocklist | None = None
-    download: DownloadConfig | None = None  # for blurring (download.bbox_col): its bounds
 
     def fetch(self, url: str, stop_at: float) -> FetchResult:
         return self.fetcher.fetch(url, stop_at)
@@ -146,7 +142,8 @@ class SampleProcessor:
         """``boxes``: the sample's value of download.bbox_col, when blurring."""
         if fetched.data is None:
             return None, failure("failed_to_download", fetched.error, fetched.retryable)
-        error = truncation_error(fetched.data) or pixel_cap_error(fetched.data, self.max_pixels)
+        size = declared_size(fetched.data)  # the header, read once
+        error = truncation_error(fetched.data) or pixel_cap_error(size, self.download.max_pixels)
         if error is not None:
             return None, failure("failed_to_resize", error)
         sha256 = hashlib.sha256(fetched.data).hexdigest()
@@ -155,18 +152,17 @@ class SampleProcessor:
             if reason is not None:
                 return None, failure("decontaminated", reason)
         blur = None
-        if self.download is not None and self.download.bbox_col:
+        if self.download.bbox_col:
             try:
                 blur = parse_boxes(boxes)
             except BadBoxes as err:
                 return None, failure("failed_to_resize", str(err))
             if blur:  # the stored image's boxes, turned as browser_ready turns the image
-                size = declared_size(fetched.data)
                 if size is None or not blurrable(self.download, *size):
                     return None, failure("failed_to_resize", TOO_WIDE_TO_BLUR)
                 blur = upright_boxes(blur, exif_orientation(fetched.data))
         try:  # what a browser shows: first frame, upright, 8-bit RGB (pipeline.browser_image)
-            shown = browser_ready(fetched.data, self.max_pixels)
+            shown = browser_ready(fetched.data, self.download.max_pixels)
         except NotAnImage:
             # bytes Pillow cannot read have no size we can check: OpenCV could still decode
             # some (HDR, EXR) past the pixel cap, so they are refused, as undecodable
@@ -274,7 +270,7 @@ def make_processor(
         # robots.txt rules kept across the worker's tasks of one job (``robots_scope``)
         robots=worker_cache(fetch.robots_txt_cache_bytes, robots_scope) if robots_scope else None,
     )
-    return SampleProcessor(fetcher, resizer, download.max_pixels, loaded, download)
+    return SampleProcessor(fetcher, resizer, download, loaded)
 
 
 @dataclass(frozen=True)
