@@ -13,6 +13,7 @@ once it is complete, so there they are written in place (a rename would be a cop
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import itertools
@@ -461,6 +462,23 @@ class ShardWriter:
             finally:
                 tar.get()
 
+    def discard(self) -> None:
+        """Drop a shard that failed before its commit: its open files are given up (on an
+        object store their uploads abandoned, where the file system can: nothing reaches the
+        shard's name) and its staging folder removed. The shard has no stats file, so the
+        driver reruns it whatever is left."""
+        parquet = getattr(self.writer, "buffered_parquet_writer", None)
+        for handle in (getattr(self.writer, "tar_fd", None), getattr(parquet, "output_fd", None)):
+            if handle is None:
+                continue
+            with contextlib.suppress(Exception):  # best effort: the shard is failing already
+                discard = getattr(handle, "discard", None)  # s3fs: abort the multipart upload
+                discard() if discard is not None else handle.close()
+        if self.staging is not None:
+            fs, path = fsspec.core.url_to_fs(self.staging)
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(path, recursive=True)
+
     def write(self, image: bytes | None, meta: dict[str, Any]) -> None:
         self.writer.write(image, meta["key"], meta.get("caption"), meta)
         self.bytes_written += len(image or b"") + SAMPLE_OVERHEAD_BYTES
@@ -625,11 +643,30 @@ class ShardDownloader:
         ``lane``'s places on shared sites (``pipeline.task_lanes``); returns the writer and
         what commits it (and gives the stats)."""
         start_time = time.time()
-        fetch_start = time.monotonic()
+        # checked before any file is opened: a list without the column fails the shard
+        column = blur_column(table.schema.names, self.download.bbox_col)
         rows = table.to_pylist()
         writer = ShardWriter(
             self.output_dir, shard_id, OOM_SHARD_COUNT, result_schema(table.schema)
         )
+        try:
+            return self._fill(writer, shard_id, rows, column, task_stop, lane, start_time)
+        except BaseException:
+            writer.discard()
+            raise
+
+    def _fill(
+        self,
+        writer: ShardWriter,
+        shard_id: int,
+        rows: list[dict[str, Any]],
+        blur_col: str | None,
+        task_stop: float,
+        lane: int,
+        start_time: float,
+    ) -> tuple[ShardWriter, Callable[[], dict]]:
+        """``download_into_writer``'s fetching and writing, once the writer is open."""
+        fetch_start = time.monotonic()
         # the list's, not the config's: keys stay unique if a rerun's config differs
         digits = math.ceil(math.log10(self.url_list.samples_per_shard))
         urls = [(index, row["url"]) for index, row in enumerate(rows)]
@@ -652,9 +689,8 @@ class ShardDownloader:
         retry = None if retry_after is None else InTaskRetry(retry_after, self.fetch.deadline_s)
         threads = self.download.threads
         blur = None
-        if self.download.bbox_col:
-            column = blur_column(table.schema.names, self.download.bbox_col)
-            blur = {index: row[column] for index, row in enumerate(rows)}
+        if blur_col is not None:
+            blur = {index: row[blur_col] for index, row in enumerate(rows)}
         for index, image, result in process_all(urls, processor, threads, stop_at, retry, blur):
             key = compute_key(index, shard_id, digits, OOM_SHARD_COUNT)
             writer.write(image, {**rows[index], "key": key, **result, **final})
@@ -663,16 +699,23 @@ class ShardDownloader:
         extra |= {"final_pass": True} if self.final_pass else {}
 
         def commit() -> dict[str, Any]:
-            stats = writer.commit(start_time, extra)
+            try:
+                stats = writer.commit(start_time, extra)
+            except BaseException:
+                writer.discard()  # the rerun starts clean; no stats file, so it reruns
+                raise
             progress.update(writer.counts, writer.status, done=True)
             return stats
 
         return writer, commit
 
 
-def blur_column(names: list[str], bbox_col: str) -> str:
-    """The URL list's column of boxes to blur (carried as the metadata names it, in any case).
-    A list without it fails the shard: its images would otherwise be written unblurred."""
+def blur_column(names: list[str], bbox_col: str | None) -> str | None:
+    """The URL list's column of boxes to blur (carried as the metadata names it, in any case;
+    None when not blurring). A list without it fails the shard: its images would otherwise be
+    written unblurred."""
+    if not bbox_col:
+        return None
     for name in names:
         if name.lower() == bbox_col.lower():
             return name

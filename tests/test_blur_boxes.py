@@ -219,9 +219,27 @@ def test_datacomp_face_boxes_are_blurred_end_to_end(tmp_path, spark, reader):
     assert json.loads(samples[urls[1]][1]["face_bboxes"]) == []
 
 
-def test_a_url_list_without_the_box_column_fails_the_shard_not_its_faces():
-    from pipeline.shard_download import blur_column
+def test_a_url_list_without_the_box_column_fails_the_shard_not_its_faces(tmp_path):
+    """A URL list made without download.bbox_col (by hand, or by another config) given to a
+    blurring download: the shard fails with the reason and writes nothing, instead of its
+    images unblurred; the column is found in any case."""
+    from pipeline.shard_download import ShardDownloader, blur_column
+    from pipeline.url_shards import UrlList, part_url
 
     assert blur_column(["url", "Face_BBoxes"], "face_bboxes") == "Face_BBoxes"
-    with pytest.raises(ValueError, match="no such column"):
-        blur_column(["url", "caption"], "face_bboxes")
+    with HostileWeb() as web:
+        urls_dir = tmp_path / "urls"
+        urls_dir.mkdir()
+        urls = [f"{web.base_url}/ok/{i}.jpg" for i in range(2)]
+        pq.write_table(
+            pa.table({"URL": urls, "TEXT": ["a face", "another"]}), part_url(str(urls_dir), 0)
+        )
+        download = DownloadConfig(
+            image_size=32, samples_per_shard=2, threads=2, bbox_col="face_bboxes"
+        )
+        fetch = FetchConfig(retries=0, allowed_networks=["127.0.0.0/8"])
+        out = tmp_path / "out"
+        outcomes = ShardDownloader(str(out), UrlList(str(urls_dir), 2, 2), download, fetch)([0])
+    assert len(outcomes) == 1 and "stats" not in outcomes[0]
+    assert "no such column" in outcomes[0]["error"], outcomes
+    assert not any(out.glob("**/*.tar"))  # nothing written, blurred or not

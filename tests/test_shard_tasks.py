@@ -91,3 +91,43 @@ def test_a_task_of_several_shards_keeps_to_one_deadline(tmp_path):
     for shard in (0, 1, 2):
         assert stats[shard]["count"] == 2
         assert stats[shard]["retryable_reasons"] == {"shard deadline exceeded": 2}
+
+
+def test_a_shard_that_fails_midway_leaves_no_staging_files_or_open_handles(tmp_path, monkeypatch):
+    """The disk fills while a shard is written: the shard fails with the reason, its staging
+    folder is removed and its files closed (an executor runs thousands of shards), and the
+    next shard of the task is written whole."""
+    import os
+
+    from pipeline import shard_download
+
+    real_write = shard_download.ShardWriter.write
+    calls = {"n": 0}
+
+    def write_until_full(self, image, meta):
+        calls["n"] += 1
+        if self.name == "00000" and calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(self, image, meta)
+
+    monkeypatch.setattr(shard_download.ShardWriter, "write", write_until_full)
+    with HostileWeb() as web:
+        urls_dir = tmp_path / "urls"
+        urls_dir.mkdir()
+        for shard in (0, 1):
+            urls = [f"{web.base_url}/ok/{i}.jpg" for i in range(2)]
+            pq.write_table(
+                pa.table({"URL": urls, "TEXT": ["a", "b"]}), part_url(str(urls_dir), shard)
+            )
+        download = DownloadConfig(image_size=32, samples_per_shard=2, threads=2)
+        fetch = FetchConfig(retries=0, allowed_networks=["127.0.0.0/8"])
+        out = tmp_path / "out"
+        fds_before = len(os.listdir("/proc/self/fd"))
+        outcomes = ShardDownloader(str(out), UrlList(str(urls_dir), 4, 2), download, fetch)([0, 1])
+        fds_after = len(os.listdir("/proc/self/fd"))
+    by_shard = {o["shard_id"]: o for o in outcomes}
+    assert "No space left" in by_shard[0]["error"] and "stats" not in by_shard[0]
+    assert by_shard[1]["stats"]["successes"] == 2
+    assert not any((out / "_work" / "staging").iterdir())
+    assert not (out / "00000.tar").exists() and not (out / "00000_stats.json").exists()
+    assert fds_after <= fds_before
