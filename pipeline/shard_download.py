@@ -189,6 +189,19 @@ class SampleProcessor:
         }
 
 
+def give_up(handle: Any) -> None:
+    """Close a file being written without finishing it where the file system can: an object
+    store's buffered file (s3fs) aborts its multipart upload and uploads nothing, so no part of
+    it reaches its name; a local file is closed (its staging folder goes with the shard)."""
+    if handle is None:
+        return
+    if isinstance(handle, fsspec.spec.AbstractBufferedFile) and handle.mode in ("wb", "ab"):
+        handle.discard()
+        handle.closed = True  # its buffer is gone: a later close must not try to upload it
+        return
+    handle.close()
+
+
 def failure(status: str, reason: str | None, retryable: bool = False) -> dict[str, Any]:
     return {
         "status": status,
@@ -463,17 +476,14 @@ class ShardWriter:
                 tar.get()
 
     def discard(self) -> None:
-        """Drop a shard that failed before its commit: its open files are given up (on an
-        object store their uploads abandoned, where the file system can: nothing reaches the
-        shard's name) and its staging folder removed. The shard has no stats file, so the
-        driver reruns it whatever is left."""
+        """Drop a shard that failed before its commit: its files are given up and its staging
+        folder removed. The shard has no stats file, so the driver reruns it."""
         parquet = getattr(self.writer, "buffered_parquet_writer", None)
+        with contextlib.suppress(Exception):  # its footer, into a file about to be dropped
+            parquet.parquet_writer.close()  # (else its finaliser writes into a dropped file)
         for handle in (getattr(self.writer, "tar_fd", None), getattr(parquet, "output_fd", None)):
-            if handle is None:
-                continue
             with contextlib.suppress(Exception):  # best effort: the shard is failing already
-                discard = getattr(handle, "discard", None)  # s3fs: abort the multipart upload
-                discard() if discard is not None else handle.close()
+                give_up(handle)
         if self.staging is not None:
             fs, path = fsspec.core.url_to_fs(self.staging)
             with contextlib.suppress(FileNotFoundError):

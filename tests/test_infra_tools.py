@@ -235,6 +235,7 @@ def test_the_gpu_machines_script_runs_on_the_cpu_at_toy_size(tmp_path):
     assert "1 ranks, cpu: all checks passed" in step_check, step_check[-2000:]
     figures = json.loads((tmp_path / "train_step_mfu.json").read_text())
     assert "mfu" in json.dumps(figures) and (tmp_path / "train_step_mfu.md").exists()
+    assert all("host_syncs_per_step" in row for row in figures["rows"])  # None off a GPU
     probe = (tmp_path / "linear_probe.log").read_text()
     assert "probe only ours" in probe and "clip_benchmark" in probe, probe[-2000:]
 

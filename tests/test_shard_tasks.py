@@ -131,3 +131,28 @@ def test_a_shard_that_fails_midway_leaves_no_staging_files_or_open_handles(tmp_p
     assert not any((out / "_work" / "staging").iterdir())
     assert not (out / "00000.tar").exists() and not (out / "00000_stats.json").exists()
     assert fds_after <= fds_before
+
+
+def test_a_given_up_file_on_s3_leaves_no_object_and_no_open_upload(s3_endpoint, tmp_path):
+    """What a failed shard does with its files: on S3 the multipart upload is aborted (an
+    incomplete one is billed until aborted) and nothing reaches the name, neither then nor when
+    the handle is collected; a local file is closed."""
+    import fsspec
+
+    from pipeline.shard_download import give_up
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("give-up")
+    for name, size in (("small.tar", 1000), ("large.tar", 12 * 2**20)):  # past one 5 MiB part
+        handle = fs.open(f"give-up/{name}", "wb", block_size=5 * 2**20)
+        handle.write(b"x" * size)
+        give_up(handle)
+        handle.close()  # what a finaliser would do: nothing more
+        del handle
+    fs.invalidate_cache()
+    assert fs.ls("give-up") == []
+    uploads = fs.call_s3("list_multipart_uploads", Bucket="give-up").get("Uploads", [])
+    assert uploads == []
+    local = fsspec.filesystem("file").open(str(tmp_path / "a.tar"), "wb")
+    give_up(local)
+    assert local.closed

@@ -580,3 +580,31 @@ def test_opening_a_stream_leaves_the_runs_generator_alone_and_is_a_function_of_i
     if workers:
         (images_a, tokens_a, _), (images_b, tokens_b, _) = firsts
         assert torch.equal(images_a, images_b) and torch.equal(tokens_a, tokens_b)
+
+
+def test_a_stopping_run_kills_its_streams_workers_at_once(shard_set):
+    """On SIGTERM the checkpoint is written first; then the stream's workers are killed rather
+    than waited for, even while they are still filling their shuffle buffers; an ordinary
+    close of busy workers ends too."""
+    import multiprocessing
+    import time
+
+    from training.data import open_shard_set
+    from training.trainer import BatchStream
+
+    shards = open_shard_set(str(shard_set))
+    before = len(multiprocessing.active_children())
+    for kill in (True, False):
+        stream = BatchStream(
+            lambda step: iter(
+                tiny_loader(shards, workers=2, seed=step, shuffle_buffer=10**7, worker_start="fork")
+            ),
+            0,
+        )
+        time.sleep(0.5)  # the workers read into a buffer they never fill: always busy
+        start = time.monotonic()
+        stream.close(kill=kill)
+        if kill:
+            assert time.monotonic() - start < 3.0
+        # without kill too (torch's own last resort, SIGTERM, is ignored by the workers)
+        assert len(multiprocessing.active_children()) == before, kill

@@ -112,11 +112,15 @@ def gathered_for_the_step(model: nn.Module) -> Iterator[Callable[[], None]]:
 
     try:
         yield last_backward
+    except BaseException:
+        # a pass stopped half-way: torch's own recovery reshards every unit and drops the
+        # step's trackers (a unit still in its forward would not reshard by itself)
+        model.reset_iter_state()
+        raise
     finally:
         for unit in units:
             unit.set_reshard_after_forward(after_forward[unit], recurse=False)
             unit.set_reshard_after_backward(True, recurse=False)
-            unit.reshard()  # a no-op after the last backward; after an error, frees the model
 
 
 def _reshards_after_forward(unit: nn.Module) -> bool:

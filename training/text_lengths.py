@@ -28,7 +28,6 @@ from collections.abc import Iterator, Sequence
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import text_global_pool
 
 from flipcommon.errors import UserError
 
@@ -86,7 +85,9 @@ def _encode_cut(model: open_clip.CLIP, text: torch.Tensor) -> torch.Tensor:
     x = x + model.positional_embedding[:length].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
-    x = text_global_pool(x, text, model.text_pool_type)
+    # argmax pooling (``cuttable``) as open_clip's text_global_pool does it, with the row index
+    # made on the device: its CPU arange would be copied over with a sync, here and in backward
+    x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
     if isinstance(model.text_projection, torch.nn.Linear):
         return model.text_projection(x)
     return x @ model.text_projection

@@ -61,7 +61,9 @@ def train(config: TrainConfig) -> str:
                 break
     finally:
         stop.uninstall()
-    batches.close()
+    # stopped: the checkpoint is written and the scheduler's grace time is short, so the
+    # stream's workers (perhaps just started during the write) are killed, not waited for
+    batches.close(kill=stopped)
     progress.close()
     if not stopped and run.dist.is_main:
         if state.skipped_samples:
@@ -96,11 +98,28 @@ class BatchStream:
         self.close()
         self._batches = self._open(step)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the stream's loader workers: asked to finish (torch waits up to 5 s for each,
+        then they are killed), or with ``kill`` ended at once."""
         old, self._batches = self._batches, None
+        if kill and getattr(old, "_worker_pids_set", False):
+            # torch's SIGCHLD handler would take the kill for a crash: unregister them first
+            # (as its own shutdown does before it stops them)
+            from torch.utils.data._utils.signal_handling import _remove_worker_pids
+
+            _remove_worker_pids(id(old))
+            old._worker_pids_set = False
+            for worker in old._workers:
+                worker.kill()
         shutdown = getattr(old, "_shutdown_workers", None)  # a multi-process DataLoader's
         if shutdown is not None:
             shutdown()
+            # torch's last resort is SIGTERM, which our workers ignore (it is the trainer's
+            # to act on): one still busy, e.g. filling a shuffle buffer, is killed instead
+            for worker in old._workers:
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()
 
 
 def _train_phase(
@@ -147,8 +166,9 @@ def _train_phase(
             # start and fill their shuffle buffers while the state is gathered and written.
             # A timed phase cannot resume bit for bit anyway, and the restart would be charged
             # to its clock: it keeps its stream.
+            # (Not when this rank was asked to stop: every rank then stops after the write.)
             restart = at_phase_end or (periodic and not plan.seconds)
-            if restart and not stopping and state.phase_index < len(run.plans):
+            if restart and not (stopping or stop.requested) and state.phase_index < len(run.plans):
                 batches.restart(state.step)
             _save(run, plan)
             barrier(storage=True)  # no rank runs on until the checkpoint is whole on storage

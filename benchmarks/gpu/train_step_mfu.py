@@ -7,7 +7,8 @@ model FLOPs utilisation from the FLOPs of one training sample counted on the rea
 (torch's FLOP counter, text at the whole context: ours cuts the text tower's padding, so its
 MFU counts the work open_clip does for the same result); peak memory of a step. Our step is the
 trainer's (text length groups, fused AdamW), open_clip's as its trainer runs it (its parameter
-groups, torch's default AdamW); ``--captions`` gives real caption lengths. Prints a Markdown
+groups, torch's default AdamW); ``--captions`` gives real caption lengths. Each step's host
+syncs (where the host waits for the GPU) are counted with torch's sync debug mode. Prints a Markdown
 table, and writes it with the raw figures to $OUT (or --out) as train_step_mfu.{md,json}.
 
     python benchmarks/gpu/train_step_mfu.py                  # ViT-B/16 and ViT-L/14, H200 peak
@@ -40,15 +41,31 @@ from training.loss import contrastive_loss  # noqa: E402
 from training.masking import set_mask_ratio  # noqa: E402
 from training.model import build_model, model_cfg  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
-from training.text_lengths import group_text_by_length  # noqa: E402
+from training.text_lengths import (  # noqa: E402
+    caption_lengths,
+    group_text_by_length,
+    told_caption_lengths,
+)
 
 # dense bf16 tensor-core peak of one H100/H200 SXM (NVIDIA's data sheets): the MFU denominator
 H200_BF16_PEAK_FLOPS = 989e12
 
 
-def timed_steps(model, optimizer, images, tokens, steps: int, device: torch.device) -> float:
-    """Seconds per whole training step, after the device has finished its work. Both use our
-    fp32 loss (open_clip's ClipLoss would compute its logits in bf16 under autocast)."""
+def train_step(model, optimizer, images, tokens, lengths: list[int]) -> None:
+    """One whole training step. Both use our fp32 loss (open_clip's ClipLoss would compute its
+    logits in bf16 under autocast); ours is told the caption lengths read on the host, as the
+    trainer tells it (open_clip's model ignores them)."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        with told_caption_lengths(model, lengths):
+            image_features, text_features, _ = model(images, tokens)
+        loss = contrastive_loss(image_features.float(), text_features.float(), model.logit_scale)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def timed_steps(model, optimizer, images, tokens, lengths, steps: int, device) -> float:
+    """Seconds per whole training step, after the device has finished its work."""
 
     def sync() -> None:
         if device.type == "cuda":
@@ -57,16 +74,27 @@ def timed_steps(model, optimizer, images, tokens, steps: int, device: torch.devi
     sync()
     start = time.perf_counter()
     for _ in range(steps):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            image_features, text_features, _ = model(images, tokens)
-            loss = contrastive_loss(
-                image_features.float(), text_features.float(), model.logit_scale
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, images, tokens, lengths)
     sync()
     return (time.perf_counter() - start) / steps
+
+
+def host_syncs(model, optimizer, images, tokens, lengths, device) -> int | None:
+    """How many times one step stops the host until the GPU has caught up (torch's sync debug
+    mode warns at each); None off a GPU."""
+    import warnings
+
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_step(model, optimizer, images, tokens, lengths)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def build_pair(name: str, variant: str, ratio: float, device: torch.device, text_groups: int):
@@ -91,15 +119,18 @@ def measure_model(name: str, batch: int, ratios: list[float], args, device) -> l
         size, context = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
         images = torch.randn(batch, 3, size, size, device=device)
         if args.captions:
-            tokens = sample_rows(torch.load(args.captions)[:, :context], batch).to(device)
+            tokens = sample_rows(torch.load(args.captions)[:, :context], batch)
         else:
-            tokens = torch.randint(1, 49407, (batch, context), device=device)
+            tokens = torch.randint(1, 49407, (batch, context))
+        lengths = caption_lengths(tokens)  # on the host, as the trainer reads them
+        tokens = tokens.to(device)
         optimizers = {
             "ours": build_optimizer(pair["ours"], 1e-5, 0.2, (0.9, 0.95)),
             "open_clip": open_clip_optimizer(pair["open_clip"]),
         }
         times: dict[str, list[float]] = {k: [] for k in pair}
         peak: dict[str, float] = {}
+        syncs: dict[str, int | None] = {}
         for key, model in pair.items():  # warm-up, and the peak memory of a step
             if device.type == "cuda":
                 # Each model's own: what the other model holds (its weights, and after its own
@@ -107,13 +138,14 @@ def measure_model(name: str, batch: int, ratios: list[float], args, device) -> l
                 own = sum(p.numel() * p.element_size() for p in model.parameters())
                 others = torch.cuda.memory_allocated(device) - own
                 torch.cuda.reset_peak_memory_stats(device)
-            timed_steps(model, optimizers[key], images, tokens, args.warmup, device)
+            timed_steps(model, optimizers[key], images, tokens, lengths, args.warmup, device)
             if device.type == "cuda":
                 peak[key] = (torch.cuda.max_memory_allocated(device) - others) / 2**30
+            syncs[key] = host_syncs(model, optimizers[key], images, tokens, lengths, device)
         for _ in range(args.rounds):
             for key, model in pair.items():
                 times[key].append(
-                    timed_steps(model, optimizers[key], images, tokens, args.steps, device)
+                    timed_steps(model, optimizers[key], images, tokens, lengths, args.steps, device)
                 )
         for key in pair:
             seconds = statistics.median(times[key])
@@ -129,6 +161,7 @@ def measure_model(name: str, batch: int, ratios: list[float], args, device) -> l
                     "train_gflops_per_sample": flops[(ratio, 0)]["total"] / 1e9,
                     "mfu": samples_per_s * flops[(ratio, 0)]["total"] / args.peak_flops,
                     "peak_memory_gib": peak.get(key),
+                    "host_syncs_per_step": syncs[key],
                 }
             )
         del pair, optimizers
@@ -142,8 +175,8 @@ def markdown(rows: list[dict]) -> str:
     open_clip at the same ratio."""
     lines = [
         "| model | impl | mask | batch | samples/s | speed-up vs 0% | vs open_clip | MFU "
-        "| peak GiB | memory vs 0% |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| peak GiB | memory vs 0% | host syncs/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     unmasked = {(r["model"], r["implementation"]): r for r in rows if r["mask_ratio"] == 0}
     same_ratio = {(r["model"], r["implementation"], r["mask_ratio"]): r for r in rows}
@@ -160,9 +193,13 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['model']} | {r['implementation']} | {r['mask_ratio']:.0%} | {r['batch']} | "
             f"{r['samples_per_s']:.0f} | {speedup:.2f}× | {versus} | {100 * r['mfu']:.1f}% | "
-            f"{memory} | {memory_ratio} |"
+            f"{memory} | {memory_ratio} | {_or_dash(r.get('host_syncs_per_step'))} |"
         )
     return "\n".join(lines)
+
+
+def _or_dash(value) -> str:
+    return "–" if value is None else str(value)
 
 
 def main() -> None:
