@@ -404,3 +404,37 @@ def test_a_slurm_time_limit_too_short_to_checkpoint_and_train_is_refused(tmp_pat
     deploy = load_deploy(_deploy_file(tmp_path, lambda d: d["slurm"].update(time="0:20:00")))
     with pytest.raises(ConfigError, match="slurm.time=0:20:00"):
         slurm.train(deploy)
+
+
+def test_the_s3_lifecycle_rule_is_valid_and_an_s3_endpoint_applies_it(s3_endpoint):
+    """The rendered rule that aborts incomplete multipart uploads: valid input for
+    PutBucketLifecycleConfiguration (botocore's own model), and taken by a real S3 endpoint."""
+    from dataclasses import replace
+
+    import boto3
+
+    from flipcommon.config import ConfigError
+
+    deploy = load_deploy()
+    files = render_all(deploy)
+    (name,) = [n for n in files if n.startswith("aws-s3/")]
+    params = json.loads(files[name])
+    shape = (
+        botocore.session.get_session()
+        .get_service_model("s3")
+        .operation_model("PutBucketLifecycleConfiguration")
+        .input_shape
+    )
+    report = ParamValidator().validate(params, shape)
+    assert not report.has_errors(), report.generate_report()
+    rules = params["LifecycleConfiguration"]["Rules"]
+    assert {r["Filter"]["Prefix"] for r in rules} == {"laion400m-256/", "runs/"}
+    client = boto3.client("s3")  # the endpoint from the fixture's environment
+    client.create_bucket(Bucket=params["Bucket"])
+    client.put_bucket_lifecycle_configuration(**params)
+    applied = client.get_bucket_lifecycle_configuration(Bucket=params["Bucket"])["Rules"]
+    assert [r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] for r in applied] == [2, 2]
+    # the bucket names a rendered file: anything but a bucket name is refused
+    for url in ("s3://../x", "s3://My_Bucket/x", "s3:///x"):
+        with pytest.raises(ConfigError, match="bucket"):
+            render_all(replace(deploy, storage=replace(deploy.storage, runs=url)))

@@ -1,10 +1,12 @@
 """AWS: Batch job definitions (the pipeline on one large instance, training multi-node,
 evaluation as an array), their compute environments and queues, a submit script that chains
-them; and the pipeline as EMR steps (managed Spark)."""
+them; the pipeline as EMR steps (managed Spark); and the S3 lifecycle rule that aborts the
+multipart uploads a killed task leaves behind."""
 
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from flipcommon.config import ConfigError
@@ -253,3 +255,46 @@ def emr_steps(d: Deploy) -> list[dict]:
             "HadoopJarStep": {"Jar": "command-runner.jar", "Args": spark_submit(d, "yarn", {})},
         }
     ]
+
+
+# A shard's tar and a checkpoint's weights go up as multipart uploads. One stopped by a failed
+# shard is aborted (``pipeline.shard_download.give_up``), but an executor killed for memory, a
+# lost spot node or a cancelled job leaves its parts: billed, invisible to a listing, kept until
+# aborted. S3 aborts them itself under this rule.
+ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS = 2
+S3_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def s3_lifecycle(d: Deploy) -> dict[str, dict]:
+    """Per bucket of the deploy's shard set and runs: ``aws s3api
+    put-bucket-lifecycle-configuration --cli-input-json file://…`` input aborting incomplete
+    multipart uploads under those prefixes. (That call replaces a bucket's rules: merge them
+    into a bucket that has its own.)"""
+    prefixes: dict[str, list[str]] = {}
+    for url in (d.storage.shards, d.storage.runs):
+        if not url.startswith("s3://"):
+            continue
+        bucket, _, key = url[len("s3://") :].partition("/")
+        if not S3_BUCKET_NAME.fullmatch(bucket):  # it also names a rendered file
+            raise ConfigError(f"storage URL {url!r}: {bucket!r} is not an S3 bucket name")
+        prefix = key.rstrip("/") + "/" if key else ""
+        prefixes.setdefault(bucket, []).append(prefix)
+    return {
+        bucket: {
+            "Bucket": bucket,
+            "LifecycleConfiguration": {
+                "Rules": [
+                    {
+                        "ID": f"flip-abort-incomplete-uploads-{index}",
+                        "Status": "Enabled",
+                        "Filter": {"Prefix": prefix},
+                        "AbortIncompleteMultipartUpload": {
+                            "DaysAfterInitiation": ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS
+                        },
+                    }
+                    for index, prefix in enumerate(sorted(set(found)))
+                ]
+            },
+        }
+        for bucket, found in prefixes.items()
+    }

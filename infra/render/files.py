@@ -46,4 +46,6 @@ def render_all(d: Deploy) -> dict[str, str]:
         "dataproc/pipeline-workflow.yaml": HEADER + _yaml(gcp.dataproc_workflow(d)),
         "kubernetes/train-pytorchjob.yaml": _yaml_docs(kubernetes.train_pytorchjob(d)),
     }
+    for bucket, lifecycle in aws.s3_lifecycle(d).items():
+        files[f"aws-s3/lifecycle-{bucket}.json"] = _json(lifecycle)
     return files
