@@ -180,6 +180,21 @@ def _gathers_rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
             "grads": {n: _local(p.grad) for n, p in model.named_parameters()},
             "weights": {n: _local(p.detach()) for n, p in model.named_parameters()},
         }
+        out[mode]["after_failure"] = None
+        if mode == "kept":  # a step that fails half-way through a forward, then a good one
+            bad = tokens.clone()
+            bad[0, 0] = 10**6  # no such token: the embedding raises inside the root unit
+            try:
+                step_module.forward_backward(
+                    model, model, images, bad, nullcontext_autocast, accum_steps=4
+                )
+            except IndexError:
+                optimizer.zero_grad(set_to_none=True)
+                before = gathers["count"]
+                loss = step_module.forward_backward(
+                    model, model, images, tokens, nullcontext_autocast, accum_steps=4
+                )
+                out[mode]["after_failure"] = (gathers["count"] - before, bool(torch.isfinite(loss)))
     torch.save(out, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -201,6 +216,8 @@ def test_accumulated_fsdp_steps_gather_the_model_once_with_the_same_gradients(tm
         assert min(regathered["counts"]) >= 2 * 4 * kept["units"], regathered["counts"]
         # the units' own reshard settings are back after each step: blocks free, root keeps
         assert kept["settings"][0] == kept["settings"][1] == regathered["settings"][1]
+        # torch's recovery after the failed step: the next one gathers each unit once again
+        assert kept["after_failure"] == (kept["units"], True), kept["after_failure"]
         assert kept["settings"][0][0] is False and all(kept["settings"][0][1:]), kept["settings"]
         # the second step gathered the weights the optimizer had just updated
         for name, grad in regathered["grads"].items():
