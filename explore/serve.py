@@ -108,6 +108,17 @@ def capped_query(query: dict[str, Any]) -> dict[str, Any]:
     return capped
 
 
+def chosen_index(name: str | None, names: list[str]) -> str:
+    """The index a query asks for. The front end, opened with ``?query=`` (a shared link), can
+    send its first query before it has the list of indices, with no name: the explorer serves
+    one index, so that is the one. An unknown name is the query's error, not the server's."""
+    if not name and len(names) == 1:
+        return names[0]
+    if name not in names:
+        raise ValueError(f"no index {name!r}; the explorer serves {names}")
+    return name
+
+
 def without_paths(meta: dict[str, Any]) -> dict[str, Any]:
     """A result without the server's file path (its image is inlined already)."""
     return {k: v for k, v in meta.items() if k != "image_path"}
@@ -151,6 +162,7 @@ def make_app(
         def post(self):
             try:
                 query = capped_query(request.get_json(force=True))
+                index = chosen_index(query.get("indice_name"), list(clip_resources))
             except (TypeError, ValueError, AttributeError) as err:
                 abort(400, str(err))
             results = self.query(
@@ -161,7 +173,7 @@ def make_app(
                 query.get("modality", "image"),
                 query.get("num_images", 40),
                 query.get("num_result_ids", query.get("num_images", 40)),
-                query.get("indice_name"),
+                index,
                 False,
                 bool(query.get("deduplicate", False)),
                 False,

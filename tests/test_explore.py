@@ -263,7 +263,20 @@ def test_a_missing_shard_set_or_checkpoint_is_a_clear_error(tmp_path, micro_run,
 
 
 def test_guards_of_the_explorer_app():
-    from explore.serve import MAX_RESULTS, allowed_hosts, capped_query, request_refusal
+    from explore.serve import (
+        MAX_RESULTS,
+        allowed_hosts,
+        capped_query,
+        chosen_index,
+        request_refusal,
+    )
+
+    # a shared ?query= link's first query can come before the page knows the index names
+    assert chosen_index("", ["shards"]) == chosen_index(None, ["shards"]) == "shards"
+    assert chosen_index("shards", ["shards"]) == "shards"
+    for name in ("other", ""):
+        with pytest.raises(ValueError, match="no index"):
+            chosen_index(name, ["shards", "more"] if name == "" else ["shards"])
 
     hosts = allowed_hosts("127.0.0.1", 1234)
     assert request_refusal({"Host": "127.0.0.1:1234"}, hosts) is None
