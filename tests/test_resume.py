@@ -108,3 +108,28 @@ def test_sigterm_checkpoints_exits_75_and_the_resumed_run_is_bit_exact(tmp_path,
         torch.testing.assert_close(ours[name], tensor, rtol=0, atol=0, msg=name)
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))
+
+
+def test_loader_workers_kept_across_checkpoints_give_what_fresh_ones_give(tmp_path, shard_set):
+    """The uninterrupted run keeps its two loader workers across every checkpoint; a run resumed
+    from its step-8 checkpoint starts two fresh ones there. Same batches, crops included: the
+    final weights are equal bit for bit."""
+    import shutil
+
+    from training.config import DataConfig
+
+    def config(run_dir: Path, **overrides):
+        data = DataConfig(shards=str(shard_set), workers=2, shuffle_buffer=16, worker_start="fork")
+        return _config(run_dir, shard_set, data=data, **overrides)
+
+    reference = train(config(tmp_path / "reference"))
+    checkpoints = tmp_path / "resumed" / "checkpoints"
+    shutil.copytree(
+        tmp_path / "reference" / "checkpoints" / "step_00000008", checkpoints / "step_00000008"
+    )
+    (checkpoints / "LATEST").write_text("step_00000008")
+    resumed = train(config(tmp_path / "resumed", resume=True))
+    assert resumed.endswith(f"step_{TOTAL_STEPS:08d}")
+    ours, theirs = read_weights(resumed), read_weights(reference)
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=0, atol=0, msg=name)

@@ -526,33 +526,96 @@ def test_a_resumed_run_drops_the_metrics_its_predecessor_logged_after_the_checkp
     assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_restarted_stream_stops_the_old_streams_workers_first(shard_set):
-    """Two workers per stream: after a restart only the new stream's two are alive, and none
-    after close (the old stream's workers, buffers and pinned batches are not kept)."""
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_restarted_stream_keeps_its_workers_and_gives_the_segment_a_fresh_one_would(
+    shard_set, start_method
+):
+    """A restart at a checkpoint starts the segment from that step in the same two workers (no
+    respawn), and its batches, crops included, are those of a loader started there afresh
+    (what a resumed run does); a restart at the same step again begins it anew; close leaves
+    no worker."""
     import multiprocessing
 
-    from training.data import open_shard_set
-    from training.trainer import BatchStream
+    from training.data import BatchStream, open_shard_set
 
     shards = open_shard_set(str(shard_set))
-    opened = []
+    options = {"workers": 2, "seed": 3, "shuffle_buffer": 8, "worker_start": start_method}
 
-    def open_batches(step: int):
-        opened.append(step)
-        return iter(tiny_loader(shards, workers=2, seed=step, worker_start="fork"))
+    def pids() -> set[int]:
+        return {child.pid for child in multiprocessing.active_children()}
 
-    def live_workers() -> int:
-        return len(multiprocessing.active_children())
-
-    before = live_workers()
-    stream = BatchStream(open_batches, 0)
+    before = pids()
+    stream = BatchStream(tiny_loader(shards, **options), 0)
     next(stream)
-    assert live_workers() - before == 2
+    workers = pids() - before
+    assert len(workers) == 2
     stream.restart(5)
-    next(stream)
-    assert live_workers() - before == 2 and opened == [0, 5]
+    stream.restart(5)
+    kept = [next(stream) for _ in range(3)]
+    assert pids() - before == workers
     stream.close()
-    assert live_workers() - before == 0
+    assert pids() == before
+
+    fresh = BatchStream(tiny_loader(shards, **options), 5)
+    for (images, tokens, _), (images_fresh, tokens_fresh, _) in zip(
+        kept, [next(fresh) for _ in range(3)], strict=True
+    ):
+        assert torch.equal(images, images_fresh) and torch.equal(tokens, tokens_fresh)
+    fresh.close()
+
+
+def test_a_restart_with_workers_blocked_in_a_read_starts_fresh_ones(tmp_path):
+    """Storage that stops answering: the shard is a named pipe no one writes, so each worker
+    blocks opening it and never hears the restart. After ``restart_deadline_s`` without a word
+    the workers are killed and fresh ones begin the segment (they block too, and are killed
+    at close)."""
+    import multiprocessing
+    import os
+    import threading
+
+    from training.data import BatchStream, ShardSet
+
+    stalled = tmp_path / "stalled.tar"
+    os.mkfifo(stalled)
+    shards = ShardSet([str(stalled)], {"stalled.tar": 10})
+    before = {child.pid for child in multiprocessing.active_children()}
+    try:
+        stream = BatchStream(
+            tiny_loader(shards, workers=2, worker_start="fork"), 0, restart_deadline_s=2.0
+        )
+        first = {child.pid for child in multiprocessing.active_children()} - before
+        restart = threading.Thread(target=stream.restart, args=(3,), daemon=True)
+        restart.start()
+        restart.join(timeout=120)
+        assert not restart.is_alive()
+        second = {child.pid for child in multiprocessing.active_children()} - before
+        stream.close(kill=True)
+        assert len(first) == 2 and len(second) == 2 and not first & second
+        assert {child.pid for child in multiprocessing.active_children()} == before
+    finally:
+        # whatever failed, no worker is left blocked (holding pytest's output open)
+        for child in multiprocessing.active_children():
+            if child.pid not in before:
+                child.kill()
+
+
+def test_a_restart_leaves_a_segment_whose_shuffle_buffer_never_fills(shard_set):
+    """Workers still filling their shuffle buffers (here one larger than the data ever drawn)
+    leave the old segment at their next sample: the restart, which waits for every worker to
+    start the new segment, returns (it would wait for ever otherwise)."""
+    import threading
+
+    from training.data import BatchStream, open_shard_set
+
+    shards = open_shard_set(str(shard_set))
+    stream = BatchStream(
+        tiny_loader(shards, workers=2, shuffle_buffer=10**7, worker_start="fork"), 0
+    )
+    restart = threading.Thread(target=stream.restart, args=(7,), daemon=True)
+    restart.start()
+    restart.join(timeout=120)
+    stream.close(kill=True)
+    assert not restart.is_alive()
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -589,17 +652,13 @@ def test_a_stopping_run_kills_its_streams_workers_at_once(shard_set):
     import multiprocessing
     import time
 
-    from training.data import open_shard_set
-    from training.trainer import BatchStream
+    from training.data import BatchStream, open_shard_set
 
     shards = open_shard_set(str(shard_set))
     before = len(multiprocessing.active_children())
     for kill in (True, False):
         stream = BatchStream(
-            lambda step: iter(
-                tiny_loader(shards, workers=2, seed=step, shuffle_buffer=10**7, worker_start="fork")
-            ),
-            0,
+            tiny_loader(shards, workers=2, shuffle_buffer=10**7, worker_start="fork"), 0
         )
         time.sleep(0.5)  # the workers read into a buffer they never fill: always busy
         start = time.monotonic()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import multiprocessing
 import random
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import fsspec
+import numpy
 import torch
 import webdataset as wds
 from PIL import Image
@@ -143,6 +145,11 @@ def worker_seed(base_seed: int) -> int:
     return base_seed * 1000 + (info.id if info is not None else 0)
 
 
+def segment_seed(stream_seed: int, start_step: int) -> int:
+    """The seed of the stream's segment that starts at ``start_step``."""
+    return stream_seed + 1_000_003 * start_step
+
+
 class ShuffleBuffer:
     """Sample-level shuffle through a fixed-size buffer, seeded per worker (reproducible)."""
 
@@ -169,6 +176,96 @@ def collate(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, int]:
     return torch.stack(images), torch.stack(tokens), int(sum(skipped))
 
 
+class SegmentStart:
+    """Where the stream's segment starts, in memory shared with the loader's workers: the step,
+    and a count of segments begun. A worker reads both as it begins a segment, and the count
+    before each sample: once the count moves, its segment ends there."""
+
+    def __init__(self, context) -> None:  # the loader's multiprocessing context
+        self._step = context.RawValue("q", 0)
+        self._count = context.RawValue("q", 0)
+
+    def move_to(self, step: int) -> None:
+        self._step.value = step
+        self._count.value += 1
+
+    def end(self) -> None:
+        """End every worker's segment (before they are stopped: a busy one ends its batch)."""
+        self._count.value += 1
+
+    def read(self) -> tuple[int, int]:
+        return self._step.value, self._count.value
+
+    def is_current(self, count: int) -> bool:
+        return self._count.value == count
+
+
+class SegmentedBatches(torch.utils.data.IterableDataset):
+    """Endless batches in segments. Each iteration is the segment that starts at the step held
+    in ``start`` when it begins: its shards, shuffle and crops are seeded from (stream seed,
+    that step, worker) alone, so the segment a resumed run opens in fresh workers is the one
+    the uninterrupted run opened in the workers it kept. A segment ends at its worker's next
+    sample once another begins: the worker then starts the next one (a persistent DataLoader's
+    new iteration) without being respawned."""
+
+    def __init__(
+        self,
+        shard_set: ShardSet,
+        decode: DecodePairs,
+        batch_size: int,
+        shuffle_buffer: int,
+        stream_seed: int,
+        start: SegmentStart,
+    ) -> None:
+        self.shard_set = shard_set
+        self.decode = decode
+        self.batch_size = batch_size
+        self.shuffle_buffer = shuffle_buffer
+        self.stream_seed = stream_seed
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        step, count = self.start.read()
+        seed = segment_seed(self.stream_seed, step)
+        if torch.utils.data.get_worker_info() is not None:
+            _seed_worker_generators(worker_seed(seed))
+        # checked before and after the shuffle buffer: a worker filling its buffer, or one
+        # mid-batch, leaves the old segment at its next sample, not after a buffer or a batch
+        current = functools.partial(_while_current, self.start, count)
+        pipeline = wds.DataPipeline(
+            wds.ResampledShards(
+                self.shard_set.urls,
+                worker_seed=functools.partial(worker_seed, seed),
+                deterministic=True,
+            ),
+            open_url_stream,
+            _tar_samples,
+            current,
+            ShuffleBuffer(self.shuffle_buffer, seed),
+            current,
+            self.decode,
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+        )
+        return iter(pipeline)
+
+
+def _seed_worker_generators(seed: int) -> None:
+    """A worker's global generators (the crops draw from torch's) seeded at each segment: a
+    kept worker must draw what a fresh one would. Offset from the seed the shard sampler and
+    the shuffle use for their own generators, so no two draw the same sequence."""
+    seed = (seed * 2 + 1) % 2**63
+    random.seed(seed)
+    torch.manual_seed(seed)
+    numpy.random.seed(seed % 2**32)
+
+
+def _while_current(start: SegmentStart, count: int, src: Iterator) -> Iterator:
+    for item in src:
+        if not start.is_current(count):
+            return
+        yield item
+
+
 def make_loader(
     shard_set: ShardSet,
     transform: Callable,
@@ -182,33 +279,120 @@ def make_loader(
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
     """An endless stream of batches: shards are resampled with replacement, so an epoch is a
-    number of samples (sizes.json), and every worker of every rank draws its own sequence."""
+    number of samples (sizes.json), and every worker of every rank draws its own sequence.
+    Iterating it gives the segment that starts at step 0; ``BatchStream`` moves it on. Its
+    workers persist for the loader's life."""
     if workers > 0 and prefetch_batches < 1:
         raise UserError(f"data.prefetch_batches must be at least 1, got {prefetch_batches}")
-    pipeline = wds.DataPipeline(
-        wds.ResampledShards(
-            shard_set.urls, worker_seed=functools.partial(worker_seed, seed), deterministic=True
-        ),
-        open_url_stream,
-        _tar_samples,
-        ShuffleBuffer(shuffle_buffer, seed),
+    context = multiprocessing.get_context(worker_start if workers > 0 else None)
+    dataset = SegmentedBatches(
+        shard_set,
         DecodePairs(transform, tokenizer),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
+        batch_size,
+        shuffle_buffer,
+        seed,
+        SegmentStart(context),
     )
     return torch.utils.data.DataLoader(
-        pipeline,
+        dataset,
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,
-        multiprocessing_context=worker_start if workers > 0 else None,
+        multiprocessing_context=context if workers > 0 else None,
         prefetch_factor=prefetch_batches if workers > 0 else None,
         # page-locked batches copy to a GPU asynchronously (non_blocking) and faster
         pin_memory=pin_memory,
         worker_init_fn=ignore_sigterm if workers > 0 else None,
-        # the workers' base seed from the stream's own seed, not drawn from the global generator
-        # (whose state the run's checkpoints hold: opening a stream must not move it)
+        # torch's own worker seeds, from a fixed generator rather than the global one (whose
+        # state the run's checkpoints hold: starting the workers must not move it); each
+        # segment seeds the workers' generators itself
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class BatchStream:
+    """The run's batch stream over one loader: ``restart(step)`` starts the segment from
+    ``step`` in the same workers (their shuffle buffers refill; nothing is respawned), the
+    batches a resumed run starting there sees.
+
+    A restart waits for every worker to begin the new segment, which each does at its next
+    sample; one that sends nothing for ``restart_deadline_s`` (blocked in a read from storage
+    that stopped answering) has the workers killed and started afresh, as a resumed run's
+    would be: the same batches."""
+
+    def __init__(
+        self, loader: torch.utils.data.DataLoader, step: int, restart_deadline_s: float = 60.0
+    ) -> None:
+        self.loader = loader
+        self.restart_deadline_s = restart_deadline_s
+        self._batches: Iterator | None = None
+        self.restart(step)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self):
+        return next(self._batches)
+
+    def restart(self, step: int) -> None:
+        # the step first: the workers read it when they begin the segment (torch tells them
+        # to, in iter(), and discards what they made of the old one)
+        self.loader.dataset.start.move_to(step)
+        kept = getattr(self.loader, "_iterator", None)  # a persistent loader's, once started
+        if kept is None:
+            self._batches = iter(self.loader)
+            return
+        kept._timeout = self.restart_deadline_s  # torch's wait for each reply, for this only
+        try:
+            self._batches = iter(self.loader)
+        except RuntimeError as err:
+            if not all(worker.is_alive() for worker in kept._workers):
+                raise  # a worker died: the loader's own error, as at any other batch
+            log.warning(
+                "loader workers sent nothing for %g s when asked to begin the segment at "
+                "step %d (%s); starting fresh ones",
+                self.restart_deadline_s,
+                step,
+                err,
+            )
+            _stop_workers(kept, kill=True)
+            self.loader._iterator = None  # the next iter() starts new workers
+            self._batches = iter(self.loader)
+        finally:
+            kept._timeout = self.loader.timeout
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the loader's workers: asked to finish (torch waits up to 5 s for each, then
+        they are killed), or with ``kill`` ended at once."""
+        self.loader.dataset.start.end()  # a busy worker stops at its next sample
+        # a persistent loader's workers, even where a failed restart left no stream
+        old = getattr(self.loader, "_iterator", None)
+        if old is None:
+            old = self._batches
+        self._batches = None
+        _stop_workers(old, kill)
+
+
+def _stop_workers(batches: Iterator | None, kill: bool) -> None:
+    """Stop a multi-process DataLoader iterator's workers (others have none)."""
+    if kill and getattr(batches, "_worker_pids_set", False):
+        # torch's SIGCHLD handler would take the kill for a crash: unregister them first
+        # (as its own shutdown does before it stops them)
+        from torch.utils.data._utils.signal_handling import _remove_worker_pids
+
+        _remove_worker_pids(id(batches))
+        batches._worker_pids_set = False
+        for worker in batches._workers:
+            worker.kill()
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+        # torch's last resort is SIGTERM, which our workers ignore (it is the trainer's to
+        # act on): one still busy, e.g. blocked in a read, is killed instead
+        for worker in batches._workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
 
 
 def _error_recorder(errors: list[Exception], url: str | None) -> Callable[[Exception], bool]:

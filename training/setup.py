@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import open_clip
@@ -50,7 +50,7 @@ class TrainRun:
     last_checkpoint: str | None
     autocast: Callable[[], contextlib.AbstractContextManager]
     to_model_input: ImageNormalizer  # uint8 batches on the device → normalised floats
-    open_batches: Callable[[int], Iterator]  # the batch stream of the segment from a step
+    loader: torch.utils.data.DataLoader  # the batch stream's, workers kept for the run
 
 
 def set_up(config: TrainConfig) -> TrainRun:
@@ -101,9 +101,7 @@ def set_up(config: TrainConfig) -> TrainRun:
         last_checkpoint=last_checkpoint,
         autocast=_autocast(device, config.precision),
         to_model_input=ImageNormalizer(pp_cfg["mean"], pp_cfg["std"], device),
-        open_batches=_batch_streams(
-            config, dist_info, device, smoke, global_batch, pp_cfg, reg_name
-        ),
+        loader=_loader(config, dist_info, device, smoke, global_batch, pp_cfg, reg_name),
     )
 
 
@@ -148,7 +146,7 @@ def _build_model(
     return model, model_cfg, reg_name
 
 
-def _batch_streams(
+def _loader(
     config: TrainConfig,
     dist_info: Dist,
     device: torch.device,
@@ -156,33 +154,23 @@ def _batch_streams(
     global_batch: int,
     pp_cfg: dict,
     reg_name: str,
-) -> Callable[[int], Iterator]:
+) -> torch.utils.data.DataLoader:
+    """This rank's loader. Its stream restarts, reseeded by the step, at every checkpoint (in
+    the same workers); a run resumed from a checkpoint therefore sees exactly the batches the
+    uninterrupted run saw after it."""
     size = pp_cfg["size"] if isinstance(pp_cfg["size"], int) else pp_cfg["size"][0]
-    shard_set = open_shard_set(config.data.shards)
-    transform = train_transform(size, config.data.crop_scale_min)
-    tokenizer = open_clip.get_tokenizer(reg_name)
-
-    def open_batches(segment_start: int) -> Iterator:
-        """The batch stream of the segment that starts at step ``segment_start``.
-
-        The stream is restarted, reseeded by the step, at every checkpoint; a run resumed from a
-        checkpoint therefore sees exactly the batches the uninterrupted run saw after it.
-        """
-        loader = make_loader(
-            shard_set,
-            transform,
-            tokenizer,
-            batch_size=global_batch // dist_info.world_size,
-            workers=min(config.data.workers, 1) if smoke else config.data.workers,
-            shuffle_buffer=config.data.shuffle_buffer,
-            worker_start=config.data.worker_start,
-            prefetch_batches=config.data.prefetch_batches,
-            pin_memory=device.type == "cuda",
-            seed=config.seed + 7919 * dist_info.rank + 1_000_003 * segment_start,
-        )
-        return iter(loader)
-
-    return open_batches
+    return make_loader(
+        open_shard_set(config.data.shards),
+        train_transform(size, config.data.crop_scale_min),
+        open_clip.get_tokenizer(reg_name),
+        batch_size=global_batch // dist_info.world_size,
+        workers=min(config.data.workers, 1) if smoke else config.data.workers,
+        shuffle_buffer=config.data.shuffle_buffer,
+        worker_start=config.data.worker_start,
+        prefetch_batches=config.data.prefetch_batches,
+        pin_memory=device.type == "cuda",
+        seed=config.seed + 7919 * dist_info.rank,
+    )
 
 
 def _autocast(device: torch.device, precision: str) -> Callable:

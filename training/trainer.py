@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from training import checkpoint as ckpt
 from training import rng
 from training.config import TrainConfig
+from training.data import BatchStream
 from training.distributed import agreed_max, barrier, close_distributed
 from training.loss import clamp_logit_scale
 from training.masking import set_mask_ratio
@@ -50,7 +50,7 @@ def train(config: TrainConfig) -> str:
             run_config=asdict(config),
         ),
     )
-    batches = BatchStream(run.open_batches, state.step)
+    batches = BatchStream(run.loader, state.step)
     stop = StopRequest().install()
     run.model.train()
     stopped = False
@@ -77,49 +77,6 @@ def train(config: TrainConfig) -> str:
     if stopped:
         raise Preempted(state.step, run.last_checkpoint)
     return run.last_checkpoint
-
-
-class BatchStream:
-    """The run's batch stream. A restart stops the old stream's loader workers before the new
-    one starts, so two streams' workers, shuffle buffers and pinned batches are never alive at
-    once (at 8 GPUs, ~10 GB of pinned batches per rank)."""
-
-    def __init__(self, open_batches: Callable[[int], Iterator], step: int) -> None:
-        self._open = open_batches
-        self._batches: Iterator | None = open_batches(step)
-
-    def __iter__(self) -> BatchStream:
-        return self
-
-    def __next__(self):
-        return next(self._batches)
-
-    def restart(self, step: int) -> None:
-        self.close()
-        self._batches = self._open(step)
-
-    def close(self, kill: bool = False) -> None:
-        """Stop the stream's loader workers: asked to finish (torch waits up to 5 s for each,
-        then they are killed), or with ``kill`` ended at once."""
-        old, self._batches = self._batches, None
-        if kill and getattr(old, "_worker_pids_set", False):
-            # torch's SIGCHLD handler would take the kill for a crash: unregister them first
-            # (as its own shutdown does before it stops them)
-            from torch.utils.data._utils.signal_handling import _remove_worker_pids
-
-            _remove_worker_pids(id(old))
-            old._worker_pids_set = False
-            for worker in old._workers:
-                worker.kill()
-        shutdown = getattr(old, "_shutdown_workers", None)  # a multi-process DataLoader's
-        if shutdown is not None:
-            shutdown()
-            # torch's last resort is SIGTERM, which our workers ignore (it is the trainer's
-            # to act on): one still busy, e.g. filling a shuffle buffer, is killed instead
-            for worker in old._workers:
-                if worker.is_alive():
-                    worker.kill()
-                    worker.join()
 
 
 def _train_phase(
@@ -162,8 +119,8 @@ def _train_phase(
         if at_phase_end or periodic or stopping:
             progress.flush()  # first: a checkpoint on storage implies its metrics are too
             # Restarting the stream at a checkpoint makes a resumed run see the same batches.
-            # The new stream starts before the checkpoint is written, so that its workers
-            # start and fill their shuffle buffers while the state is gathered and written.
+            # The next segment starts (in the same workers) before the checkpoint is written,
+            # so that the workers refill their shuffle buffers while it is gathered and written.
             # A timed phase cannot resume bit for bit anyway, and the restart would be charged
             # to its clock: it keeps its stream.
             # (Not when this rank was asked to stop: every rank then stops after the write.)
