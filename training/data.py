@@ -7,6 +7,7 @@ along with each batch so it survives DataLoader worker processes.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import io
 import logging
@@ -227,7 +228,8 @@ class SegmentedBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         step, count = self.start.read()
         seed = segment_seed(self.stream_seed, step)
-        if torch.utils.data.get_worker_info() is not None:
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if in_worker:
             _seed_worker_generators(worker_seed(seed))
         # checked before and after the shuffle buffer: a worker filling its buffer, or one
         # mid-batch, leaves the old segment at its next sample, not after a buffer or a batch
@@ -246,7 +248,33 @@ class SegmentedBatches(torch.utils.data.IterableDataset):
             self.decode,
             wds.batched(self.batch_size, collation_fn=collate, partial=False),
         )
-        return iter(pipeline)
+        return _segment(iter(pipeline), in_worker)
+
+
+RELEASE_EVERY_SAMPLES = 1024
+
+
+def _segment(batches: Iterator, in_worker: bool) -> Iterator:
+    release = _freed_memory_release() if in_worker else None
+    since_release = RELEASE_EVERY_SAMPLES  # at the first batch
+    for batch in batches:
+        if release is not None and since_release >= RELEASE_EVERY_SAMPLES:
+            # Freed sample bytes (a shuffle buffer churns through ~50 KB objects; at a new
+            # segment, by its first batch, the old one's whole buffer is dropped: torch
+            # replaces the worker's iterator after making this one) would stay with glibc,
+            # and a worker's resident memory climb for the run.
+            release()
+            since_release = 0
+        since_release += len(batch[0])
+        yield batch
+
+
+def _freed_memory_release() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0): freed heap pages handed back to the system (None elsewhere)."""
+    try:
+        return functools.partial(ctypes.CDLL("libc.so.6").malloc_trim, 0)
+    except (OSError, AttributeError):
+        return None
 
 
 def _seed_worker_generators(seed: int) -> None:
