@@ -65,6 +65,10 @@ class DataConfig:
     # workers x prefetch_batches x local batch x 3 x size^2 bytes (uint8 images; 8 x 4 x 512
     # images at 224 px: ~2.5 GB), which the container's /dev/shm must hold.
     prefetch_batches: int = 4
+    # A checkpoint begins the stream's next segment in the kept workers; when they send nothing
+    # for this long (one blocked in a read that storage never answers) they are killed and
+    # started afresh. Above the storage client's own timeouts and retries (botocore: 60 s reads).
+    restart_deadline_s: Annotated[float, Range(0, low_open=True)] = 300.0
 
 
 @dataclass

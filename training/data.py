@@ -288,10 +288,16 @@ def _seed_worker_generators(seed: int) -> None:
 
 
 def _while_current(start: SegmentStart, count: int, src: Iterator) -> Iterator:
-    for item in src:
-        if not start.is_current(count):
+    # checked before each pull: an ended segment reads nothing more from storage
+    items = iter(src)
+    while start.is_current(count):
+        item = next(items, _END)
+        if item is _END:
             return
         yield item
+
+
+_END = object()
 
 
 def make_loader(
@@ -344,12 +350,12 @@ class BatchStream:
     batches a resumed run starting there sees.
 
     A restart waits for every worker to begin the new segment, which each does at its next
-    sample; one that sends nothing for ``restart_deadline_s`` (blocked in a read from storage
-    that stopped answering) has the workers killed and started afresh, as a resumed run's
-    would be: the same batches."""
+    sample; when the workers send nothing for ``restart_deadline_s`` (one blocked in a read
+    from storage that stopped answering) they are killed and started afresh, as a resumed
+    run's would be: the same batches."""
 
     def __init__(
-        self, loader: torch.utils.data.DataLoader, step: int, restart_deadline_s: float = 60.0
+        self, loader: torch.utils.data.DataLoader, step: int, restart_deadline_s: float = 300.0
     ) -> None:
         self.loader = loader
         self.restart_deadline_s = restart_deadline_s
@@ -374,8 +380,11 @@ class BatchStream:
         try:
             self._batches = iter(self.loader)
         except RuntimeError as err:
-            if not all(worker.is_alive() for worker in kept._workers):
-                raise  # a worker died: the loader's own error, as at any other batch
+            # torch's words for its wait running out; anything else (a worker that died, too
+            # many open files) is the loader's own error, as at any other batch
+            timed_out = "timed out" in str(err)
+            if not timed_out or not all(worker.is_alive() for worker in kept._workers):
+                raise
             log.warning(
                 "loader workers sent nothing for %g s when asked to begin the segment at "
                 "step %d (%s); starting fresh ones",
@@ -420,7 +429,11 @@ def _stop_workers(batches: Iterator | None, kill: bool) -> None:
         for worker in batches._workers:
             if worker.is_alive():
                 worker.kill()
-                worker.join()
+                # a process in uninterruptible sleep (a read from a hung FUSE mount) outlives
+                # SIGKILL until its read returns: said, not waited for
+                worker.join(timeout=5)
+                if worker.is_alive():
+                    log.error("loader worker %d outlived SIGKILL (blocked in I/O)", worker.pid)
 
 
 def _error_recorder(errors: list[Exception], url: str | None) -> Callable[[Exception], bool]:

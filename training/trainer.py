@@ -50,7 +50,7 @@ def train(config: TrainConfig) -> str:
             run_config=asdict(config),
         ),
     )
-    batches = BatchStream(run.loader, state.step)
+    batches = BatchStream(run.loader, state.step, config.data.restart_deadline_s)
     stop = StopRequest().install()
     run.model.train()
     stopped = False
