@@ -599,17 +599,20 @@ def test_a_restart_with_workers_blocked_in_a_read_starts_fresh_ones(tmp_path):
                 child.kill()
 
 
-def test_a_restart_leaves_a_segment_whose_shuffle_buffer_never_fills(shard_set):
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_restart_leaves_a_segment_whose_shuffle_buffer_never_fills(shard_set, start_method):
     """Workers still filling their shuffle buffers (here one larger than the data ever drawn)
     leave the old segment at their next sample: the restart, which waits for every worker to
-    start the new segment, returns (it would wait for ever otherwise)."""
+    start the new segment, returns (it would wait for ever otherwise). Under spawn the restart
+    comes while the workers are still starting: they begin the segment they were started
+    for, not the new one outside torch's message (whose fill would never end)."""
     import threading
 
     from training.data import BatchStream, open_shard_set
 
     shards = open_shard_set(str(shard_set))
     stream = BatchStream(
-        tiny_loader(shards, workers=2, shuffle_buffer=10**7, worker_start="fork"), 0
+        tiny_loader(shards, workers=2, shuffle_buffer=10**7, worker_start=start_method), 0
     )
     restart = threading.Thread(target=stream.restart, args=(7,), daemon=True)
     restart.start()

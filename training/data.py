@@ -224,11 +224,22 @@ class SegmentedBatches(torch.utils.data.IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.stream_seed = stream_seed
         self.start = start
+        # The segment workers started from now on begin with, in plain attributes (copied into
+        # each worker as it starts): a worker still starting when a restart moves ``start``
+        # must begin the segment it was started for, which then ends at once, and take the
+        # new one from torch's message; reading ``start`` there would begin the new segment
+        # outside that message, and the worker not hear it until that segment's first batch.
+        self.first_segment = start.read()
+        self._begun = False  # in a worker: its first segment begun
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        step, count = self.start.read()
-        seed = segment_seed(self.stream_seed, step)
         in_worker = torch.utils.data.get_worker_info() is not None
+        if in_worker and not self._begun:
+            step, count = self.first_segment
+            self._begun = True
+        else:
+            step, count = self.start.read()
+        seed = segment_seed(self.stream_seed, step)
         if in_worker:
             _seed_worker_generators(worker_seed(seed))
         # checked before and after the shuffle buffer: a worker filling its buffer, or one
@@ -371,7 +382,9 @@ class BatchStream:
     def restart(self, step: int) -> None:
         # the step first: the workers read it when they begin the segment (torch tells them
         # to, in iter(), and discards what they made of the old one)
-        self.loader.dataset.start.move_to(step)
+        dataset = self.loader.dataset
+        dataset.start.move_to(step)
+        dataset.first_segment = dataset.start.read()  # for workers started from here on
         kept = getattr(self.loader, "_iterator", None)  # a persistent loader's, once started
         if kept is None:
             self._batches = iter(self.loader)
